@@ -1,0 +1,150 @@
+"""Image loading and preprocessing (numpy + Pillow), shared by the PyTorch reference and the runtime.
+
+VILA1.5 preprocessing, from `vision_tower/preprocessor_config.json` and the checkpoint's
+`image_aspect_ratio`:
+
+    "resize": resize to the processor size (aspect not kept)
+    "pad":    pad to a square with the mean colour (int(mean*255) per channel), then resize
+    then:     rescale (x * rescale_factor, 1/255), normalize ((x - mean) / std)
+
+The resize filter is the processor's `resample` (3 = bicubic) and goes through Pillow, as the
+transformers image processors do. Output: float32 [N, 3, H, W].
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import CheckpointError, InputError
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+
+
+def _parse_size(value: Any, key: str) -> tuple[int, int]:
+    """(height, width) from a processor's `size` / `crop_size`: dict or int."""
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if "shortest_edge" in value:  # CLIP: square images after VILA's resize
+            edge = int(value["shortest_edge"])
+            return edge, edge
+    raise CheckpointError(f"preprocessor_config.json: cannot read {key}={value!r} as an image size")
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    """What preprocessing does, resolved from preprocessor_config.json + image_aspect_ratio."""
+
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    rescale_factor: float = 1 / 255
+    resample: int = Image.Resampling.BICUBIC
+    pad_to_square: bool = False
+    do_resize: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+
+    @classmethod
+    def from_preprocessor_config(cls, cfg: dict[str, Any], image_aspect_ratio: str = "resize") -> "ImageProcessorConfig":
+        # VILA resizes to the crop size when the processor has one (CLIP), else to `size` (SigLIP).
+        if "crop_size" in cfg and cfg["crop_size"] is not None:
+            height, width = _parse_size(cfg["crop_size"], "crop_size")
+        elif "size" in cfg:
+            height, width = _parse_size(cfg["size"], "size")
+        else:
+            raise CheckpointError("preprocessor_config.json has neither 'size' nor 'crop_size'")
+        mean = tuple(float(x) for x in cfg.get("image_mean", (0.5, 0.5, 0.5)))
+        std = tuple(float(x) for x in cfg.get("image_std", (0.5, 0.5, 0.5)))
+        if len(mean) != 3 or len(std) != 3:
+            raise CheckpointError("preprocessor_config.json: image_mean and image_std need 3 values (RGB)")
+        return cls(
+            height=height,
+            width=width,
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+            resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),
+            pad_to_square=image_aspect_ratio == "pad",
+            do_resize=bool(cfg.get("do_resize", True)),
+            do_rescale=bool(cfg.get("do_rescale", True)),
+            do_normalize=bool(cfg.get("do_normalize", True)),
+        )
+
+
+def load_image(source: ImageInput, *, name: str | None = None) -> Image.Image:
+    """Decode a path, encoded bytes, an RGB/grey uint8 array or a PIL image into an RGB image."""
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__)
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
+            raise InputError(
+                f"image {label}: arrays must be uint8 [H, W], [H, W, 3] (RGB) or [H, W, 4], "
+                f"got {source.dtype} {list(source.shape)}"
+            )
+        image = Image.fromarray(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image = _open(io.BytesIO(bytes(source)), label)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"image {path} does not exist or is not a file")
+        with open(path, "rb") as f:
+            image = _open(io.BytesIO(f.read()), label)
+    else:
+        raise InputError(f"image {label}: expected a path, bytes, a numpy array or a PIL image")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _open(stream: io.BytesIO, label: str) -> Image.Image:
+    try:
+        image = Image.open(stream)
+        image.load()  # decode now so truncated files fail here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise InputError(f"image {label} could not be decoded ({e}); pass a PNG, JPEG, WebP or BMP file") from None
+    return image
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Centre the image on a square canvas of its longer side, filled with `fill`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarray:
+    """One RGB image -> float32 [3, H, W]."""
+    if cfg.pad_to_square:
+        image = pad_to_square(image, tuple(int(m * 255) for m in cfg.mean))  # type: ignore[arg-type]
+    if cfg.do_resize:
+        image = image.resize((cfg.width, cfg.height), resample=cfg.resample)
+    pixels = np.asarray(image)  # uint8 [H, W, 3]
+    if cfg.do_rescale:
+        pixels = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+    else:
+        pixels = pixels.astype(np.float32)
+    if cfg.do_normalize:
+        pixels = (pixels - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_images(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> np.ndarray:
+    """Load and preprocess images in prompt order -> float32 [N, 3, H, W] (N may be 0)."""
+    if not images:
+        return np.zeros((0, 3, cfg.height, cfg.width), np.float32)
+    return np.stack([preprocess_image(load_image(img), cfg) for img in images])

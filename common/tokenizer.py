@@ -1,0 +1,132 @@
+"""Text tokenization on the `tokenizers` package alone (no transformers), with `<image>` handling.
+
+A checkpoint's `llm/` holds `tokenizer.json` (the fast-tokenizer format) and
+`tokenizer_config.json` (special tokens). Releases that ship only a SentencePiece
+`tokenizer.model` are converted once by `vlm_edge.model` (which may use transformers).
+
+Prompt tokenization follows VILA exactly: the prompt is split at each `<image>`, every chunk is
+encoded on its own with the tokenizer's special-token template, a leading BOS is kept once, and
+each `<image>` becomes IMAGE_TOKEN_INDEX (-200), later replaced by that image's embeddings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from tokenizers import Tokenizer
+
+from .errors import CheckpointError
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .templates import ChatTemplate
+
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Other tokenizer files a release may ship; carried through a load -> save unchanged.
+TOKENIZER_SIDE_FILES = ("tokenizer.model", "special_tokens_map.json", "added_tokens.json")
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config.json writes special tokens as strings or AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` plus the special tokens of tokenizer_config.json."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, config: dict[str, Any] | None = None, side_files: dict[str, bytes] | None = None
+    ):
+        self.tokenizer = tokenizer
+        self.config = dict(config or {})
+        self.side_files = dict(side_files or {})  # file name -> bytes, see TOKENIZER_SIDE_FILES
+        self.bos_token = _token_text(self.config.get("bos_token"))
+        self.eos_token = _token_text(self.config.get("eos_token"))
+        self.pad_token = _token_text(self.config.get("pad_token"))
+        self.bos_id = self.token_to_id(self.bos_token) if self.bos_token else None
+        self.eos_id = self.token_to_id(self.eos_token) if self.eos_token else None
+        self.pad_id = self.token_to_id(self.pad_token) if self.pad_token else None
+
+    # ---- files ---------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "TextTokenizer":
+        directory = Path(directory)
+        path = directory / TOKENIZER_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; the runtime needs the fast-tokenizer JSON")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exceptions with Rust messages
+            raise CheckpointError(f"{path} is not a valid tokenizer.json ({e})") from None
+        return cls(tokenizer, read_tokenizer_config(directory), read_side_files(directory))
+
+    def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json and tokenizer_config.json into `directory` (atomically, per file)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / TOKENIZER_FILE, self.tokenizer.to_str())
+        atomic_write_json(directory / TOKENIZER_CONFIG_FILE, self.config)
+        for name, data in self.side_files.items():
+            atomic_write_bytes(directory / name, data)
+
+    # ---- text ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids if i >= 0], skip_special_tokens=skip_special_tokens)
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt; each `<image>` becomes IMAGE_TOKEN_INDEX."""
+        chunks = [self.encode(chunk, add_special_tokens=True) for chunk in prompt.split(IMAGE_TOKEN)]
+        keep_bos = bool(chunks[0]) and self.bos_id is not None and chunks[0][0] == self.bos_id
+        offset = 1 if keep_bos else 0
+        ids: list[int] = [self.bos_id] if keep_bos else []  # type: ignore[list-item]
+        for i, chunk in enumerate(chunks):
+            if i > 0:
+                ids.append(IMAGE_TOKEN_INDEX)
+            ids.extend(chunk[offset:] if chunk[:offset] == [self.bos_id] * offset else chunk)
+        return ids
+
+    def stop_token_ids(self, template: ChatTemplate, extra: Iterable[int] = ()) -> list[int]:
+        """EOS plus every template stop string that is a single token in this vocabulary."""
+        ids = [] if self.eos_id is None else [self.eos_id]
+        for text in template.stop_strings:
+            token_id = self.token_to_id(text)
+            if token_id is not None:
+                ids.append(token_id)
+        ids.extend(int(i) for i in extra)
+        return sorted(set(ids))
+
+
+def read_tokenizer_config(directory: Path) -> dict[str, Any]:
+    path = directory / TOKENIZER_CONFIG_FILE
+    return read_json(path, what="tokenizer config") if path.is_file() else {}
+
+
+def read_side_files(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in TOKENIZER_SIDE_FILES if (directory / name).is_file()}
+
+
+def default_chat_template(tokenizer: TextTokenizer) -> str:
+    """The template a checkpoint that records none most likely uses, judged by its vocabulary.
+
+    Llama-3 vocabularies have <|eot_id|> (llama_3), ChatML ones <|im_start|> (hermes-2); the
+    rest are Llama-2 style (vicuna_v1, VILA1.5-3B's template).
+    """
+    if tokenizer.token_to_id("<|eot_id|>") is not None:
+        return "llama_3"
+    if tokenizer.token_to_id("<|im_start|>") is not None:
+        return "hermes-2"
+    return "vicuna_v1"

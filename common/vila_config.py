@@ -1,0 +1,286 @@
+"""The VILA1.5 checkpoint config: a typed view over the JSON files of a checkpoint directory.
+
+On-disk layout (design.md section 3):
+
+    ckpt/
+      config.json                     top level: llava_llama, llm_cfg / vision_tower_cfg /
+                                      mm_projector_cfg copies, mm_vision_select_*, image_aspect_ratio
+      llm/config.json                 transformers LlamaForCausalLM / Qwen2ForCausalLM config
+      vision_tower/config.json        transformers SiglipVisionModel / CLIPVisionModel config
+      vision_tower/preprocessor_config.json
+      mm_projector/config.json        model_type v2l_projector, mm_projector_type
+
+Each file is kept as read (real releases carry dozens of transformers defaults) so that a
+load -> save round trip loses nothing. The settings we act on are read through properties and
+checked by `validate()`, which names the offending field. Two settings are ours, saved
+explicitly so nothing is inferred later:
+
+- `mm_projector/config.json: downsample_token_order` ("column_major" | "row_major"): the order
+  in which the downsample projector emits its 2x2 tokens (VILA1.5-era code: column-major;
+  NVILA-era code: row-major, under the same type name).
+- `config.json: chat_template`: the name of the chat template (common/templates.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, UnsupportedFeatureError
+from .fsutil import atomic_write_json, read_json
+from .log import get_logger
+
+log = get_logger(__name__)
+
+LLM_DIR, VISION_DIR, PROJECTOR_DIR = "llm", "vision_tower", "mm_projector"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+GENERATION_FILE = "generation_config.json"
+
+# Architectures model/architectures.py can build (a test keeps the two lists equal).
+LLM_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+VISION_ARCHITECTURES = ("SiglipVisionModel", "CLIPVisionModel")
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp_downsample", "mlp_downsample_2x2_fix")
+TOKEN_ORDERS = ("column_major", "row_major")
+# What a checkpoint that does not record the order was trained with (design.md section 3).
+DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix": "row_major"}
+SELECT_FEATURES = ("patch", "cls_patch")
+ASPECT_RATIOS = ("resize", "pad")
+
+# Top-level keys that copy the sub-folder configs; rebuilt from them on save.
+_SUB_CONFIG_KEYS = {"llm_cfg": LLM_DIR, "vision_tower_cfg": VISION_DIR, "mm_projector_cfg": PROJECTOR_DIR}
+
+
+def _architecture(cfg: dict, where: str) -> str:
+    archs = cfg.get("architectures")
+    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        raise CheckpointError(f"{where}: 'architectures' must be a non-empty list of class names, found {archs!r}")
+    return archs[0]
+
+
+@dataclass
+class VilaConfig:
+    """All config files of a VILA-layout checkpoint, as dicts, with typed accessors."""
+
+    top: dict[str, Any]  # config.json without the *_cfg copies
+    llm: dict[str, Any]  # llm/config.json
+    vision_tower: dict[str, Any]  # vision_tower/config.json
+    mm_projector: dict[str, Any]  # mm_projector/config.json
+    preprocessor: dict[str, Any]  # vision_tower/preprocessor_config.json
+    llm_generation: dict[str, Any] | None = None  # llm/generation_config.json, when present
+
+    # ---- typed accessors -------------------------------------------------------------
+    @property
+    def llm_architecture(self) -> str:
+        return _architecture(self.llm, f"{LLM_DIR}/config.json")
+
+    @property
+    def vision_architecture(self) -> str:
+        return _architecture(self.vision_tower, f"{VISION_DIR}/config.json")
+
+    @property
+    def projector_type(self) -> str:
+        return self.mm_projector.get("mm_projector_type", "")
+
+    @property
+    def is_downsample(self) -> bool:
+        return self.projector_type in DEFAULT_TOKEN_ORDER
+
+    @property
+    def downsample_token_order(self) -> str | None:
+        """"column_major" | "row_major" for downsample projectors, None otherwise."""
+        return self.mm_projector.get("downsample_token_order") if self.is_downsample else None
+
+    @property
+    def select_layer(self) -> int:
+        return int(self.top.get("mm_vision_select_layer", -2))
+
+    @property
+    def select_feature(self) -> str:
+        return self.top.get("mm_vision_select_feature", "cls_patch")
+
+    @property
+    def image_aspect_ratio(self) -> str:
+        return self.top.get("image_aspect_ratio", "resize")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.top.get("chat_template")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llm["hidden_size"])
+
+    @property
+    def mm_hidden_size(self) -> int:
+        return int(self.vision_tower["hidden_size"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_tower["image_size"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.vision_tower["patch_size"])
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Projected tokens per image: 196 for VILA1.5-3b (27x27 patches -> 14x14)."""
+        side = self.image_size // self.patch_size
+        if self.is_downsample:
+            half = (side + 1) // 2
+            return half * half
+        tokens = side * side + (1 if self.vision_architecture == "CLIPVisionModel" else 0)  # CLIP adds CLS
+        return tokens - 1 if self.select_feature == "patch" else tokens  # "patch" drops the first token
+
+    # ---- changes -------------------------------------------------------------------------
+    def set_downsample_token_order(self, order: str) -> None:
+        if order not in TOKEN_ORDERS:
+            raise UnsupportedFeatureError(
+                f"downsample token order {order!r} is not one of {', '.join(TOKEN_ORDERS)}"
+            )
+        if not self.is_downsample:
+            raise UnsupportedFeatureError(
+                f"a downsample token order was given, but the projector is {self.projector_type!r}, "
+                "which does not downsample; drop the option"
+            )
+        self.mm_projector["downsample_token_order"] = order
+
+    def set_chat_template(self, name: str) -> None:
+        from .templates import get_template  # validates the name
+
+        self.top["chat_template"] = get_template(name).name
+
+    def copy(self) -> "VilaConfig":
+        return copy.deepcopy(self)
+
+    # ---- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise a clear error for settings we do not support, naming the field."""
+        model_type = self.top.get("model_type")
+        if model_type != "llava_llama":
+            raise CheckpointError(
+                f"config.json: model_type {model_type!r} is not a VILA-class checkpoint "
+                "(expected 'llava_llama', as in VILA1.5 releases)"
+            )
+        if self.top.get("s2"):
+            raise UnsupportedFeatureError(
+                "config.json: s2=true (S2 multi-scale vision features) is not supported yet; "
+                "use a checkpoint trained without S2"
+            )
+        if self.image_aspect_ratio not in ASPECT_RATIOS:
+            raise UnsupportedFeatureError(
+                f"config.json: image_aspect_ratio={self.image_aspect_ratio!r} is not supported yet "
+                f"(supported: {', '.join(ASPECT_RATIOS)})"
+            )
+        if self.select_feature not in SELECT_FEATURES:
+            raise UnsupportedFeatureError(
+                f"config.json: mm_vision_select_feature={self.select_feature!r} is not supported "
+                f"(supported: {', '.join(SELECT_FEATURES)})"
+            )
+        if self.llm_architecture not in LLM_ARCHITECTURES:
+            raise UnsupportedFeatureError(
+                f"{LLM_DIR}/config.json: architecture {self.llm_architecture!r} is not supported "
+                f"(supported: {', '.join(LLM_ARCHITECTURES)})"
+            )
+        if self.vision_architecture not in VISION_ARCHITECTURES:
+            raise UnsupportedFeatureError(
+                f"{VISION_DIR}/config.json: architecture {self.vision_architecture!r} is not supported "
+                f"(supported: {', '.join(VISION_ARCHITECTURES)})"
+            )
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise UnsupportedFeatureError(
+                f"{PROJECTOR_DIR}/config.json: mm_projector_type={self.projector_type!r} is not supported "
+                f"(supported: {', '.join(PROJECTOR_TYPES)})"
+            )
+        order = self.mm_projector.get("downsample_token_order")
+        if order is not None and order not in TOKEN_ORDERS:
+            raise CheckpointError(
+                f"{PROJECTOR_DIR}/config.json: downsample_token_order={order!r} is not one of "
+                f"{', '.join(TOKEN_ORDERS)}"
+            )
+        num_layers = int(self.vision_tower.get("num_hidden_layers", 0))
+        if not -num_layers - 1 <= self.select_layer <= num_layers:
+            raise CheckpointError(
+                f"config.json: mm_vision_select_layer={self.select_layer} is outside the vision tower's "
+                f"{num_layers} layers"
+            )
+        mm_hidden = self.top.get("mm_hidden_size")
+        if mm_hidden is not None and int(mm_hidden) != self.mm_hidden_size:
+            raise CheckpointError(
+                f"config.json: mm_hidden_size={mm_hidden} does not match the vision tower's hidden_size="
+                f"{self.mm_hidden_size} in {VISION_DIR}/config.json"
+            )
+        hidden = self.top.get("hidden_size")
+        if hidden is not None and int(hidden) != self.hidden_size:
+            raise CheckpointError(
+                f"config.json: hidden_size={hidden} does not match the LLM's hidden_size={self.hidden_size} "
+                f"in {LLM_DIR}/config.json"
+            )
+
+    # ---- files ---------------------------------------------------------------------------
+    @classmethod
+    def read(cls, ckpt_dir: str | Path) -> "VilaConfig":
+        """Read the config files of a checkpoint directory (no tensors)."""
+        ckpt_dir = Path(ckpt_dir)
+        if not ckpt_dir.is_dir():
+            raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
+        top = read_json(ckpt_dir / "config.json", what="checkpoint config")
+        for sub in (LLM_DIR, VISION_DIR, PROJECTOR_DIR):
+            if not (ckpt_dir / sub).is_dir():
+                raise CheckpointError(
+                    f"checkpoint {ckpt_dir} has no {sub}/ sub-folder; a VILA1.5-layout checkpoint holds "
+                    f"{LLM_DIR}/, {VISION_DIR}/ and {PROJECTOR_DIR}/ next to config.json"
+                )
+        config = cls(
+            top={k: v for k, v in top.items() if k not in _SUB_CONFIG_KEYS},
+            llm=read_json(ckpt_dir / LLM_DIR / "config.json", what="LLM config"),
+            vision_tower=read_json(ckpt_dir / VISION_DIR / "config.json", what="vision tower config"),
+            mm_projector=read_json(ckpt_dir / PROJECTOR_DIR / "config.json", what="projector config"),
+            preprocessor=read_json(ckpt_dir / VISION_DIR / PREPROCESSOR_FILE, what="image preprocessor config"),
+        )
+        if (ckpt_dir / LLM_DIR / GENERATION_FILE).is_file():
+            config.llm_generation = read_json(ckpt_dir / LLM_DIR / GENERATION_FILE, what="LLM generation config")
+        config.validate()
+        return config
+
+    def resolve_token_order(self, override: str | None = None) -> None:
+        """Fix the downsample token order: the override, else the saved one, else the default."""
+        if override is not None:
+            self.set_downsample_token_order(override)
+        elif self.is_downsample and self.downsample_token_order is None:
+            order = DEFAULT_TOKEN_ORDER[self.projector_type]
+            log.info(
+                "checkpoint does not record downsample_token_order; using %s, the default for %s "
+                "(override with downsample_token_order=...)",
+                order,
+                self.projector_type,
+            )
+            self.mm_projector["downsample_token_order"] = order
+
+    def to_top_level_json(self) -> dict[str, Any]:
+        """config.json as written: the top-level keys plus copies of the sub-folder configs."""
+        out = dict(self.top)
+        for key, sub in _SUB_CONFIG_KEYS.items():
+            sub_cfg = {**getattr(self, _attr(sub)), "_name_or_path": f"./{sub}"}
+            out[key] = dict(sorted(sub_cfg.items()))
+        return dict(sorted(out.items()))
+
+    def write(self, ckpt_dir: str | Path) -> None:
+        """Write all config files into an existing checkpoint directory (atomically, per file)."""
+        ckpt_dir = Path(ckpt_dir)
+        for sub in (LLM_DIR, VISION_DIR, PROJECTOR_DIR):
+            (ckpt_dir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ckpt_dir / "config.json", self.to_top_level_json())
+        atomic_write_json(ckpt_dir / LLM_DIR / "config.json", self.llm)
+        atomic_write_json(ckpt_dir / VISION_DIR / "config.json", self.vision_tower)
+        atomic_write_json(ckpt_dir / PROJECTOR_DIR / "config.json", self.mm_projector)
+        atomic_write_json(ckpt_dir / VISION_DIR / PREPROCESSOR_FILE, self.preprocessor)
+        if self.llm_generation is not None:
+            atomic_write_json(ckpt_dir / LLM_DIR / GENERATION_FILE, self.llm_generation)
+
+
+def _attr(sub_dir: str) -> str:
+    return {LLM_DIR: "llm", VISION_DIR: "vision_tower", PROJECTOR_DIR: "mm_projector"}[sub_dir]

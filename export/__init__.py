@@ -1,0 +1,1 @@
+"""Checkpoint (+ quantization) -> ONNX graphs -> TensorRT engines. Not built yet: see issue 5."""

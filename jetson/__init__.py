@@ -1,0 +1,1 @@
+"""Jetson device probes, telemetry, camera sources and apps. Not built yet."""

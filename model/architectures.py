@@ -1,0 +1,76 @@
+"""Which transformers classes build each sub-model, and how their weights are named on disk.
+
+Adding a family is adding a row. `disk_prefix` is what VILA1.5 releases (saved with
+transformers 4.x) put in front of the module's own state-dict keys: the vision towers were
+`SiglipVisionModel.vision_model.*` there, while transformers 5 flattens them. We always write
+the release layout and read both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.initialization import no_init_weights
+
+
+@dataclass(frozen=True)
+class Architecture:
+    config_class: type[PretrainedConfig]
+    model_class: type[PreTrainedModel]
+    disk_prefix: str  # prepended to module keys in the release's safetensors files
+
+
+LLM_ARCHITECTURES: dict[str, Architecture] = {
+    "LlamaForCausalLM": Architecture(LlamaConfig, LlamaForCausalLM, ""),
+    "Qwen2ForCausalLM": Architecture(Qwen2Config, Qwen2ForCausalLM, ""),
+}
+VISION_ARCHITECTURES: dict[str, Architecture] = {
+    "SiglipVisionModel": Architecture(SiglipVisionConfig, SiglipVisionModel, "vision_model."),
+    "CLIPVisionModel": Architecture(CLIPVisionConfig, CLIPVisionModel, "vision_model."),
+}
+
+# Keys of a saved config that say how it was stored, not what the model is.
+_STORAGE_KEYS = ("torch_dtype", "dtype", "_name_or_path", "transformers_version")
+
+
+def hf_config(arch: Architecture, cfg: dict[str, Any], attn_implementation: str) -> PretrainedConfig:
+    """A transformers config from a config.json dict (extra keys of real releases are fine)."""
+    kwargs = {k: v for k, v in cfg.items() if k not in _STORAGE_KEYS}
+    return arch.config_class(**kwargs, attn_implementation=attn_implementation)
+
+
+def build(arch: Architecture, cfg: dict[str, Any], *, attn_implementation: str, init_weights: bool) -> PreTrainedModel:
+    """Instantiate a sub-model. Without `init_weights` the parameters are left uninitialised
+    (they are about to be loaded from files), which saves seconds to minutes on large models."""
+    config = hf_config(arch, cfg, attn_implementation)
+    if init_weights:
+        return arch.model_class(config)
+    with no_init_weights():
+        return arch.model_class(config)
+
+
+def tied_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that alias another key (e.g. lm_head.weight when embeddings are tied)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen and tensor.numel() > 0:
+            tied.add(key)
+        else:
+            seen[ptr] = key
+    return tied

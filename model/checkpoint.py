@@ -1,0 +1,267 @@
+"""Load and save checkpoints in the VILA1.5 on-disk layout.
+
+    ckpt/config.json
+    ckpt/llm/{config.json, generation_config.json, model.safetensors | model-0000i-of-0000n.safetensors
+              + model.safetensors.index.json, tokenizer.json, tokenizer_config.json, [tokenizer.model, ...]}
+    ckpt/vision_tower/{config.json, preprocessor_config.json, model.safetensors}
+    ckpt/mm_projector/{config.json, model.safetensors}
+
+Weights are read tensor by tensor from safetensors (no whole-file copies) and checked strictly:
+every expected tensor present, no unknown tensor, every shape as the config implies. Errors name
+the file and the tensor. Saves build the whole directory aside and rename it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vlm_edge.common.errors import CheckpointError
+from vlm_edge.common.fsutil import atomic_directory, read_json
+from vlm_edge.common.log import get_logger
+from vlm_edge.common.templates import ChatTemplate, get_template
+from vlm_edge.common.tokenizer import TextTokenizer, default_chat_template, read_side_files, read_tokenizer_config
+from vlm_edge.common.vila_config import LLM_DIR, PROJECTOR_DIR, VISION_DIR, VilaConfig
+
+from .architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES, tied_keys
+from .vila import VilaModel
+
+log = get_logger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 5 * 1024**3  # transformers' default; VILA1.5-3b's llm/ has two shards
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model and its tokenizer. `model.config` holds every setting."""
+
+    model: VilaModel
+    tokenizer: TextTokenizer
+
+    @property
+    def config(self) -> VilaConfig:
+        return self.model.config
+
+    @property
+    def template(self) -> ChatTemplate:
+        return get_template(self.config.chat_template or "vicuna_v1")
+
+    def save(self, out_dir: str | Path, **kwargs) -> None:
+        save_checkpoint(self.model, self.tokenizer, out_dir, **kwargs)
+
+
+def _components(model: VilaModel) -> list[tuple[str, torch.nn.Module, str]]:
+    """(sub-folder, module, prefix of its keys on disk) for the three sub-models."""
+    cfg = model.config
+    return [
+        (LLM_DIR, model.llm, LLM_ARCHITECTURES[cfg.llm_architecture].disk_prefix),
+        (VISION_DIR, model.vision_tower, VISION_ARCHITECTURES[cfg.vision_architecture].disk_prefix),
+        (PROJECTOR_DIR, model.mm_projector, ""),
+    ]
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    downsample_token_order: str | None = None,
+    chat_template: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> Checkpoint:
+    """Load a VILA1.5-layout checkpoint.
+
+    `downsample_token_order` overrides the saved order (or the documented default when none is
+    saved); `chat_template` overrides the saved template (or the default judged from the vocabulary).
+    """
+    path = Path(path)
+    config = VilaConfig.read(path)
+    config.resolve_token_order(downsample_token_order)
+    tokenizer = load_tokenizer(path / LLM_DIR)
+    if chat_template is not None:
+        config.set_chat_template(chat_template)
+    elif config.chat_template is None:
+        name = default_chat_template(tokenizer)
+        log.info("checkpoint does not record a chat template; using %s (override with chat_template=...)", name)
+        config.set_chat_template(name)
+    else:
+        get_template(config.chat_template)  # an unknown saved name fails here, clearly
+
+    with _default_dtype(dtype):
+        model = VilaModel(config, attn_implementation=attn_implementation, init_weights=False)
+    for sub, module, prefix in _components(model):
+        _load_weights(module, path / sub, prefix)
+    model.eval()
+    return Checkpoint(model, tokenizer)
+
+
+def load_tokenizer(llm_dir: Path) -> TextTokenizer:
+    """tokenizer.json when present; else convert a SentencePiece tokenizer.model (as in releases)."""
+    if (llm_dir / "tokenizer.json").is_file():
+        return TextTokenizer.from_dir(llm_dir)
+    if not (llm_dir / "tokenizer.model").is_file():
+        raise CheckpointError(f"{llm_dir} has no tokenizer: expected tokenizer.json or tokenizer.model")
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True)
+        backend = hf_tokenizer.backend_tokenizer
+    except Exception as e:  # transformers/sentencepiece raise many types here
+        raise CheckpointError(f"could not convert {llm_dir / 'tokenizer.model'} to a fast tokenizer: {e}") from None
+    log.info("converted %s to the fast-tokenizer format", llm_dir / "tokenizer.model")
+    return TextTokenizer(backend, read_tokenizer_config(llm_dir), read_side_files(llm_dir))
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of one sub-model: model.safetensors, or the shards its index names."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index, what="safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no 'weight_map'")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"{index} names {file.name}, which is missing from {directory}")
+        return files
+    if (directory / WEIGHTS_FILE).is_file():
+        return [directory / WEIGHTS_FILE]
+    if list(directory.glob("*.bin")):
+        raise CheckpointError(
+            f"{directory} holds PyTorch .bin weights; only safetensors are read. Re-save the sub-model with "
+            "transformers' save_pretrained(safe_serialization=True)"
+        )
+    raise CheckpointError(f"{directory} has no {WEIGHTS_FILE} (or {INDEX_FILE} with shards)")
+
+
+def _broken(file: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{file} is not a readable safetensors file ({error}); it may be truncated or corrupt: "
+        "re-download or re-save the checkpoint"
+    )
+
+
+def _load_weights(module: torch.nn.Module, directory: Path, prefix: str) -> None:
+    """Copy every tensor of `directory` into `module`, strictly, one tensor at a time."""
+    expected = module.state_dict(keep_vars=True)
+    optional = tied_keys(module)  # e.g. lm_head.weight under tied embeddings: not stored
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for file in weight_files(directory):
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as e:  # safetensors raises SafetensorError / OSError
+            raise _broken(file, e) from None
+        with handle as f:
+            for disk_key in f.keys():
+                key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
+                if key not in expected:
+                    if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
+                        unexpected.append(disk_key)
+                    continue
+                try:
+                    tensor = f.get_tensor(disk_key)
+                except Exception as e:
+                    raise _broken(file, e) from None
+                target = expected[key]
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise CheckpointError(
+                        f"{file}: tensor {disk_key} has shape {list(tensor.shape)}, but {directory.name}/config.json "
+                        f"implies {list(target.shape)}; the weights do not belong to this config"
+                    )
+                with torch.no_grad():
+                    target.copy_(tensor)
+                loaded.add(key)
+    if unexpected:
+        raise CheckpointError(
+            f"{directory} holds {len(unexpected)} tensor(s) its config.json does not describe, e.g. "
+            f"{', '.join(unexpected[:5])}; the weights do not belong to this config"
+        )
+    missing = sorted(set(expected) - loaded - optional)
+    if missing:
+        raise CheckpointError(
+            f"{directory} lacks {len(missing)} tensor(s) its config.json needs, e.g. "
+            f"{', '.join(prefix + k for k in missing[:5])}"
+        )
+
+
+# ---- saving ----------------------------------------------------------------------------------
+def save_checkpoint(
+    model: VilaModel,
+    tokenizer: TextTokenizer,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write `model` and `tokenizer` as a VILA1.5-layout checkpoint, atomically.
+
+    A non-empty `out_dir` is refused unless `overwrite`; the old directory is replaced only once
+    the new one is complete. Tensors are written in the model's dtype.
+    """
+    out_dir = Path(out_dir)
+    config = model.config.copy()
+    _record_dtype(config, model.dtype)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        config.write(tmp)
+        for sub, module, prefix in _components(model):
+            _save_weights(module, tmp / sub, prefix, max_shard_bytes)
+        tokenizer.save(tmp / LLM_DIR)
+    log.info("saved checkpoint to %s", out_dir)
+    return out_dir
+
+
+def _record_dtype(config: VilaConfig, dtype: torch.dtype) -> None:
+    """Make the configs say the dtype the tensors are stored in."""
+    name = _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+    for cfg in (config.llm, config.vision_tower, config.mm_projector):
+        cfg["dtype" if "dtype" in cfg and "torch_dtype" not in cfg else "torch_dtype"] = name
+    config.top["model_dtype"] = f"torch.{name}"
+
+
+def _save_weights(module: torch.nn.Module, directory: Path, prefix: str, max_shard_bytes: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    skip = tied_keys(module)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for key, tensor in module.state_dict().items():
+        if key in skip:
+            continue
+        size = tensor.numel() * tensor.element_size()
+        if shards[-1] and shard_bytes + size > max_shard_bytes:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][prefix + key] = tensor.detach().contiguous()
+        shard_bytes += size
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        for key, tensor in shard.items():
+            weight_map[key] = name
+            total += tensor.numel() * tensor.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

@@ -1,0 +1,141 @@
+"""Named model shapes for new checkpoints, as a table of dimensions.
+
+`tiny` is the embedded default: a few million parameters, an odd 7x7 patch grid (padded to
+8x8 and downsampled to 16 tokens, as VILA1.5-3b's 27x27 -> 196) and grouped-query attention,
+so every code path of the real model runs at laptop speed. `vila1.5-3b` has the published
+VILA1.5-3b dimensions (for benchmarks and memory checks; random weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+from vlm_edge.common.errors import UnsupportedFeatureError
+from vlm_edge.common.tokenizer import TextTokenizer
+from vlm_edge.common.vila_config import VilaConfig
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    # LLM (Llama)
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    max_positions: int
+    # vision tower (SigLIP)
+    image_size: int
+    patch_size: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    projector_type: str = "mlp_downsample"
+    token_order: str = "column_major"
+    chat_template: str = "plain"
+
+
+PRESETS: dict[str, ModelDims] = {
+    "tiny": ModelDims(
+        hidden=128, intermediate=352, layers=4, heads=4, kv_heads=2, max_positions=1024,
+        image_size=56, patch_size=8, vision_hidden=64, vision_intermediate=128, vision_layers=3, vision_heads=4,
+    ),
+    "vila1.5-3b": ModelDims(
+        hidden=2560, intermediate=6912, layers=32, heads=20, kv_heads=20, max_positions=4096,
+        image_size=384, patch_size=14, vision_hidden=1152, vision_intermediate=4304, vision_layers=27, vision_heads=16,
+        chat_template="vicuna_v1",
+    ),
+}
+
+
+def preset_config(name: str, tokenizer: TextTokenizer) -> VilaConfig:
+    """A VILA1.5-layout config for preset `name`, sized to `tokenizer`'s vocabulary."""
+    if name not in PRESETS:
+        raise UnsupportedFeatureError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
+    d = PRESETS[name]
+    llm = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": d.hidden,
+        "intermediate_size": d.intermediate,
+        "num_hidden_layers": d.layers,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "max_position_embeddings": d.max_positions,
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
+    vision = {
+        "architectures": ["SiglipVisionModel"],
+        "model_type": "siglip_vision_model",
+        "hidden_size": d.vision_hidden,
+        "intermediate_size": d.vision_intermediate,
+        "num_hidden_layers": d.vision_layers,
+        "num_attention_heads": d.vision_heads,
+        "image_size": d.image_size,
+        "patch_size": d.patch_size,
+        "num_channels": 3,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    }
+    projector = {
+        "architectures": ["MultimodalProjector"],
+        "model_type": "v2l_projector",
+        "mm_projector_type": d.projector_type,
+        "downsample_token_order": d.token_order,
+    }
+    preprocessor = {
+        "image_processor_type": "SiglipImageProcessor",
+        "do_resize": True,
+        "size": {"height": d.image_size, "width": d.image_size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    top = {
+        "architectures": ["LlavaLlamaModel"],
+        "model_type": "llava_llama",
+        "hidden_size": d.hidden,
+        "mm_hidden_size": d.vision_hidden,
+        "image_aspect_ratio": "resize",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "cls_patch",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "s2": False,
+        "num_video_frames": 8,
+        "chat_template": d.chat_template,
+    }
+    config = VilaConfig(top=top, llm=llm, vision_tower=vision, mm_projector=projector, preprocessor=preprocessor)
+    config.validate()
+    return config
+
+
+def byte_level_tokenizer() -> TextTokenizer:
+    """A byte-level BPE tokenizer with no merges (256 byte tokens + specials): needs no corpus.
+
+    For untrained models; the training module replaces it with a BPE trained on its data.
+    """
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {token: i for i, token in enumerate(specials)}  # <unk>=0 <s>=1 </s>=2 <pad>=3
+    vocab.update({ch: len(specials) + i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.add_special_tokens(specials)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
+    return TextTokenizer(tokenizer, config)
+

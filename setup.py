@@ -1,0 +1,40 @@
+"""Distribution `vlm-edge`: every top-level folder installs under the one import namespace `vlm_edge`.
+
+The folders stay short (`edge/`, `export/`, ...) while the import names cannot clash with
+other distributions (PyPI has packages called `kernels`, `server`, ...): `package_dir` maps
+`vlm_edge.<name>` to `<name>/`. The namespace's own `__init__` lives in `vlm_edge_pkg/` so
+that no folder called `vlm_edge/` at the repository root shadows the installed mapping.
+"""
+
+from setuptools import setup
+
+SUBPACKAGES = ["common", "model", "train", "quant", "kernels", "export", "edge", "server", "jetson"]
+
+# The runtime (edge/server/jetson) installs light; torch and transformers are extras.
+RUNTIME = ["numpy>=1.24", "pillow>=10", "tokenizers>=0.20", "onnxruntime>=1.18", "tqdm>=4.60"]
+TORCH = [
+    "torch>=2.4",  # CI and the README pin torch==2.13.0 (the CPU build)
+    "transformers>=5.23,<6",  # model/ is written against transformers 5 (flattened vision towers)
+    "safetensors>=0.4",
+    "sentencepiece>=0.2",  # converting a release's tokenizer.model to tokenizer.json
+    "protobuf>=4",
+]
+EXTRAS = {
+    "torch": TORCH,
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+    "jetson": ["opencv-python-headless>=4.8"],
+    "gpu": ["tensorrt>=10", "cuda-python>=12"],
+    "dev": TORCH + ["pytest>=8", "hypothesis>=6", "import-linter>=2.0"],
+}
+
+setup(
+    name="vlm-edge",
+    version="0.1.0",
+    description="Edge inference runtime and 4-bit quantization toolkit for VILA-class vision-language models",
+    python_requires=">=3.10",
+    packages=["vlm_edge"] + [f"vlm_edge.{name}" for name in SUBPACKAGES],
+    package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": name for name in SUBPACKAGES}},
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["vlm-model = vlm_edge.model.cli:main"]},
+)
