@@ -57,7 +57,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         raise VlmEdgeError(f"output path {path} exists and is not a directory; choose another path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise VlmEdgeError(
-            f"output directory {path} exists and is not empty; choose another path or allow overwriting"
+            f"output directory {path} exists and is not empty; choose another path or overwrite it (--force, or overwrite=True in Python)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
@@ -85,8 +85,8 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: str | os.PathLike, *, what: str) -> dict:
-    """Read a JSON object, turning a missing or malformed file into a clear error.
+def read_json(path: str | os.PathLike, *, what: str, error: type[VlmEdgeError] = VlmEdgeError) -> dict:
+    """Read a JSON object, turning a missing or malformed file into a clear `error`.
 
     `what` says what the file is for the message, e.g. "checkpoint config".
     """
@@ -94,11 +94,11 @@ def read_json(path: str | os.PathLike, *, what: str) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise VlmEdgeError(f"{what} {path} is missing") from None
+        raise error(f"{what} {path} is missing") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise VlmEdgeError(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise error(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(obj, dict):
-        raise VlmEdgeError(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
+        raise error(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
     return obj

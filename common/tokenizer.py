@@ -112,7 +112,7 @@ class TextTokenizer:
 
 def read_tokenizer_config(directory: Path) -> dict[str, Any]:
     path = directory / TOKENIZER_CONFIG_FILE
-    return read_json(path, what="tokenizer config") if path.is_file() else {}
+    return read_json(path, what="tokenizer config", error=CheckpointError) if path.is_file() else {}
 
 
 def read_side_files(directory: Path) -> dict[str, bytes]:

@@ -227,7 +227,7 @@ class VilaConfig:
         ckpt_dir = Path(ckpt_dir)
         if not ckpt_dir.is_dir():
             raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
-        top = read_json(ckpt_dir / "config.json", what="checkpoint config")
+        top = _read(ckpt_dir / "config.json", "checkpoint config")
         for sub in (LLM_DIR, VISION_DIR, PROJECTOR_DIR):
             if not (ckpt_dir / sub).is_dir():
                 raise CheckpointError(
@@ -236,13 +236,13 @@ class VilaConfig:
                 )
         config = cls(
             top={k: v for k, v in top.items() if k not in _SUB_CONFIG_KEYS},
-            llm=read_json(ckpt_dir / LLM_DIR / "config.json", what="LLM config"),
-            vision_tower=read_json(ckpt_dir / VISION_DIR / "config.json", what="vision tower config"),
-            mm_projector=read_json(ckpt_dir / PROJECTOR_DIR / "config.json", what="projector config"),
-            preprocessor=read_json(ckpt_dir / VISION_DIR / PREPROCESSOR_FILE, what="image preprocessor config"),
+            llm=_read(ckpt_dir / LLM_DIR / "config.json", "LLM config"),
+            vision_tower=_read(ckpt_dir / VISION_DIR / "config.json", "vision tower config"),
+            mm_projector=_read(ckpt_dir / PROJECTOR_DIR / "config.json", "projector config"),
+            preprocessor=_read(ckpt_dir / VISION_DIR / PREPROCESSOR_FILE, "image preprocessor config"),
         )
         if (ckpt_dir / LLM_DIR / GENERATION_FILE).is_file():
-            config.llm_generation = read_json(ckpt_dir / LLM_DIR / GENERATION_FILE, what="LLM generation config")
+            config.llm_generation = _read(ckpt_dir / LLM_DIR / GENERATION_FILE, "LLM generation config")
         config.validate()
         return config
 
@@ -280,6 +280,10 @@ class VilaConfig:
         atomic_write_json(ckpt_dir / VISION_DIR / PREPROCESSOR_FILE, self.preprocessor)
         if self.llm_generation is not None:
             atomic_write_json(ckpt_dir / LLM_DIR / GENERATION_FILE, self.llm_generation)
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    return read_json(path, what=what, error=CheckpointError)
 
 
 def _attr(sub_dir: str) -> str:

@@ -60,7 +60,9 @@ def build(arch: Architecture, cfg: dict[str, Any], *, attn_implementation: str, 
     if init_weights:
         return arch.model_class(config)
     with no_init_weights():
-        return arch.model_class(config)
+        model = arch.model_class(config)
+    model.tie_weights()  # no_init_weights skips tying too (tie_word_embeddings models share lm_head)
+    return model
 
 
 def tied_keys(model: torch.nn.Module) -> set[str]:

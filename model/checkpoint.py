@@ -136,7 +136,7 @@ def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of one sub-model: model.safetensors, or the shards its index names."""
     index = directory / INDEX_FILE
     if index.is_file():
-        weight_map = read_json(index, what="safetensors index").get("weight_map")
+        weight_map = read_json(index, what="safetensors index", error=CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no 'weight_map'")
         files = [directory / name for name in sorted(set(weight_map.values()))]

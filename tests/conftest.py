@@ -1,0 +1,49 @@
+"""Shared fixtures. Expensive ones (a trained SentencePiece model, the release-layout checkpoint)
+are built once per session in a temporary directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures import tiny_config, train_sentencepiece, write_release_fixture
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+    config.addinivalue_line("markers", "tensorrt: needs the tensorrt package and a GPU")
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory):
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"))
+
+
+@pytest.fixture(scope="session")
+def release_dir(tmp_path_factory, spm_model):
+    """A VILA1.5-3b-layout checkpoint with tiny widths (see fixtures.write_release_fixture)."""
+    return write_release_fixture(tmp_path_factory.mktemp("release") / "VILA1.5-3b-tiny", spm_model=spm_model)
+
+
+@pytest.fixture(scope="session")
+def release(release_dir):
+    from vlm_edge.model import load_checkpoint
+
+    return load_checkpoint(release_dir)
+
+
+@pytest.fixture
+def tiny(request):
+    """A random tiny Checkpoint (Llama + SigLIP + mlp_downsample, column-major) with the byte tokenizer."""
+    import torch
+
+    from vlm_edge.model import Checkpoint, VilaModel
+    from vlm_edge.model.presets import byte_level_tokenizer
+
+    torch.manual_seed(0)
+    return Checkpoint(VilaModel(tiny_config()).eval(), byte_level_tokenizer())
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

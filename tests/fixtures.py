@@ -1,0 +1,165 @@
+"""Test fixtures: tiny VILA-class configs and a structurally exact VILA1.5-3b release layout.
+
+`write_release_fixture` writes a checkpoint the way the public VILA1.5-3b release is laid out:
+the published config.json with every key kept (dimensions shrunk), `llm/` in two safetensors
+shards with an index, a SentencePiece `tokenizer.model` (no tokenizer.json), transformers-4.x
+state-dict keys (`vision_model.*`), and no vlm-edge settings (no downsample_token_order, no
+chat_template). It deliberately does not use `vlm_edge.model.save_checkpoint`, so loading it
+tests our loader against the release layout, not against our own writer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the project root, here and in CI
+PUBLISHED_CONFIG = SHARED / "fixtures" / "vila1.5-3b.config.json"
+
+# Tiny widths (2 layers, 32-64 wide) replacing the published dimensions.
+TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=42, patch_size=14)
+
+SPM_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: What colour is the circle? ASSISTANT: The circle is red.",
+    "How many squares are there in the image? There are three blue squares.",
+    "Which image has a green triangle? The second image has a green triangle.",
+]
+
+
+def published_config() -> dict:
+    return json.loads(PUBLISHED_CONFIG.read_text())
+
+
+def train_sentencepiece(directory: Path, vocab_size: int = 320) -> Path:
+    """A tiny Llama-style SentencePiece BPE model (<unk>=0, <s>=1, </s>=2, byte fallback)."""
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(SPM_CORPUS * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(directory / "spm"), vocab_size=vocab_size, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, minloglevel=2,
+    )
+    corpus.unlink()
+    return directory / "spm.model"
+
+
+def _save_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None = None) -> Path:
+    """Write a VILA1.5-3b-layout checkpoint with tiny widths into `root` and return it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    top = published_config()
+    spm_model = spm_model or train_sentencepiece(root.parent / f"{root.name}-spm")
+    import sentencepiece as spm
+
+    vocab_size = spm.SentencePieceProcessor(model_file=str(spm_model)).get_piece_size()
+
+    llm_cfg = copy.deepcopy(top["llm_cfg"])
+    llm_cfg.update(TINY_LLM, vocab_size=vocab_size, max_position_embeddings=512, model_max_length=512,
+                   tokenizer_model_max_length=512)
+    vision_cfg = copy.deepcopy(top["vision_tower_cfg"])
+    vision_cfg.update(TINY_VISION)
+    projector_cfg = copy.deepcopy(top["mm_projector_cfg"])
+    top.update(llm_cfg=llm_cfg, vision_tower_cfg=vision_cfg, mm_projector_cfg=projector_cfg,
+               hidden_size=TINY_LLM["hidden_size"], mm_hidden_size=TINY_VISION["hidden_size"])
+    _save_json(root / "config.json", top)
+
+    # llm/: transformers-4.36 style files, two shards
+    strip = ("_name_or_path",)
+    llm_file_cfg = {k: v for k, v in llm_cfg.items() if k not in strip}
+    llm_file_cfg["_name_or_path"] = "./llm"
+    _save_json(root / "llm" / "config.json", llm_file_cfg)
+    _save_json(root / "llm" / "generation_config.json",
+               {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 512, "transformers_version": "4.36.2"})
+    llm_kwargs = {k: v for k, v in llm_cfg.items() if k not in ("_name_or_path", "torch_dtype", "architectures")}
+    llm = LlamaForCausalLM(LlamaConfig(**llm_kwargs))
+    state = {k: v.contiguous() for k, v in llm.state_dict().items()}
+    keys = list(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    weight_map = {}
+    for name, shard_keys in shards.items():
+        save_file({k: state[k] for k in shard_keys}, str(root / "llm" / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard_keys})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    _save_json(root / "llm" / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    (root / "llm" / "tokenizer.model").write_bytes(spm_model.read_bytes())
+    _save_json(root / "llm" / "tokenizer_config.json", {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<unk>", "legacy": False, "model_max_length": 512, "padding_side": "right",
+        "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False,
+    })
+    _save_json(root / "llm" / "special_tokens_map.json",
+               {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"})
+
+    # vision_tower/: SiglipVisionModel with transformers-4.x keys (vision_model.*)
+    vision_file_cfg = dict(vision_cfg, _name_or_path="./vision_tower")
+    _save_json(root / "vision_tower" / "config.json", vision_file_cfg)
+    vision_kwargs = {k: v for k, v in vision_cfg.items() if k not in ("_name_or_path", "torch_dtype", "architectures")}
+    vision = SiglipVisionModel(SiglipVisionConfig(**vision_kwargs))
+    save_file({f"vision_model.{k}": v.contiguous() for k, v in vision.state_dict().items()},
+              str(root / "vision_tower" / "model.safetensors"), metadata={"format": "pt"})
+    size = TINY_VISION["image_size"]
+    _save_json(root / "vision_tower" / "preprocessor_config.json", {
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor",
+        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": size, "width": size},
+    })
+
+    # mm_projector/: mlp_downsample, keys layers.1 (LayerNorm 4C), layers.2 (4C -> H), layers.4 (H -> H)
+    _save_json(root / "mm_projector" / "config.json", dict(projector_cfg, _name_or_path="./mm_projector"))
+    c4, h = 4 * TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
+    projector = {
+        "layers.1.weight": 1 + 0.1 * torch.randn(c4), "layers.1.bias": 0.1 * torch.randn(c4),
+        "layers.2.weight": torch.randn(h, c4) / c4**0.5, "layers.2.bias": 0.1 * torch.randn(h),
+        "layers.4.weight": torch.randn(h, h) / h**0.5, "layers.4.bias": 0.1 * torch.randn(h),
+    }
+    save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
+    return root
+
+
+def tiny_config(*, llm: str = "llama", vision: str = "siglip", projector: str = "mlp_downsample",
+                token_order: str | None = "column_major", image_size: int = 42, patch_size: int = 14,
+                vocab_size: int = 260, tie_embeddings: bool = False, select_feature: str = "cls_patch"):
+    """A small VilaConfig for any supported combination (2 layers, widths 32-64)."""
+    from vlm_edge.common.vila_config import VilaConfig
+
+    llm_cfg = {
+        "architectures": ["LlamaForCausalLM" if llm == "llama" else "Qwen2ForCausalLM"],
+        "model_type": llm if llm == "llama" else "qwen2",
+        **TINY_LLM, "vocab_size": vocab_size, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": tie_embeddings, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    vision_cfg = {
+        "architectures": ["SiglipVisionModel" if vision == "siglip" else "CLIPVisionModel"],
+        "model_type": "siglip_vision_model" if vision == "siglip" else "clip_vision_model",
+        **TINY_VISION, "image_size": image_size, "patch_size": patch_size,
+    }
+    projector_cfg = {"architectures": ["MultimodalProjector"], "model_type": "v2l_projector", "mm_projector_type": projector}
+    if token_order is not None and projector.startswith("mlp_downsample"):
+        projector_cfg["downsample_token_order"] = token_order
+    if vision == "siglip":
+        preprocessor = {"size": {"height": image_size, "width": image_size}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 3}
+    else:
+        preprocessor = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size},
+                        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                        "resample": 3}
+    top = {"architectures": ["LlavaLlamaModel"], "model_type": "llava_llama", "mm_vision_select_layer": -2,
+           "mm_vision_select_feature": select_feature, "image_aspect_ratio": "resize", "s2": False, "chat_template": "plain"}
+    config = VilaConfig(top=top, llm=llm_cfg, vision_tower=vision_cfg, mm_projector=projector_cfg, preprocessor=preprocessor)
+    config.resolve_token_order()
+    return config
