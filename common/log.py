@@ -11,9 +11,19 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("vlm_edge") else f"vlm_edge.{name}")
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at emit time (it may be redirected after setup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log `vlm_edge.*` records to stderr as `[vlm-edge] message`."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("[vlm-edge] %(message)s"))
     root = logging.getLogger("vlm_edge")
     root.handlers[:] = [handler]

@@ -9,11 +9,6 @@ import pytest
 from fixtures import tiny_config, train_sentencepiece, write_release_fixture
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
-    config.addinivalue_line("markers", "tensorrt: needs the tensorrt package and a GPU")
-
-
 @pytest.fixture(scope="session")
 def spm_model(tmp_path_factory):
     return train_sentencepiece(tmp_path_factory.mktemp("spm"))
