@@ -24,7 +24,7 @@ EXTRAS = {
     "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
     "jetson": ["opencv-python-headless>=4.8"],
     "gpu": ["tensorrt>=10", "cuda-python>=12"],
-    "dev": TORCH + ["pytest>=8", "hypothesis>=6"],
+    "dev": TORCH + ["pytest>=8"],
 }
 
 setup(

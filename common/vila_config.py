@@ -49,7 +49,8 @@ DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix
 SELECT_FEATURES = ("patch", "cls_patch")
 ASPECT_RATIOS = ("resize", "pad")
 
-# Top-level keys that copy the sub-folder configs; rebuilt from them on save.
+# Top-level keys that copy the sub-folder configs (rebuilt from them on save); the sub-folder
+# names double as the VilaConfig attribute names.
 _SUB_CONFIG_KEYS = {"llm_cfg": LLM_DIR, "vision_tower_cfg": VISION_DIR, "mm_projector_cfg": PROJECTOR_DIR}
 
 
@@ -264,7 +265,7 @@ class VilaConfig:
         """config.json as written: the top-level keys plus copies of the sub-folder configs."""
         out = dict(self.top)
         for key, sub in _SUB_CONFIG_KEYS.items():
-            sub_cfg = {**getattr(self, _attr(sub)), "_name_or_path": f"./{sub}"}
+            sub_cfg = {**getattr(self, sub), "_name_or_path": f"./{sub}"}
             out[key] = dict(sorted(sub_cfg.items()))
         return dict(sorted(out.items()))
 
@@ -285,6 +286,3 @@ class VilaConfig:
 def _read(path: Path, what: str) -> dict[str, Any]:
     return read_json(path, what=what, error=CheckpointError)
 
-
-def _attr(sub_dir: str) -> str:
-    return {LLM_DIR: "llm", VISION_DIR: "vision_tower", PROJECTOR_DIR: "mm_projector"}[sub_dir]

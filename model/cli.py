@@ -30,20 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
     info = sub.add_parser("info", help="print a checkpoint's configuration and parameter counts")
-    info.add_argument("checkpoint")
+    info.add_argument("checkpoint", help="checkpoint directory (VILA1.5 layout)")
 
     gen = sub.add_parser("generate", help="answer a prompt about images with the PyTorch reference model")
-    gen.add_argument("checkpoint")
+    gen.add_argument("checkpoint", help="checkpoint directory (VILA1.5 layout)")
     gen.add_argument("--prompt", required=True, help=f"user message; put {IMAGE_TOKEN} where each image goes "
                      f"(if absent, one {IMAGE_TOKEN} per image is put in front)")
     gen.add_argument("--image", action="append", default=[], help="image file (repeat for several images)")
     gen.add_argument("--system", help="system prompt (default: the chat template's)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the K most likely tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats (1.0 = off)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     gen.add_argument("--downsample-token-order", choices=TOKEN_ORDERS,
                      help="override the projector's token order recorded in (or defaulted for) the checkpoint")
     gen.add_argument("--chat-template", help="override the chat template (vicuna_v1, llama_3, hermes-2, plain)")

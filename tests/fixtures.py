@@ -79,10 +79,7 @@ def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None =
     _save_json(root / "config.json", top)
 
     # llm/: transformers-4.36 style files, two shards
-    strip = ("_name_or_path",)
-    llm_file_cfg = {k: v for k, v in llm_cfg.items() if k not in strip}
-    llm_file_cfg["_name_or_path"] = "./llm"
-    _save_json(root / "llm" / "config.json", llm_file_cfg)
+    _save_json(root / "llm" / "config.json", dict(llm_cfg, _name_or_path="./llm"))
     _save_json(root / "llm" / "generation_config.json",
                {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 512, "transformers_version": "4.36.2"})
     llm_kwargs = {k: v for k, v in llm_cfg.items() if k not in ("_name_or_path", "torch_dtype", "architectures")}

@@ -48,18 +48,16 @@ def test_release_layout_matches_transformers(release, release_dir, rng):
 
 
 @pytest.mark.parametrize(
-    "llm,vision,projector,select_feature,tied",
-    [("qwen2", "clip", "mlp2x_gelu", "patch", True), ("qwen2", "siglip", "linear", "cls_patch", False),
-     ("llama", "clip", "mlp_downsample_2x2_fix", "cls_patch", False)],
+    "llm,vision,projector,select_feature,tied,image_size",
+    [("qwen2", "clip", "mlp2x_gelu", "patch", True, 42),
+     ("qwen2", "siglip", "linear", "cls_patch", False, 42),
+     # CLIP + downsample: 4x4 patches + CLS; "patch" drops the CLS so the grid is square (-> 2x2 tokens)
+     ("llama", "clip", "mlp_downsample_2x2_fix", "patch", False, 56)],
 )
 @torch.no_grad()
-def test_other_families_round_trip_through_transformers(tmp_path, rng, llm, vision, projector, select_feature, tied):
-    image_size = 56 if vision == "clip" and projector.startswith("mlp_downsample") else 42
-    patch = 28 if image_size == 56 else 14  # CLIP + downsample needs a square grid incl. CLS: 2x2 patches + CLS is not
+def test_other_families_round_trip_through_transformers(tmp_path, rng, llm, vision, projector, select_feature, tied, image_size):
     config = tiny_config(llm=llm, vision=vision, projector=projector, tie_embeddings=tied, select_feature=select_feature,
-                         image_size=image_size, patch_size=patch)
-    if vision == "clip" and projector.startswith("mlp_downsample"):
-        config.top["mm_vision_select_feature"] = "patch"  # drop CLS so the 2x2 grid stays square
+                         image_size=image_size)
     torch.manual_seed(0)
     Checkpoint(VilaModel(config).eval(), byte_level_tokenizer()).save(tmp_path / "ckpt")
     ckpt = load_checkpoint(tmp_path / "ckpt")
