@@ -36,5 +36,11 @@ setup(
     package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": name for name in SUBPACKAGES}},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["vlm-model = vlm_edge.model.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "vlm-model = vlm_edge.model.cli:main",
+            "vlm-train = vlm_edge.train.cli:main",
+            "vlm-eval = vlm_edge.train.cli:eval_main",
+        ]
+    },
 )

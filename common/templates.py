@@ -118,7 +118,8 @@ Message = Mapping[str, str]
 def render_segments(
     template: ChatTemplate, messages: Sequence[Message], *, add_generation_prompt: bool = True
 ) -> list[tuple[str, bool]]:
-    """Render to (text, is_answer) pieces; is_answer marks assistant answers and their end marker.
+    """Render to (text, is_answer) pieces; is_answer marks what the model must produce after the
+    generation prompt: answer prefix, answer and end marker.
 
     Training puts the loss on the is_answer pieces; inference joins them (see `render`).
     """
@@ -140,8 +141,8 @@ def render_segments(
             pieces.append((template.user_prefix + content + suffix, False))
         else:
             suffix = template.final_suffix if (last and template.final_suffix is not None) else template.assistant_suffix
-            pieces.append((template.assistant_prefix + template.answer_prefix, False))
-            pieces.append((content + suffix, True))
+            pieces.append((template.assistant_prefix, False))  # = the generation prompt
+            pieces.append((template.answer_prefix + content + suffix, True))  # what the model must produce
     if add_generation_prompt:
         pieces.append((template.assistant_prefix, False))
     return pieces

@@ -87,9 +87,12 @@ class TextTokenizer:
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids if i >= 0], skip_special_tokens=skip_special_tokens)
 
-    def tokenize_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a rendered prompt; each `<image>` becomes IMAGE_TOKEN_INDEX."""
-        chunks = [self.encode(chunk, add_special_tokens=True) for chunk in prompt.split(IMAGE_TOKEN)]
+    def tokenize_prompt(self, prompt: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a rendered prompt; each `<image>` becomes IMAGE_TOKEN_INDEX.
+
+        `add_special_tokens=False` encodes a continuation (no BOS), e.g. a later turn in training.
+        """
+        chunks = [self.encode(chunk, add_special_tokens=add_special_tokens) for chunk in prompt.split(IMAGE_TOKEN)]
         keep_bos = bool(chunks[0]) and self.bos_id is not None and chunks[0][0] == self.bos_id
         offset = 1 if keep_bos else 0
         ids: list[int] = [self.bos_id] if keep_bos else []  # type: ignore[list-item]

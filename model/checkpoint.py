@@ -100,7 +100,7 @@ def load_checkpoint(
     with _default_dtype(dtype):
         model = VilaModel(config, attn_implementation=attn_implementation, init_weights=False)
     for sub, module, prefix in _components(model):
-        _load_weights(module, path / sub, prefix)
+        load_weights(module, path / sub, prefix)
     model.eval()
     return Checkpoint(model, tokenizer)
 
@@ -161,7 +161,7 @@ def _broken(file: Path, error: Exception) -> CheckpointError:
     )
 
 
-def _load_weights(module: torch.nn.Module, directory: Path, prefix: str) -> None:
+def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "") -> None:
     """Copy every tensor of `directory` into `module`, strictly, one tensor at a time."""
     expected = module.state_dict(keep_vars=True)
     optional = tied_keys(module)  # e.g. lm_head.weight under tied embeddings: not stored
@@ -220,15 +220,21 @@ def save_checkpoint(
     the new one is complete. Tensors are written in the model's dtype.
     """
     out_dir = Path(out_dir)
-    config = model.config.copy()
-    _record_dtype(config, model.dtype)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        config.write(tmp)
-        for sub, module, prefix in _components(model):
-            _save_weights(module, tmp / sub, prefix, max_shard_bytes)
-        tokenizer.save(tmp / LLM_DIR)
+        write_checkpoint(model, tokenizer, tmp, max_shard_bytes=max_shard_bytes)
     log.info("saved checkpoint to %s", out_dir)
     return out_dir
+
+
+def write_checkpoint(model: VilaModel, tokenizer: TextTokenizer, directory: Path, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """Write the checkpoint files into `directory` (not atomic: callers wrap it in atomic_directory,
+    possibly together with files of their own, as the trainer does with its resume state)."""
+    config = model.config.copy()
+    _record_dtype(config, model.dtype)
+    config.write(directory)
+    for sub, module, prefix in _components(model):
+        _save_weights(module, directory / sub, prefix, max_shard_bytes)
+    tokenizer.save(directory / LLM_DIR)
 
 
 def _record_dtype(config: VilaConfig, dtype: torch.dtype) -> None:

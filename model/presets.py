@@ -1,6 +1,6 @@
 """Named model shapes for new checkpoints, as a table of dimensions.
 
-`tiny` is the embedded default: a few million parameters, an odd 7x7 patch grid (padded to
+`micro` is for tests. `tiny` is the embedded default: a few million parameters, an odd 7x7 patch grid (padded to
 8x8 and downsampled to 16 tokens, as VILA1.5-3b's 27x27 -> 196) and grouped-query attention,
 so every code path of the real model runs at laptop speed. `vila1.5-3b` has the published
 VILA1.5-3b dimensions (for benchmarks and memory checks; random weights).
@@ -39,6 +39,10 @@ class ModelDims:
 
 
 PRESETS: dict[str, ModelDims] = {
+    "micro": ModelDims(  # for tests: trains a step in milliseconds
+        hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, max_positions=512,
+        image_size=28, patch_size=7, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
+    ),
     "tiny": ModelDims(
         hidden=128, intermediate=352, layers=4, heads=4, kv_heads=2, max_positions=1024,
         image_size=56, patch_size=8, vision_hidden=64, vision_intermediate=128, vision_layers=3, vision_heads=4,

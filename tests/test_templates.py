@@ -50,7 +50,7 @@ def test_system_message_replaces_the_default():
 def test_training_segments_mark_answers_and_the_final_separator():
     convo = TWO_TURNS[:2]
     vicuna = render_segments(get_template("vicuna_v1"), convo, add_generation_prompt=False)
-    assert [text for text, answer in vicuna if answer] == ["A cat.</s>"]
+    assert [text for text, answer in vicuna if answer] == [" A cat.</s>"]
     llama3 = render_segments(get_template("llama_3"), convo, add_generation_prompt=False)
     assert [text for text, answer in llama3 if answer] == ["A cat.<|end_of_text|>"]  # VILA's sep2 on the last turn
 

@@ -1,0 +1,213 @@
+"""The training module: data, freezing, data-parallel equivalence, kill-and-resume, user data.
+
+All runs use the `micro` preset (a step takes milliseconds) and skip the final evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_edge.common.errors import InputError
+from vlm_edge.common.templates import get_template
+from vlm_edge.model import load_checkpoint
+from vlm_edge.model.vila import IGNORE_INDEX
+from vlm_edge.train.batching import encode
+from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa, load_conversations
+from vlm_edge.train.recipe import StageConfig, TrainConfig
+from vlm_edge.train.tokenizer import train_tokenizer
+from vlm_edge.train.trainer import Trainer, corpus
+
+MICRO = ["--preset", "micro", "--eval-per-type", "0", "--device", "cpu"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).model.state_dict()
+
+
+def _assert_close(a: dict, b: dict, atol: float) -> float:
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= atol, f"max abs difference {worst:g} > {atol:g}"
+    return worst
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def test_samples_are_deterministic_and_splits_disjoint():
+    data = SyntheticData(28, seed=3)
+    a, b = data.sample("vqa", 17), data.sample("vqa", 17)
+    assert a.messages == b.messages and np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    from vlm_edge.train.datasets import _is_heldout  # the split rule itself
+
+    train_scenes = [data.scene(__import__("random").Random(i), "train") for i in range(500)]
+    assert not any(_is_heldout(s) for s in train_scenes)
+    held = heldout_vqa(data, 5)
+    assert {s.question_type for s in held} == set(QUESTION_TYPES) and len(held) == 5 * len(QUESTION_TYPES)
+
+
+def test_encoding_puts_loss_on_the_answer_only():
+    data = SyntheticData(28)
+    tokenizer = train_tokenizer(corpus(data, "plain", per_kind=200), vocab_size=300)
+    template = get_template("plain")
+    sample = data.sample("vqa", 5)
+    ids, labels = encode(sample, tokenizer, template)
+    answer = [t for t in labels if t != IGNORE_INDEX]
+    assert tokenizer.decode(answer, skip_special_tokens=False) == f" {sample.answer}</s>"
+    # the prompt part is tokenized exactly as at inference
+    from vlm_edge.common.templates import render
+
+    prompt = tokenizer.tokenize_prompt(render(template, sample.messages[:1]))
+    assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    doc_ids, doc_labels = encode(data.sample("caption", 1), tokenizer, template)
+    assert doc_labels[0] == IGNORE_INDEX and doc_ids[-1] == tokenizer.eos_id and doc_labels[-1] == tokenizer.eos_id
+
+
+# ---- freezing --------------------------------------------------------------------------------------
+def test_frozen_modules_do_not_change(tmp_path):
+    config = TrainConfig(preset="micro", eval_per_type=0, device="cpu",
+                         stages=[StageConfig("align", 3, 1e-2, 4, ("mm_projector",), {"caption": 1.0}, warmup_steps=1)])
+    trainer = Trainer(config, tmp_path / "ckpt")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    after = trainer.model.state_dict()
+    for key in before:
+        changed = not torch.equal(before[key], after[key])
+        assert changed == key.startswith("mm_projector."), key
+
+
+# ---- data-parallel equivalence -----------------------------------------------------------------------
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun with 2 gloo processes and a global batch of 8 == 1 process with a batch of 8."""
+    args = MICRO + ["--steps", "align=2,pretrain=2,sft=3", "--batch-size", "8"]
+    single = subprocess.run([sys.executable, "-m", "vlm_edge.train.cli", *args, "-o", str(tmp_path / "one")],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "vlm_edge.train.cli", *args, "-o", str(tmp_path / "two")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # Same data, same loss normalisation; only the order of float32 gradient sums differs (~1e-7),
+    # which Adam's per-parameter normalisation can amplify for near-zero gradients over 7 steps.
+    _assert_close(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-4)
+    one = json.loads((tmp_path / "one" / "training" / "trainer_state.json").read_text())["history"]
+    two = json.loads((tmp_path / "two" / "training" / "trainer_state.json").read_text())["history"]
+    assert [h["step"] for h in one] == [h["step"] for h in two]
+    np.testing.assert_allclose([h["loss"] for h in one], [h["loss"] for h in two], rtol=1e-4)
+
+
+# ---- kill and resume ---------------------------------------------------------------------------------
+def _state(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "training" / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_killed_run_resumes_to_the_same_state(tmp_path):
+    args = MICRO + ["--steps", "align=2,pretrain=2,sft=120", "--checkpoint-every", "5", "--batch-size", "4"]
+    full = subprocess.run([sys.executable, "-m", "vlm_edge.train.cli", *args, "-o", str(tmp_path / "full")],
+                          capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run = subprocess.Popen([sys.executable, "-m", "vlm_edge.train.cli", *args, "-o", str(tmp_path / "cut")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = _state(tmp_path / "cut")
+        if state and state["stage"] == 2 and state["step"] >= 5:
+            break
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)  # a real kill, mid-stage
+    run.wait()
+    state = _state(tmp_path / "cut")
+    assert state is not None and state["stage"] == 2 and 5 <= state["step"] < 120, state
+    # a kill leaves no half-written checkpoint behind: only the last complete one (and maybe a .partial)
+    assert all(p.name == "cut" or p.name.startswith(".cut.") or p.name == "full" for p in tmp_path.iterdir())
+
+    resumed = subprocess.run([sys.executable, "-m", "vlm_edge.train.cli", "-o", str(tmp_path / "cut"), "--resume"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr
+    _assert_close(_weights(tmp_path / "full"), _weights(tmp_path / "cut"), atol=1e-6)
+
+
+def test_output_directory_is_not_clobbered(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "mine.txt").write_text("keep")
+    config = TrainConfig(preset="micro", eval_per_type=0, stages=[StageConfig("align", 1, 1e-3, 2, ("mm_projector",), {"caption": 1})])
+    with pytest.raises(InputError, match="--resume .* or --force"):
+        Trainer(config, tmp_path / "ckpt")
+    with pytest.raises(InputError, match="no training state"):
+        Trainer(config, tmp_path / "ckpt", resume=True)
+    assert (tmp_path / "ckpt" / "mine.txt").read_text() == "keep"
+
+
+# ---- users' own data ---------------------------------------------------------------------------------
+GOOD = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]}
+
+
+@pytest.mark.parametrize(
+    "record,phrase",
+    [("text", "must be a JSON object"),
+     ({**GOOD, "conversations": []}, "'conversations' must be a non-empty list"),
+     ({**GOOD, "image": 3}, "'image' must be a file name"),
+     ({**GOOD, "image": "missing.png"}, "missing.png does not exist"),
+     ({**GOOD, "conversations": [{"from": "robot", "value": "x"}, GOOD["conversations"][1]]}, "'from' must be one of"),
+     ({**GOOD, "conversations": [GOOD["conversations"][0], {"from": "gpt", "value": 5}]}, "string 'value'"),
+     ({**GOOD, "conversations": [GOOD["conversations"][0]]}, "last turn must be the assistant"),
+     ({**GOOD, "conversations": [GOOD["conversations"][1], GOOD["conversations"][0]]}, "expected a user turn"),
+     ({**GOOD, "image": ["a.png", "a.png"]}, "1 <image> placeholder(s) but 2 image(s)")],
+)
+def test_user_data_rejects_broken_records_with_their_index(tmp_path, record, phrase):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "data.json").write_text(json.dumps([GOOD, GOOD, record]))
+    with pytest.raises(InputError) as info:
+        load_conversations(tmp_path / "data.json")
+    assert "record 2:" in str(info.value) and phrase in str(info.value), str(info.value)
+
+
+def test_user_data_loads_multi_image_records(tmp_path):
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    records = [GOOD, {"image": ["a.png", "b.png"], "conversations": [
+        {"from": "human", "value": "<image> vs <image>: same?"}, {"from": "gpt", "value": "yes"},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes"}]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    samples = load_conversations(tmp_path / "data.json")
+    assert [len(s.images) for s in samples] == [1, 2, 0] and len(samples[1].messages) == 4
+
+
+# ---- init from existing component folders -------------------------------------------------------------
+def test_init_from_existing_llm_and_vision_folders(tmp_path):
+    from vlm_edge.model import Checkpoint, VilaModel
+    from vlm_edge.model.presets import byte_level_tokenizer, preset_config
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(5)
+    source = Checkpoint(VilaModel(preset_config("micro", tokenizer)), tokenizer)
+    source.save(tmp_path / "src")
+    config = TrainConfig(preset="micro", eval_per_type=0, init_llm=str(tmp_path / "src" / "llm"),
+                         init_vision=str(tmp_path / "src" / "vision_tower"),
+                         stages=[StageConfig("align", 1, 1e-3, 2, ("mm_projector",), {"caption": 1.0})])
+    trainer = Trainer(config, tmp_path / "out")
+    for name in ("llm", "vision_tower"):
+        want, got = getattr(source.model, name).state_dict(), getattr(trainer.model, name).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), name
+    assert trainer.checkpoint.tokenizer.tokenizer.to_str() == tokenizer.tokenizer.to_str()
+    assert trainer.checkpoint.config.chat_template == "vicuna_v1"  # judged from the LLM's vocabulary
+    trainer.run()
+    assert load_checkpoint(tmp_path / "out").config.llm == source.config.llm | {"torch_dtype": "float32"}

@@ -1,0 +1,58 @@
+"""Samples -> token ids, labels and pixel values.
+
+Conversations are rendered with the chat template into (text, is_answer) pieces; prompt pieces
+are tokenized exactly as at inference (`tokenize_prompt`: BOS once, <image> -> -200) and carry
+no loss; answer pieces (answer prefix + answer + end marker, e.g. " red</s>") carry the loss.
+Documents (captions, interleaved text) carry loss on every text token and the closing EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlm_edge.common.image import ImageProcessorConfig, preprocess_images
+from vlm_edge.common.templates import ChatTemplate, render_segments
+from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
+from vlm_edge.model.vila import IGNORE_INDEX
+
+from .datasets import Sample
+
+
+@dataclass
+class Batch:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    pixel_values: np.ndarray  # float32 [N_images, 3, H, W], images in sample order
+
+    @property
+    def num_targets(self) -> int:
+        """Tokens that carry loss (labels are predicted from the position before them)."""
+        return sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in self.labels)
+
+
+def encode(sample: Sample, tokenizer: TextTokenizer, template: ChatTemplate) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one sample; labels are IGNORE_INDEX where there is no loss."""
+    if sample.text is not None:
+        ids = tokenizer.tokenize_prompt(sample.text) + [tokenizer.eos_id]
+        labels = [IGNORE_INDEX if t == IMAGE_TOKEN_INDEX else t for t in ids]
+        if tokenizer.bos_id is not None and ids[0] == tokenizer.bos_id:
+            labels[0] = IGNORE_INDEX
+        return ids, labels
+    ids, labels = [], []
+    for k, (text, is_answer) in enumerate(render_segments(template, sample.messages or [], add_generation_prompt=False)):
+        if is_answer:
+            piece = tokenizer.encode(text)
+            labels += piece
+        else:
+            piece = tokenizer.tokenize_prompt(text, add_special_tokens=(k == 0))
+            labels += [IGNORE_INDEX] * len(piece)
+        ids += piece
+    return ids, labels
+
+
+def collate(samples: list[Sample], tokenizer: TextTokenizer, template: ChatTemplate, image_cfg: ImageProcessorConfig) -> Batch:
+    encoded = [encode(s, tokenizer, template) for s in samples]
+    images = [image for s in samples for image in s.images]
+    return Batch([e[0] for e in encoded], [e[1] for e in encoded], preprocess_images(images, image_cfg))

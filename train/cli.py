@@ -1,0 +1,124 @@
+"""`vlm-train` and `vlm-eval`: train a VILA-class checkpoint with the 3-stage recipe, and measure it.
+
+    vlm-train --preset tiny -o ckpt/                 align -> pretrain -> sft, then evaluate
+    vlm-train -o ckpt/ --resume                      continue an interrupted run
+    torchrun --nproc_per_node 2 -m vlm_edge.train.cli --preset tiny -o ckpt/     data-parallel
+    vlm-eval ckpt/                                   held-out accuracy per question type + perplexity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlm_edge.common.errors import VlmEdgeError
+from vlm_edge.common.log import setup_logging
+
+
+def _stage_steps(text: str) -> dict[str, int]:
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected align=N,pretrain=N,sft=N, got {text!r}") from None
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory (VILA1.5 layout + training/ state)")
+    p.add_argument("--preset", default="tiny", help="model shape and recipe: tiny (default), micro, vila1.5-3b")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    p.add_argument("--force", action="store_true", help="start over in a non-empty --output")
+    p.add_argument("--steps", type=_stage_steps, help="override stage steps, e.g. align=50,pretrain=100,sft=500")
+    p.add_argument("--lr", type=float, help="override every stage's peak learning rate")
+    p.add_argument("--batch-size", type=int, help="override every stage's global batch size")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the recipe's)")
+    p.add_argument("--data", help="your own LLaVA-format conversation JSON, mixed into the SFT stage")
+    p.add_argument("--image-folder", help="folder the --data image paths are relative to (default: the JSON's)")
+    p.add_argument("--init-llm", help="start from this LLM folder (config.json, safetensors, tokenizer) "
+                   "instead of the preset's random one; its tokenizer and chat template are used")
+    p.add_argument("--init-vision", help="start from this vision tower folder (config.json, safetensors, "
+                   "preprocessor_config.json)")
+    p.add_argument("--eval-per-type", type=int, help="held-out questions per type in the final evaluation (0 = skip)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def build_config(args: argparse.Namespace):
+    from .recipe import default_config
+
+    config = default_config(args.preset, seed=args.seed, device=args.device)
+    for stage in config.stages:
+        if args.steps and stage.name in args.steps:
+            stage.steps = args.steps[stage.name]
+        if args.lr:
+            stage.lr = args.lr
+        if args.batch_size:
+            stage.batch_size = args.batch_size
+        if args.data and stage.name == "sft":
+            stage.mix = {**stage.mix, "user": 1.0}
+    if args.steps and set(args.steps) - {s.name for s in config.stages}:
+        raise VlmEdgeError(f"--steps names unknown stages {sorted(set(args.steps) - {s.name for s in config.stages})}")
+    if args.checkpoint_every:
+        config.checkpoint_every = args.checkpoint_every
+    if args.eval_per_type:
+        config.eval_per_type = args.eval_per_type
+    config.user_data, config.image_folder = args.data, args.image_folder
+    config.init_llm, config.init_vision = args.init_llm, args.init_vision
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        import torch
+
+        from .trainer import Trainer
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        trainer = Trainer(build_config(args), args.output, resume=args.resume, force=args.force)
+        trainer.run()
+    except VlmEdgeError as e:
+        print(f"vlm-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vlm-eval", description="Held-out VQA exact match per question type and "
+                                "perplexity of a checkpoint, on the training module's synthetic data.")
+    p.add_argument("checkpoint")
+    p.add_argument("--per-type", type=int, default=50, help="questions per type (default 50)")
+    p.add_argument("--seed", type=int, help="data seed (default: the one the checkpoint was trained with)")
+    p.add_argument("--json", help="also write the result to this file")
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        from pathlib import Path
+
+        from vlm_edge.model import load_checkpoint
+
+        from .datasets import SyntheticData
+        from .evaluate import evaluate, format_table
+
+        ckpt = load_checkpoint(args.checkpoint)
+        seed = args.seed
+        saved = Path(args.checkpoint) / "training" / "train_config.json"
+        if seed is None:
+            seed = json.loads(saved.read_text())["seed"] if saved.is_file() else 0
+        result = evaluate(ckpt, SyntheticData(ckpt.config.image_size, seed), args.per_type)
+        print(format_table(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    except VlmEdgeError as e:
+        print(f"vlm-eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The training configuration: VILA's three-stage recipe as data, saved with every checkpoint.
+
+    stage 0  align     projector only (vision tower and LLM frozen), image-caption pairs
+    stage 1  pretrain  + the LLM (and, for models trained from scratch, the vision tower),
+                       interleaved documents and caption pairs
+    stage 2  sft       everything, VQA conversations mixed with text-only instructions;
+                       loss on answer tokens only
+
+Each stage sets its steps, learning rate, global batch, trained modules and data mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlm_edge.common.errors import InputError
+
+MODULES = ("vision_tower", "mm_projector", "llm")
+DATA_KINDS = ("caption", "interleaved", "vqa", "text", "user")
+
+
+@dataclass
+class StageConfig:
+    name: str
+    steps: int
+    lr: float
+    batch_size: int  # global: split across processes
+    train: tuple[str, ...]  # modules that learn in this stage (MODULES)
+    mix: dict[str, float]  # data kind -> sampling weight (DATA_KINDS)
+    warmup_steps: int = 20
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise InputError(f"stage {self.name}: steps must be >= 0, batch_size >= 1 and lr > 0")
+        unknown = set(self.train) - set(MODULES)
+        if unknown:
+            raise InputError(f"stage {self.name}: unknown modules {sorted(unknown)}; choose from {', '.join(MODULES)}")
+        bad = set(self.mix) - set(DATA_KINDS)
+        if bad or not self.mix or min(self.mix.values()) < 0:
+            raise InputError(f"stage {self.name}: data mix {self.mix} must weight kinds from {', '.join(DATA_KINDS)}")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    seed: int = 0
+    stages: list[StageConfig] = field(default_factory=list)
+    vocab_size: int = 512  # BPE trained on the synthetic corpus (models from scratch)
+    checkpoint_every: int = 250  # steps; checkpoints are also written at the end of each stage
+    log_every: int = 25
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_per_type: int = 50  # held-out questions per type in the final evaluation (0 = skip it)
+    user_data: str | None = None  # LLaVA-format JSON for the "user" data kind
+    image_folder: str | None = None
+    init_llm: str | None = None  # start from an existing LLM folder (transformers layout + tokenizer)
+    init_vision: str | None = None  # and/or an existing vision tower folder (+ preprocessor_config.json)
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise InputError("the training recipe has no stages")
+        for stage in self.stages:
+            stage.validate()
+            if "user" in stage.mix and stage.mix["user"] > 0 and not self.user_data:
+                raise InputError(f"stage {stage.name} mixes in user data; pass --data FILE")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["stages"] = [StageConfig(**{**s, "train": tuple(s["train"])}) for s in d.get("stages", [])]
+        return cls(**d)
+
+
+def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scratch: bool) -> list[StageConfig]:
+    llm_and_vision = ("vision_tower", "mm_projector", "llm") if from_scratch else ("mm_projector", "llm")
+    return [
+        StageConfig("align", align, lr, batch, ("mm_projector",), {"caption": 1.0}),
+        StageConfig("pretrain", pretrain, lr, batch, llm_and_vision, {"interleaved": 0.5, "caption": 0.5}),
+        StageConfig("sft", sft, lr, batch, ("vision_tower", "mm_projector", "llm"), {"vqa": 0.85, "text": 0.15}),
+    ]
+
+
+# preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
+RECIPES: dict[str, list[StageConfig]] = {
+    "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True),  # tests: seconds
+    "tiny": _recipe(align=60, pretrain=150, sft=900, lr=2e-3, batch=64, from_scratch=True),
+    "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
+}
+
+
+def default_config(preset: str, **overrides: Any) -> TrainConfig:
+    if preset not in RECIPES:
+        raise InputError(f"no training recipe for preset {preset!r}; choose one of {', '.join(RECIPES)}")
+    stages = [dataclasses.replace(s) for s in RECIPES[preset]]
+    return TrainConfig(preset=preset, stages=stages, **overrides)

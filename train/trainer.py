@@ -1,0 +1,304 @@
+"""The training loop: stages, data-parallel processes (torchrun), checkpoints and resume.
+
+Determinism: step s of stage k draws its data kind from (seed, k, s) and uses samples
+[s*B, (s+1)*B) of that kind, each a pure function of (seed, kind, index). Process r of W takes the
+r-th contiguous slice of that global batch. So a batch does not depend on the number of
+processes or on a resume.
+
+Loss: summed cross-entropy over the answer/text tokens of the process's slice, divided by the
+number of such tokens in the whole global batch, times W. DDP averages gradients over the W
+processes, so the update equals a single process's over the global batch.
+
+Checkpoints (every `checkpoint_every` steps and at the end of each stage, by process 0): the
+output directory is replaced atomically by a VILA-layout checkpoint plus `training/`:
+
+    training/train_config.json   the TrainConfig
+    training/trainer_state.json  stage, step, metrics history
+    training/optimizer.pt        AdamW state (for --resume)
+    training/eval.json           the final evaluation
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vlm_edge.common.errors import InputError
+from vlm_edge.common.fsutil import atomic_directory
+from vlm_edge.common.log import get_logger
+from vlm_edge.common.templates import get_template, render
+from vlm_edge.common.fsutil import read_json
+from vlm_edge.common.tokenizer import default_chat_template
+from vlm_edge.common.vila_config import PREPROCESSOR_FILE
+from vlm_edge.model.architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES
+from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint, load_tokenizer, load_weights, write_checkpoint
+from vlm_edge.model.presets import preset_config
+from vlm_edge.model.vila import VilaModel
+
+from .batching import collate
+from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations
+from .evaluate import evaluate, format_table
+from .recipe import StageConfig, TrainConfig
+from .tokenizer import train_tokenizer
+
+log = get_logger(__name__)
+TRAINING_DIR = "training"
+
+
+@dataclass
+class TrainerState:
+    stage: int = 0  # index of the current stage
+    step: int = 0  # steps completed in it
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for, but torch sees no CUDA GPU")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class DataMix:
+    """Step s of stage k draws one data kind by the stage's mix weights; its batch is samples
+    [s*B, (s+1)*B) of that kind. One kind per batch keeps sequence lengths alike, so short
+    caption batches are not padded to the length of an interleaved document."""
+
+    def __init__(self, data: SyntheticData, user: list[Sample] | None):
+        self.data, self.user = data, user or []
+
+    def kind(self, stage_index: int, stage: StageConfig, step: int) -> str:
+        rng = random.Random(f"{self.data.seed}:mix:{stage_index}:{step}")
+        kinds, weights = zip(*sorted(stage.mix.items()))
+        return rng.choices(kinds, weights)[0]
+
+    def batch(self, stage_index: int, stage: StageConfig, step: int, par: Distributed) -> list[Sample]:
+        kind = self.kind(stage_index, stage, step)
+        per_rank = stage.batch_size // par.world
+        start = step * stage.batch_size + par.rank * per_rank
+        if kind == "user":
+            return [self.user[g % len(self.user)] for g in range(start, start + per_rank)]
+        return [self.data.sample(kind, stage_index * 10**9 + g) for g in range(start, start + per_rank)]
+
+
+def corpus(data: SyntheticData, template_name: str, per_kind: int = 2000) -> list[str]:
+    """Text the BPE tokenizer learns from: every synthetic kind, rendered as the model will see it."""
+    template = get_template(template_name)
+    texts = []
+    for i in range(per_kind):
+        for kind in DATA_KINDS_SYNTHETIC:
+            s = data.sample(kind, i)
+            texts.append(s.text if s.text is not None else render(template, s.messages or [], add_generation_prompt=False))
+    return texts
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: TrainConfig, output: str | Path, *, resume: bool = False, force: bool = False):
+        self.output = Path(output)
+        self.device = pick_device(config.device)
+        self.par = setup_distributed(self.device)
+        if resume:
+            config, self.state, self.checkpoint = self._resume()
+        else:
+            if self.output.is_dir() and any(self.output.iterdir()) and not force:
+                raise InputError(
+                    f"output directory {self.output} is not empty; pass --resume to continue its training "
+                    "or --force to start over (the old directory is replaced only at the first checkpoint)"
+                )
+            self.state = TrainerState()
+            self.checkpoint = self._new_model(config)
+        config.validate()
+        for stage in config.stages:
+            if stage.batch_size % self.par.world:
+                raise InputError(f"stage {stage.name}: batch size {stage.batch_size} does not split over {self.par.world} processes")
+        self.config = config
+        self.model = self.checkpoint.model.to(self.device)
+        image_size = self.model.config.image_size
+        user = load_conversations(config.user_data, config.image_folder) if config.user_data else None
+        self.data = SyntheticData(image_size, config.seed)
+        self.mix = DataMix(self.data, user)
+
+    # ---- model init / resume
+    def _new_model(self, config: TrainConfig) -> Checkpoint:
+        """The preset's model with a BPE tokenizer trained on the corpus, or existing components."""
+        torch.manual_seed(config.seed)
+        if config.init_llm:
+            tokenizer = load_tokenizer(Path(config.init_llm))
+        else:
+            data = SyntheticData(preset_config_image_size(config.preset), config.seed)
+            tokenizer = train_tokenizer(corpus(data, "plain"), config.vocab_size)  # deterministic: same on every rank
+        vila_config = preset_config(config.preset, tokenizer)
+        if config.init_llm:
+            vila_config.llm = read_json(Path(config.init_llm) / "config.json", what="LLM config", error=InputError)
+            vila_config.top["hidden_size"] = vila_config.hidden_size
+            vila_config.set_chat_template(default_chat_template(tokenizer))
+        if config.init_vision:
+            folder = Path(config.init_vision)
+            vila_config.vision_tower = read_json(folder / "config.json", what="vision tower config", error=InputError)
+            vila_config.preprocessor = read_json(folder / PREPROCESSOR_FILE, what="image preprocessor config", error=InputError)
+            vila_config.top["mm_hidden_size"] = vila_config.mm_hidden_size
+        vila_config.validate()
+        model = VilaModel(vila_config)
+        if config.init_llm:
+            load_weights(model.llm, Path(config.init_llm), LLM_ARCHITECTURES[vila_config.llm_architecture].disk_prefix)
+        if config.init_vision:
+            load_weights(model.vision_tower, Path(config.init_vision),
+                         VISION_ARCHITECTURES[vila_config.vision_architecture].disk_prefix)
+        return Checkpoint(model, tokenizer)
+
+    def _resume(self) -> tuple[TrainConfig, TrainerState, Checkpoint]:
+        state_dir = self.output / TRAINING_DIR
+        if not (state_dir / "trainer_state.json").is_file():
+            raise InputError(f"{self.output} holds no training state to resume (no {TRAINING_DIR}/trainer_state.json)")
+        config = TrainConfig.from_dict(json.loads((state_dir / "train_config.json").read_text()))
+        state = TrainerState(**json.loads((state_dir / "trainer_state.json").read_text()))
+        if self.par.main:
+            log.info("resuming %s at stage %d, step %d (the saved training config is used)", self.output, state.stage, state.step)
+        return config, state, load_checkpoint(self.output)
+
+    # ---- stages
+    def run(self) -> dict[str, Any]:
+        for index in range(self.state.stage, len(self.config.stages)):
+            self.state.stage = index
+            self._run_stage(index, self.config.stages[index])
+            self.state.step = 0
+        self.state.stage = len(self.config.stages)
+        result: dict[str, Any] = {}
+        if self.par.main and self.config.eval_per_type > 0:
+            result = evaluate(Checkpoint(self.model, self.checkpoint.tokenizer), self.data, self.config.eval_per_type)
+            print(format_table(result), flush=True)
+        self._save(None, evaluation=result or None)
+        self.par.barrier()
+        return result
+
+    def _run_stage(self, index: int, stage: StageConfig) -> None:
+        model = self.model
+        for name in ("vision_tower", "mm_projector", "llm"):
+            getattr(model, name).requires_grad_(name in stage.train)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=self.config.weight_decay)
+        if self.state.step:
+            optimizer.load_state_dict(torch.load(self.output / TRAINING_DIR / "optimizer.pt", map_location=self.device))
+        wrapped = model
+        if self.par.world > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        template = self.checkpoint.template
+        image_cfg = model.image_processor_config
+        image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        start, tokens_seen, losses = time.time(), 0, []
+        first = self.state.step
+        for step in range(self.state.step, stage.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(stage, step)
+            batch = collate(self.mix.batch(index, stage, step, self.par), self.checkpoint.tokenizer, template, image_cfg)
+            targets = torch.tensor(float(batch.num_targets), device=self.device)
+            if self.par.world > 1:
+                dist.all_reduce(targets)
+            pixels = torch.from_numpy(batch.pixel_values).to(self.device)
+            with autocast:
+                out = wrapped(batch.input_ids, pixels, batch.labels, num_items_in_batch=targets / self.par.world)
+            out.loss.backward()
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = out.loss.detach()
+            if self.par.world > 1:
+                dist.all_reduce(loss)
+                loss /= self.par.world
+            losses.append(float(loss))
+            images = len(batch.pixel_values)
+            tokens_seen += (sum(len(ids) for ids in batch.input_ids) + images * (image_tokens - 1)) * self.par.world
+            self.state.step = step + 1
+            done = self.state.step == stage.steps
+            if self.state.step % self.config.log_every == 0 or done:
+                elapsed = time.time() - start
+                rate = (self.state.step - first) / max(elapsed, 1e-9)
+                record = {"stage": stage.name, "step": self.state.step, "loss": sum(losses) / len(losses),
+                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+                self.state.history.append(record)
+                losses = []
+                if self.par.main:
+                    eta = (stage.steps - self.state.step) / max(rate, 1e-9)
+                    log.info("%s %d/%d  loss %.4f  %.0f tok/s  eta %s", stage.name, self.state.step, stage.steps,
+                             record["loss"], record["tokens_per_s"], _duration(eta))
+            if done or self.state.step % self.config.checkpoint_every == 0:
+                self._save(optimizer)
+
+    # ---- checkpoints
+    def _save(self, optimizer: torch.optim.Optimizer | None, evaluation: dict | None = None) -> None:
+        if self.par.main:
+            with atomic_directory(self.output, overwrite=True) as tmp:
+                write_checkpoint(self.model, self.checkpoint.tokenizer, tmp)
+                state_dir = tmp / TRAINING_DIR
+                state_dir.mkdir()
+                (state_dir / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+                (state_dir / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
+                if optimizer is not None and self.state.stage < len(self.config.stages):
+                    torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+                if evaluation is not None:
+                    (state_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        self.par.barrier()
+
+
+def lr_at(stage: StageConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    progress = (step - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def preset_config_image_size(preset: str) -> int:
+    from vlm_edge.model.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise InputError(f"preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset].image_size
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
