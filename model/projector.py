@@ -91,6 +91,21 @@ class MultimodalProjector(nn.Module):
         self.projector_type = projector_type
         self.layers = PROJECTORS[projector_type](mm_hidden_size, hidden_size, token_order)
 
+    def init_weights(self, std: float) -> None:
+        """Initialise as transformers initialises the LLM: Linear ~ N(0, std), zero bias, LayerNorm 1/0.
+
+        PyTorch's default Linear init gives outputs of unit scale per channel, some 50x the norm of
+        the LLM's token embeddings (std 0.02); image tokens then swamp the residual stream and a
+        model trained from scratch learns fine attributes such as colour far more slowly.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [N, P, C] -> [N, T, H] (T = P, or the downsampled count)."""
         return self.layers(features)

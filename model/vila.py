@@ -52,6 +52,8 @@ class VilaModel(nn.Module):
         self.mm_projector = MultimodalProjector(
             config.projector_type, config.mm_hidden_size, config.hidden_size, config.downsample_token_order
         )
+        if init_weights:
+            self.mm_projector.init_weights(float(config.llm.get("initializer_range", 0.02)))
         self.llm = build(
             LLM_ARCHITECTURES[config.llm_architecture], config.llm, attn_implementation=attn_implementation, init_weights=init_weights
         )

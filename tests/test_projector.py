@@ -127,3 +127,12 @@ def test_release_checkpoint_defaults_to_column_major_and_a_swap_is_caught(releas
     swapped = load_checkpoint(release_dir, downsample_token_order="row_major")
     with torch.no_grad():
         np.testing.assert_allclose(swapped.model.encode_images(pixels).numpy(), row, rtol=1e-5, atol=1e-5)
+
+
+def test_a_new_projector_starts_at_the_scale_of_the_text_embeddings(tiny):
+    """Image tokens of a freshly initialised model must not swamp the text tokens (a 1000x mismatch
+    once kept the tiny model from learning colours): within 10x of the embedding norms."""
+    with torch.no_grad():
+        image = tiny.model.encode_images(torch.randn(4, 3, 42, 42)).norm(dim=-1).mean()
+        text = tiny.model.llm.get_input_embeddings().weight.norm(dim=-1).mean()
+    assert 0.1 < float(image / text) < 10, (float(image), float(text))

@@ -5,6 +5,7 @@ Kinds of sample, by training stage:
     caption       <image> + one sentence describing it              stage 0 (alignment), stage 1
     interleaved   2-3 images, each followed by a sentence about it  stage 1 (pre-training)
     vqa           a question about one or two images, short answer  stage 2 (SFT)
+    describe      "Describe the image." answered with the caption   stage 2 (SFT)
     text          a text-only instruction                           stage 2 (SFT)
 
 Sample i of a stream is a pure function of (seed, split, kind, i), so a batch does not depend
@@ -30,7 +31,7 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
 
-DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "text")
+DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "describe", "text")
 QUESTION_TYPES = ("colour", "shape", "count", "position", "size", "word", "multi_image")
 # Exact-match accuracy of a uniform guess among the possible answers, per question type.
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / 3, "position": 1 / len(CELLS),
@@ -91,6 +92,15 @@ def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     scene = data.scene(rng, split)
     text = describe(scene)
     return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text[0].upper()}{text[1:]}.", kind="caption")
+
+
+def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
+    """A conversation whose answer is the caption: long answers in chat format for SFT."""
+    scene = data.scene(rng, split)
+    text = describe(scene)
+    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nDescribe the image."},
+                {"role": "assistant", "content": f"{text[0].upper()}{text[1:]}."}]
+    return Sample([data.image(scene, rng)], messages=messages, kind="describe", question_type="describe")
 
 
 def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -182,6 +192,7 @@ _BUILDERS: dict[str, Callable[[SyntheticData, random.Random, str], Sample]] = {
     "caption": _caption,
     "interleaved": _interleaved,
     "vqa": _vqa,
+    "describe": _describe,
     "text": _text,
 }
 

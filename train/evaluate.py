@@ -7,8 +7,8 @@ A library function, so quantization and export measure themselves with the same 
 
 Exact match: the greedy answer (at most 8 new tokens, stopping at the template's stop tokens),
 stripped of surrounding white space, equals the reference answer. Perplexity: exp of the mean
-negative log-likelihood over the target tokens of held-out captions, interleaved documents
-(text given its images) and text-only answers, 100 samples of each.
+negative log-likelihood over the answer tokens of held-out conversations, 100 of each kind:
+image descriptions, VQA answers and text-only answers (what the finished model is for).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def perplexity(checkpoint: Checkpoint, data: SyntheticData, per_kind: int = 100,
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    for kind in ("caption", "interleaved", "text"):
+    for kind in ("describe", "vqa", "text"):
         samples = [data.sample(kind, i, split="heldout") for i in range(per_kind)]
         for start in range(0, per_kind, batch_size):
             batch = collate(samples[start : start + batch_size], checkpoint.tokenizer, checkpoint.template,

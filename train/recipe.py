@@ -18,7 +18,7 @@ from typing import Any
 from vlm_edge.common.errors import InputError
 
 MODULES = ("vision_tower", "mm_projector", "llm")
-DATA_KINDS = ("caption", "interleaved", "vqa", "text", "user")
+DATA_KINDS = ("caption", "interleaved", "vqa", "describe", "text", "user")
 
 
 @dataclass
@@ -81,15 +81,15 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
     llm_and_vision = ("vision_tower", "mm_projector", "llm") if from_scratch else ("mm_projector", "llm")
     return [
         StageConfig("align", align, lr, batch, ("mm_projector",), {"caption": 1.0}),
-        StageConfig("pretrain", pretrain, lr, batch, llm_and_vision, {"interleaved": 0.5, "caption": 0.5}),
-        StageConfig("sft", sft, lr, batch, ("vision_tower", "mm_projector", "llm"), {"vqa": 0.85, "text": 0.15}),
+        StageConfig("pretrain", pretrain, lr, batch, llm_and_vision, {"interleaved": 0.15, "caption": 0.85}),
+        StageConfig("sft", sft, lr, batch, ("vision_tower", "mm_projector", "llm"), {"vqa": 0.7, "describe": 0.15, "text": 0.15}),
     ]
 
 
 # preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
 RECIPES: dict[str, list[StageConfig]] = {
     "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True),  # tests: seconds
-    "tiny": _recipe(align=60, pretrain=150, sft=900, lr=2e-3, batch=64, from_scratch=True),
+    "tiny": _recipe(align=100, pretrain=400, sft=1150, lr=2e-3, batch=32, from_scratch=True),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 

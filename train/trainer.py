@@ -42,7 +42,7 @@ from vlm_edge.common.tokenizer import default_chat_template
 from vlm_edge.common.vila_config import PREPROCESSOR_FILE
 from vlm_edge.model.architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES
 from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint, load_tokenizer, load_weights, write_checkpoint
-from vlm_edge.model.presets import preset_config
+from vlm_edge.model.presets import PRESETS, ModelDims, preset_config
 from vlm_edge.model.vila import VilaModel
 
 from .batching import collate
@@ -138,7 +138,9 @@ class Trainer:
         self.par = setup_distributed(self.device)
         if resume:
             config, self.state, self.checkpoint = self._resume()
+            config.validate()
         else:
+            config.validate()
             if self.output.is_dir() and any(self.output.iterdir()) and not force:
                 raise InputError(
                     f"output directory {self.output} is not empty; pass --resume to continue its training "
@@ -146,7 +148,6 @@ class Trainer:
                 )
             self.state = TrainerState()
             self.checkpoint = self._new_model(config)
-        config.validate()
         for stage in config.stages:
             if stage.batch_size % self.par.world:
                 raise InputError(f"stage {stage.name}: batch size {stage.batch_size} does not split over {self.par.world} processes")
@@ -164,8 +165,10 @@ class Trainer:
         if config.init_llm:
             tokenizer = load_tokenizer(Path(config.init_llm))
         else:
-            data = SyntheticData(preset_config_image_size(config.preset), config.seed)
-            tokenizer = train_tokenizer(corpus(data, "plain"), config.vocab_size)  # deterministic: same on every rank
+            dims = preset_dims(config.preset)
+            data = SyntheticData(dims.image_size, config.seed)
+            # deterministic, so every rank trains the same tokenizer
+            tokenizer = train_tokenizer(corpus(data, dims.chat_template), config.vocab_size)
         vila_config = preset_config(config.preset, tokenizer)
         if config.init_llm:
             vila_config.llm = read_json(Path(config.init_llm) / "config.json", what="LLM config", error=InputError)
@@ -290,12 +293,10 @@ def lr_at(stage: StageConfig, step: int) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def preset_config_image_size(preset: str) -> int:
-    from vlm_edge.model.presets import PRESETS
-
+def preset_dims(preset: str) -> ModelDims:
     if preset not in PRESETS:
         raise InputError(f"preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    return PRESETS[preset].image_size
+    return PRESETS[preset]
 
 
 def _duration(seconds: float) -> str:
