@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlm_edge.common.errors import VlmEdgeError
+from vlm_edge.common.cli import run
 from vlm_edge.common.log import setup_logging
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 from vlm_edge.common.vila_config import TOKEN_ORDERS
@@ -116,12 +116,8 @@ def _generate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        {"init": _init, "info": _info, "generate": _generate}[args.command](args)
-    except VlmEdgeError as e:
-        print(f"vlm-model: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    command = {"init": _init, "info": _info, "generate": _generate}[args.command]
+    return run("vlm-model", lambda: command(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from vlm_edge.common.cli import run
 from vlm_edge.common.errors import VlmEdgeError
 from vlm_edge.common.log import setup_logging
 
@@ -74,18 +76,13 @@ def build_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        import torch
 
+    def train() -> None:
         from .trainer import Trainer
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        trainer = Trainer(build_config(args), args.output, resume=args.resume, force=args.force)
-        trainer.run()
-    except VlmEdgeError as e:
-        print(f"vlm-train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        Trainer(build_config(args), args.output, resume=args.resume, force=args.force).run()
+
+    return run("vlm-train", train)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -97,9 +94,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args(argv)
     setup_logging()
-    try:
-        from pathlib import Path
 
+    def measure() -> None:
         from vlm_edge.model import load_checkpoint
 
         from .datasets import SyntheticData
@@ -114,11 +110,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    except VlmEdgeError as e:
-        print(f"vlm-eval: error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
+    return run("vlm-eval", measure)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -117,28 +117,30 @@ def _unique(objects, attribute):
     return [o for o in objects if values.count(getattr(o, attribute)) == 1]
 
 
+# Single-scene question types about one object, as data: the object must be the only one with its
+# `key` attribute in the scene; the question names it with that attribute; `answer` is read off it.
+OBJECT_QUESTIONS = {
+    "colour": ("shape", "What colour is the {o.shape}?", "colour"),
+    "shape": ("colour", "What shape is the {o.colour} object?", "shape"),
+    "position": ("colour", "Where is the {o.colour} {o.shape}?", "cell"),
+    "size": ("colour", "Is the {o.colour} {o.shape} big or small?", "size"),
+}
+
+
 def _question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] | None:
     """(question, answer) about one scene, or None if this scene cannot answer that type."""
     if qtype == "word":
         return ("What word is written?", scene.word) if scene.word is not None else None
     if scene.word is not None:
         return None
-    objects = scene.objects
-    if qtype == "colour":
-        pick = _unique(objects, "shape")
-        return (f"What colour is the {(o := rng.choice(pick)).shape}?", o.colour) if pick else None
-    if qtype == "shape":
-        pick = _unique(objects, "colour")
-        return (f"What shape is the {(o := rng.choice(pick)).colour} object?", o.shape) if pick else None
     if qtype == "count":
-        return "How many objects are there?", NUMBERS[len(objects)]
-    if qtype == "position":
-        pick = _unique(objects, "colour")
-        return (f"Where is the {(o := rng.choice(pick)).colour} {o.shape}?", o.cell) if pick else None
-    if qtype == "size":
-        pick = _unique(objects, "colour")
-        return (f"Is the {(o := rng.choice(pick)).colour} {o.shape} big or small?", o.size) if pick else None
-    raise ValueError(qtype)
+        return "How many objects are there?", NUMBERS[len(scene.objects)]
+    key, question, answer = OBJECT_QUESTIONS[qtype]
+    pick = _unique(scene.objects, key)
+    if not pick:
+        return None
+    o = rng.choice(pick)
+    return question.format(o=o), getattr(o, answer)
 
 
 def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None = None) -> Sample:

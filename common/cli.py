@@ -1,0 +1,18 @@
+"""What every vlm-edge command line shares: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import VlmEdgeError
+
+
+def run(prog: str, action: Callable[[], object]) -> int:
+    """Run `action`; a VlmEdgeError prints `prog: error: message` (no traceback) and returns 2."""
+    try:
+        action()
+    except VlmEdgeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
