@@ -211,3 +211,16 @@ def test_init_from_existing_llm_and_vision_folders(tmp_path):
     assert trainer.checkpoint.config.chat_template == "vicuna_v1"  # judged from the LLM's vocabulary
     trainer.run()
     assert load_checkpoint(tmp_path / "out").config.llm == source.config.llm | {"torch_dtype": "float32"}
+
+
+def test_vlm_eval_prints_and_saves_the_table(tmp_path, capsys):
+    from vlm_edge.train.cli import eval_main
+
+    config = TrainConfig(preset="micro", eval_per_type=0, seed=4,
+                         stages=[StageConfig("sft", 2, 1e-3, 4, ("mm_projector", "llm"), {"vqa": 1.0})])
+    Trainer(config, tmp_path / "ckpt").run()
+    assert eval_main([str(tmp_path / "ckpt"), "--per-type", "2", "--json", str(tmp_path / "eval.json")]) == 0
+    assert "question type" in capsys.readouterr().out
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert set(result["accuracy"]) == set(QUESTION_TYPES) and result["data"]["seed"] == 4 and result["perplexity"] > 1
+    assert eval_main([str(tmp_path / "nowhere")]) == 2

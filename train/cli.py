@@ -113,5 +113,6 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     return run("vlm-eval", measure)
 
+
 if __name__ == "__main__":
     sys.exit(main())
