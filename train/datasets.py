@@ -22,11 +22,11 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from PIL import Image
 
-from vlm_edge.common.errors import InputError
+from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
@@ -144,7 +144,11 @@ def _question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] |
 
 
 def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None = None) -> Sample:
-    qtype = qtype or rng.choice(QUESTION_TYPES)
+    """One question of type `qtype` (evaluation), or for training (`qtype` None) a conversation of
+    up to MAX_TURNS questions about the same picture(s): every answer carries loss, so one image
+    encoding teaches several answers (VILA's SFT data is multi-turn too)."""
+    if qtype is None:
+        return _vqa_conversation(data, rng, split)
     if qtype == "multi_image":
         return _multi_image(data, rng, split)
     while True:
@@ -157,20 +161,49 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
     return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=qtype, answer=answer)
 
 
-def _multi_image(data: SyntheticData, rng: random.Random, split: str) -> Sample:
-    """Two scenes; exactly one holds an object of the asked colour and shape."""
+MAX_TURNS = 4
+
+
+def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
+    first = rng.choice(QUESTION_TYPES)
+    if first == "multi_image":
+        return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
+    scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0)
+    if scene.word is not None:
+        pairs = [_question(scene, "word", rng)]
+    else:
+        pairs = [qa for t in QUESTION_TYPES[:5] if (qa := _question(scene, t, rng)) is not None]
+        rng.shuffle(pairs)
+        kept: list[tuple[str, str]] = []
+        for question, answer in pairs:  # no answer may be read off an earlier turn's words
+            if not any(answer in (q + " " + a).split() for q, a in kept):
+                kept.append((question, answer))
+        pairs = kept[: rng.randint(1, MAX_TURNS)]
+    messages = []
+    for k, (question, answer) in enumerate(pairs):
+        messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{question}" if k == 0 else question})
+        messages.append({"role": "assistant", "content": answer})
+    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first)
+
+
+def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int = 1) -> Sample:
+    """Two scenes; each question asks which one holds an object of a colour and shape that
+    exactly one of them has."""
     while True:
         scenes = [data.scene(rng, split, word_probability=0.0) for _ in range(2)]
-        target = rng.randrange(2)
-        obj = rng.choice(scenes[target].objects)
-        other = {(o.colour, o.shape) for o in scenes[1 - target].objects}
-        if (obj.colour, obj.shape) not in other:
+        kinds = [{(o.colour, o.shape) for o in s.objects} for s in scenes]
+        only = [(k, i) for i in range(2) for k in sorted(kinds[i] - kinds[1 - i])]
+        if only:
             break
-    answer = ("first", "second")[target]
-    question = f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\nWhich image has a {obj.colour} {obj.shape}? Answer first or second."
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    rng.shuffle(only)
+    messages = []
+    for k, ((colour, shape), target) in enumerate(only[:turns]):
+        question = f"Which image has a {colour} {shape}? Answer first or second."
+        if k == 0:
+            question = f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}"
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ("first", "second")[target]}]
     return Sample([data.image(s, rng) for s in scenes], messages=messages, kind="vqa", question_type="multi_image",
-                  answer=answer)
+                  answer=messages[1]["content"])
 
 
 def _text(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -209,65 +242,27 @@ def heldout_vqa(data: SyntheticData, per_type: int) -> list[Sample]:
     return samples
 
 
-# ---- users' own data: LLaVA / VILA conversation JSON --------------------------------------------
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+def write_calibration_set(data: SyntheticData, directory: Path, count: int = 64) -> None:
+    """Held-out conversations with their images in the LLaVA format, for quantization calibration
+    (`vlm-quant` uses a checkpoint's calibration/ by default): conversations.json + images/."""
+    images_dir = directory / "images"
+    images_dir.mkdir(parents=True)
+    kinds = ("describe", "vqa", "vqa", "text")
+    records = []
+    for i in range(count):
+        sample = data.sample(kinds[i % len(kinds)], i, split="heldout")
+        names = []
+        for k, image in enumerate(sample.images):
+            names.append(f"images/{i:04d}_{k}.png")
+            image.save(directory / names[-1])
+        turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in sample.messages or []]
+        records.append({"image": names, "conversations": turns} if names else {"conversations": turns})
+    (directory / "conversations.json").write_text(json.dumps(records, indent=1) + "\n")
 
 
+# ---- users' own data: LLaVA / VILA conversation JSON (read by vlm_edge.common.conversations) ----
 def load_conversations(path: str | Path, image_folder: str | Path | None = None) -> list[Sample]:
-    """Read a LLaVA-format JSON list: {"image": str | [str], "conversations": [{"from", "value"}]}.
-
-    Every record is checked; the first broken one stops loading with its index and what is wrong.
-    Images are paths relative to `image_folder` (default: the JSON's folder), opened per batch.
-    """
-    path = Path(path)
-    folder = Path(image_folder) if image_folder is not None else path.parent
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"data file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"data file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(records, list):
-        raise InputError(f"data file {path} must hold a JSON list of records")
-    return [_conversation(record, i, path, folder) for i, record in enumerate(records)]
-
-
-def _conversation(record: Any, index: int, path: Path, folder: Path) -> Sample:
-    def bad(why: str) -> InputError:
-        return InputError(f"{path}: record {index}: {why}")
-
-    if not isinstance(record, dict):
-        raise bad("must be a JSON object")
-    images = record.get("image", [])
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-        raise bad("'image' must be a file name or a list of file names")
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise bad("'conversations' must be a non-empty list")
-    messages = []
-    for t, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise bad(f"turn {t} must be an object with a string 'value'")
-        role = _ROLES.get(turn.get("from"))
-        if role is None:
-            raise bad(f"turn {t}: 'from' must be one of {', '.join(_ROLES)}, got {turn.get('from')!r}")
-        expected = "user" if t % 2 == 0 else "assistant"
-        if role != expected:
-            raise bad(f"turn {t}: expected a {expected} turn; turns alternate, starting with the human")
-        messages.append({"role": role, "content": turn["value"]})
-    if messages[-1]["role"] != "assistant":
-        raise bad("the last turn must be the assistant's answer")
-    placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
-    if images and placeholders == 0 and len(images) == 1:
-        messages[0]["content"] = f"{IMAGE_TOKEN}\n{messages[0]['content']}"  # LLaVA convention
-        placeholders = 1
-    if placeholders != len(images):
-        raise bad(f"{placeholders} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)")
-    loaded = []
-    for name in images:
-        image_path = folder / name
-        if not image_path.is_file():
-            raise bad(f"image {image_path} does not exist")
-        loaded.append(image_path)  # opened when its batch is built (vlm_edge.common.image.load_image)
-    return Sample(loaded, messages=messages, kind="user")  # type: ignore[arg-type]
+    """Read a LLaVA-format JSON list as training samples; every record is checked (see
+    `vlm_edge.common.conversations.read_conversations`). Images are opened per batch."""
+    return [Sample(list(c.images), messages=c.messages, kind="user")  # type: ignore[arg-type]
+            for c in read_conversations(path, image_folder)]

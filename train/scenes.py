@@ -59,7 +59,7 @@ def random_scene(rng: random.Random, *, word_probability: float = 0.15) -> Scene
     if rng.random() < word_probability:
         return Scene(word=rng.choice(WORDS), background=background)
     count = rng.randint(1, 3)
-    cells = rng.sample(CELLS, count)
+    cells = sorted(rng.sample(CELLS, count), key=CELLS.index)  # captions list objects in reading order
     objects = tuple(Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), cell) for cell in cells)
     return Scene(objects=objects, background=background)
 

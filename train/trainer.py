@@ -46,13 +46,14 @@ from vlm_edge.model.presets import PRESETS, ModelDims, preset_config
 from vlm_edge.model.vila import VilaModel
 
 from .batching import collate
-from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations
+from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
 from .recipe import StageConfig, TrainConfig
 from .tokenizer import train_tokenizer
 
 log = get_logger(__name__)
 TRAINING_DIR = "training"
+CALIBRATION_DIR = "calibration"  # held-out conversations + images that vlm-quant calibrates on
 
 
 @dataclass
@@ -274,6 +275,7 @@ class Trainer:
         if self.par.main:
             with atomic_directory(self.output, overwrite=True) as tmp:
                 write_checkpoint(self.model, self.checkpoint.tokenizer, tmp)
+                write_calibration_set(self.data, tmp / CALIBRATION_DIR)
                 state_dir = tmp / TRAINING_DIR
                 state_dir.mkdir()
                 (state_dir / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
