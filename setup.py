@@ -41,6 +41,7 @@ setup(
             "vlm-model = vlm_edge.model.cli:main",
             "vlm-train = vlm_edge.train.cli:main",
             "vlm-eval = vlm_edge.train.cli:eval_main",
+            "vlm-quant = vlm_edge.quant.cli:main",
         ]
     },
 )

@@ -43,8 +43,9 @@ VISION_ARCHITECTURES: dict[str, Architecture] = {
     "CLIPVisionModel": Architecture(CLIPVisionConfig, CLIPVisionModel, "vision_model."),
 }
 
-# Keys of a saved config that say how it was stored, not what the model is.
-_STORAGE_KEYS = ("torch_dtype", "dtype", "_name_or_path", "transformers_version")
+# Keys of a saved config that say how it was stored, not what the model is. A quantized LLM
+# (quantization_config) is built in float and filled with dequantized weights by checkpoint I/O.
+_STORAGE_KEYS = ("torch_dtype", "dtype", "_name_or_path", "transformers_version", "quantization_config")
 
 
 def hf_config(arch: Architecture, cfg: dict[str, Any], attn_implementation: str) -> PretrainedConfig:

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vlm_edge.common import awq_format
 from vlm_edge.common.errors import CheckpointError
 from vlm_edge.common.fsutil import atomic_directory, read_json
 from vlm_edge.common.log import get_logger
@@ -99,10 +100,28 @@ def load_checkpoint(
 
     with _default_dtype(dtype):
         model = VilaModel(config, attn_implementation=attn_implementation, init_weights=False)
+    awq_group = awq_group_size(config.llm, path / LLM_DIR)
     for sub, module, prefix in _components(model):
-        load_weights(module, path / sub, prefix)
+        load_weights(module, path / sub, prefix, awq_group_size=awq_group if sub == LLM_DIR else None)
     model.eval()
     return Checkpoint(model, tokenizer)
+
+
+def awq_group_size(llm_config: dict, llm_dir: Path) -> int | None:
+    """The group size of an AutoAWQ GEMM-quantized LLM (its weights are dequantized on load), or None."""
+    quant = llm_config.get("quantization_config")
+    if quant is None:
+        return None
+    if not isinstance(quant, dict) or quant.get("quant_method") != "awq" or quant.get("version", "gemm") != "gemm" \
+            or quant.get("bits") != 4:
+        raise CheckpointError(
+            f"{llm_dir}/config.json: quantization_config {quant} is not supported; vlm-edge reads 4-bit AWQ in the "
+            "GEMM layout (quant_method awq, bits 4, version gemm)"
+        )
+    group = quant.get("group_size")
+    if not isinstance(group, int) or group <= 0:
+        raise CheckpointError(f"{llm_dir}/config.json: quantization_config has no valid group_size ({group!r})")
+    return group
 
 
 def load_tokenizer(llm_dir: Path) -> TextTokenizer:
@@ -161,12 +180,20 @@ def _broken(file: Path, error: Exception) -> CheckpointError:
     )
 
 
-def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "") -> None:
-    """Copy every tensor of `directory` into `module`, strictly, one tensor at a time."""
+_AWQ_PARTS = ("qweight", "qzeros", "scales")
+
+
+def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "", *, awq_group_size: int | None = None) -> None:
+    """Copy every tensor of `directory` into `module`, strictly, one tensor at a time.
+
+    With `awq_group_size`, a linear stored as AutoAWQ `qweight`/`qzeros`/`scales` is dequantized
+    into its float `weight`.
+    """
     expected = module.state_dict(keep_vars=True)
     optional = tied_keys(module)  # e.g. lm_head.weight under tied embeddings: not stored
     loaded: set[str] = set()
     unexpected: list[str] = []
+    packed: dict[str, dict[str, torch.Tensor]] = {}  # linear -> its AWQ parts, until all three are read
     for file in weight_files(directory):
         try:
             handle = safe_open(str(file), framework="pt")
@@ -175,6 +202,16 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "") -> 
         with handle as f:
             for disk_key in f.keys():
                 key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
+                base, _, part = key.rpartition(".")
+                if awq_group_size and part in _AWQ_PARTS and f"{base}.weight" in expected:
+                    try:
+                        packed.setdefault(base, {})[part] = f.get_tensor(disk_key)
+                    except Exception as e:
+                        raise _broken(file, e) from None
+                    if len(packed[base]) == len(_AWQ_PARTS):
+                        _load_awq(expected[f"{base}.weight"], packed.pop(base), awq_group_size, file, base)
+                        loaded.add(f"{base}.weight")
+                    continue
                 if key not in expected:
                     if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
                         unexpected.append(disk_key)
@@ -192,6 +229,9 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "") -> 
                 with torch.no_grad():
                     target.copy_(tensor)
                 loaded.add(key)
+    if packed:
+        base, parts = next(iter(packed.items()))
+        raise CheckpointError(f"{directory}: AWQ layer {prefix}{base} lacks {', '.join(sorted(set(_AWQ_PARTS) - set(parts)))}")
     if unexpected:
         raise CheckpointError(
             f"{directory} holds {len(unexpected)} tensor(s) its config.json does not describe, e.g. "
@@ -203,6 +243,22 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "") -> 
             f"{directory} lacks {len(missing)} tensor(s) its config.json needs, e.g. "
             f"{', '.join(prefix + k for k in missing[:5])}"
         )
+
+
+def _load_awq(target: torch.Tensor, parts: dict[str, torch.Tensor], group_size: int, file: Path, name: str) -> None:
+    try:
+        weight = awq_format.dequantize(
+            parts["qweight"].numpy(), parts["qzeros"].numpy(), parts["scales"].float().numpy(), group_size
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{file}: AWQ layer {name}: {e}") from None
+    if tuple(weight.shape) != tuple(target.shape):
+        raise CheckpointError(
+            f"{file}: AWQ layer {name} dequantizes to shape {list(weight.shape)}, but the config implies "
+            f"{list(target.shape)}; the weights do not belong to this config"
+        )
+    with torch.no_grad():
+        target.copy_(torch.from_numpy(weight))
 
 
 # ---- saving ----------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""`vlm-quant`: 4-bit AWQ / RTN quantization of a checkpoint's LLM, and the quality report.
+
+    vlm-quant --awq4 ckpt/ -o ckpt-awq/              AWQ, 4-bit, group 128, zero point
+    vlm-quant --awq4 ckpt/ -o ckpt-awq/ --symmetric  for TensorRT's native int4
+    vlm-quant --rtn ckpt/ -o ckpt-rtn/               round-to-nearest baseline, same format
+    vlm-quant eval ckpt/ [--json report.json]        FP vs RTN vs AWQ on the held-out yardstick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vlm_edge.common.cli import run
+from vlm_edge.common.log import setup_logging
+
+from .config import QuantConfig
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-size", type=int, default=128, help="input channels per scale (128 default; 64, 32)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="no zero point: q in [-8, 7] (what TensorRT's native int4 needs); default asymmetric")
+    p.add_argument("--calib", help="calibration data: .txt, .jsonl ({\"text\": ...}) or LLaVA conversation .json with "
+                                   "images (default: the checkpoint's calibration/ set; else pile-val when online)")
+    p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
+    p.add_argument("--calib-len", type=int, default=512, help="positions per block (default 512)")
+    p.add_argument("--text-only", action="store_true", help="drop images from multimodal calibration data")
+    p.add_argument("--no-clip", action="store_true", help="skip the clip search")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _config(args: argparse.Namespace, method: str) -> QuantConfig:
+    return QuantConfig(method=method, group_size=args.group_size, symmetric=args.symmetric, calib=args.calib,
+                       samples=args.calib_samples, seq_len=args.calib_len, text_only=args.text_only,
+                       clip=not args.no_clip, device=args.device)
+
+
+class _Progress:
+    """One line per decoder layer with the ETA (stderr)."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.time() - self.start
+        eta = elapsed / done * (total - done)
+        print(f"\r  layer {done}/{total}  {elapsed:.1f}s  eta {eta:.1f}s", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        return eval_main(argv[1:])
+    p = argparse.ArgumentParser(prog="vlm-quant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    method = p.add_mutually_exclusive_group(required=True)
+    method.add_argument("--awq4", metavar="CKPT", help="quantize CKPT's LLM with AWQ (4-bit)")
+    method.add_argument("--rtn", metavar="CKPT", help="quantize CKPT's LLM by round-to-nearest (4-bit)")
+    p.add_argument("-o", "--output", required=True, help="directory for the quantized checkpoint")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --output")
+    _options(p)
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def quantize() -> None:
+        from .api import quantize_checkpoint
+
+        source, name = (args.awq4, "awq") if args.awq4 else (args.rtn, "rtn")
+        quantize_checkpoint(source, args.output, _config(args, name), overwrite=args.force, progress=_Progress())
+
+    return run("vlm-quant", quantize)
+
+
+def eval_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vlm-quant eval",
+                                description="FP vs RTN vs AWQ (and AWQ with text-only calibration) on the training "
+                                            "module's held-out VQA accuracy and perplexity; a table, optionally JSON.")
+    p.add_argument("checkpoint", help="an FP checkpoint written by vlm-train")
+    p.add_argument("--per-type", type=int, default=50, help="held-out questions per type (default 50)")
+    p.add_argument("--json", help="also write the report to this file")
+    _options(p)
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def report() -> None:
+        from .evaluate import format_report, quality_report
+
+        result = quality_report(args.checkpoint, _config(args, "awq"), per_type=args.per_type)
+        print(format_report(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+    return run("vlm-quant eval", report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
