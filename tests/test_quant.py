@@ -18,7 +18,7 @@ import torch
 from vlm_edge.common import awq_format
 from vlm_edge.common.errors import InputError, UnsupportedFeatureError
 from vlm_edge.model import load_checkpoint
-from vlm_edge.quant.awq import _fold, quantize_llm
+from vlm_edge.quant.awq import _fold
 from vlm_edge.quant.api import quantize_checkpoint, quantize_model
 from vlm_edge.quant.config import QuantConfig
 from vlm_edge.quant.mappings import family
