@@ -61,7 +61,8 @@ def test_encoding_puts_loss_on_the_answer_only():
     sample = data.sample("vqa", 5)
     ids, labels = encode(sample, tokenizer, template)
     answer = [t for t in labels if t != IGNORE_INDEX]
-    assert tokenizer.decode(answer, skip_special_tokens=False) == f" {sample.answer}</s>"
+    answers = [m["content"] for m in sample.messages if m["role"] == "assistant"]  # every turn's answer
+    assert tokenizer.decode(answer, skip_special_tokens=False) == "".join(f" {a}</s>" for a in answers)
     # the prompt part is tokenized exactly as at inference
     from vlm_edge.common.templates import render
 

@@ -183,7 +183,8 @@ def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sa
     for k, (question, answer) in enumerate(pairs):
         messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{question}" if k == 0 else question})
         messages.append({"role": "assistant", "content": answer})
-    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first)
+    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first,
+                  answer=messages[1]["content"])
 
 
 def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int = 1) -> Sample:
