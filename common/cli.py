@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from .errors import VlmEdgeError
+from .fsutil import atomic_write_json
 
 
 def run(prog: str, action: Callable[[], object]) -> int:
@@ -16,3 +17,10 @@ def run(prog: str, action: Callable[[], object]) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def emit_report(table: str, result: object, json_path: str | None) -> None:
+    """Print a measurement's table; with `json_path`, also save the result there (atomically)."""
+    print(table)
+    if json_path:
+        atomic_write_json(json_path, result)

@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-from vlm_edge.common.cli import run
+from vlm_edge.common.cli import emit_report, run
 from vlm_edge.common.log import setup_logging
 
 from .config import QuantConfig
@@ -91,9 +89,7 @@ def eval_main(argv: list[str]) -> int:
         from .evaluate import format_report, quality_report
 
         result = quality_report(args.checkpoint, _config(args, "awq"), per_type=args.per_type)
-        print(format_report(result))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        emit_report(format_report(result), result, args.json)
 
     return run("vlm-quant eval", report)
 

@@ -13,7 +13,6 @@ text-only calibration), to measure whether image tokens help.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from vlm_edge.common.errors import InputError
 from vlm_edge.common.log import get_logger
 from vlm_edge.model.checkpoint import load_checkpoint
 from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData
-from vlm_edge.train.evaluate import evaluate
+from vlm_edge.train.evaluate import evaluate, training_seed
 
 from .api import quantize_model
 from .calibration import load_calibration
@@ -32,11 +31,10 @@ log = get_logger(__name__)
 
 def quality_report(checkpoint_dir: str | Path, config: QuantConfig, *, per_type: int = 50) -> dict[str, Any]:
     checkpoint_dir = Path(checkpoint_dir)
-    saved = checkpoint_dir / "training" / "train_config.json"
-    if not saved.is_file():
+    seed = training_seed(checkpoint_dir)
+    if seed is None:
         raise InputError(f"{checkpoint_dir} was not written by vlm-train (no training/train_config.json), so it has no "
                          "held-out VQA set to measure with")
-    seed = json.loads(saved.read_text()).get("seed", 0)
     variants: dict[str, QuantConfig | None] = {"fp": None, "rtn": dataclasses.replace(config, method="rtn"),
                                                "awq": dataclasses.replace(config, method="awq", text_only=False)}
     calib = load_calibration(config.calib, checkpoint_dir)

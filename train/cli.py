@@ -9,11 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from vlm_edge.common.cli import run
+from vlm_edge.common.cli import emit_report, run
 from vlm_edge.common.errors import VlmEdgeError
 from vlm_edge.common.log import setup_logging
 
@@ -99,17 +97,12 @@ def eval_main(argv: list[str] | None = None) -> int:
         from vlm_edge.model import load_checkpoint
 
         from .datasets import SyntheticData
-        from .evaluate import evaluate, format_table
+        from .evaluate import evaluate, format_table, training_seed
 
         ckpt = load_checkpoint(args.checkpoint)
-        seed = args.seed
-        saved = Path(args.checkpoint) / "training" / "train_config.json"
-        if seed is None:
-            seed = json.loads(saved.read_text())["seed"] if saved.is_file() else 0
+        seed = args.seed if args.seed is not None else training_seed(args.checkpoint) or 0
         result = evaluate(ckpt, SyntheticData(ckpt.config.image_size, seed), args.per_type)
-        print(format_table(result))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        emit_report(format_table(result), result, args.json)
 
     return run("vlm-eval", measure)
 

@@ -13,7 +13,9 @@ image descriptions, VQA answers and text-only answers (what the finished model i
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +72,12 @@ def evaluate(checkpoint: Checkpoint, data: SyntheticData, per_type: int = 50) ->
         "questions_per_type": per_type,
         "data": {"image_size": data.image_size, "seed": data.seed},
     }
+
+
+def training_seed(checkpoint_dir: str | Path) -> int | None:
+    """The data seed a vlm-train checkpoint was trained with, or None for other checkpoints."""
+    saved = Path(checkpoint_dir) / "training" / "train_config.json"
+    return int(json.loads(saved.read_text()).get("seed", 0)) if saved.is_file() else None
 
 
 def format_table(result: dict[str, Any]) -> str:
