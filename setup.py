@@ -42,6 +42,8 @@ setup(
             "vlm-train = vlm_edge.train.cli:main",
             "vlm-eval = vlm_edge.train.cli:eval_main",
             "vlm-quant = vlm_edge.quant.cli:main",
+            "vlm-export = vlm_edge.export.cli:main",
+            "vlm-build-engine = vlm_edge.export.cli:build_main",
         ]
     },
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable
 
 from .errors import VlmEdgeError
@@ -24,3 +25,19 @@ def emit_report(table: str, result: object, json_path: str | None) -> None:
     print(table)
     if json_path:
         atomic_write_json(json_path, result)
+
+
+class LayerProgress:
+    """One self-overwriting stderr line per unit of work (a layer), with the elapsed time and ETA."""
+
+    def __init__(self, label: str = "layer") -> None:
+        self.label = label
+        self.start = time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.time() - self.start
+        eta = elapsed / max(done, 1) * (total - done)
+        print(f"\r  {self.label} {done}/{total}  {elapsed:.1f}s  eta {eta:.1f}s", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
+        if done == total:
+            self.start = time.time()  # the next pass (e.g. another graph) starts its own clock

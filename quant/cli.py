@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from vlm_edge.common.cli import emit_report, run
+from vlm_edge.common.cli import LayerProgress, emit_report, run
 from vlm_edge.common.log import setup_logging
 
 from .config import QuantConfig
@@ -38,19 +37,6 @@ def _config(args: argparse.Namespace, method: str) -> QuantConfig:
                        clip=not args.no_clip, device=args.device)
 
 
-class _Progress:
-    """One line per decoder layer with the ETA (stderr)."""
-
-    def __init__(self) -> None:
-        self.start = time.time()
-
-    def __call__(self, done: int, total: int) -> None:
-        elapsed = time.time() - self.start
-        eta = elapsed / done * (total - done)
-        print(f"\r  layer {done}/{total}  {elapsed:.1f}s  eta {eta:.1f}s", end="\n" if done == total else "",
-              file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:
@@ -69,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         from .api import quantize_checkpoint
 
         source, name = (args.awq4, "awq") if args.awq4 else (args.rtn, "rtn")
-        quantize_checkpoint(source, args.output, _config(args, name), overwrite=args.force, progress=_Progress())
+        quantize_checkpoint(source, args.output, _config(args, name), overwrite=args.force, progress=LayerProgress())
 
     return run("vlm-quant", quantize)
 

@@ -1,0 +1,228 @@
+"""`vlm-export`: a checkpoint (quantized here or already) -> a validated engine directory.
+
+    engine/ (see common/manifest.py for the layout)
+
+Stages: [quantize (AWQ, when --awq4 and the checkpoint is not quantized yet)] -> tokenizer and
+embedding table -> vision graph -> one decoder graph per flavour -> validation against the
+PyTorch reference -> TensorRT static check of trt graphs -> [TensorRT engines] -> manifest.
+Everything is written into a temporary directory that replaces `output` only when all stages
+passed, so a killed or failed export never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vlm_edge.common.errors import InputError, VlmEdgeError
+from vlm_edge.common.fsutil import atomic_directory, sha256_file
+from vlm_edge.common.log import get_logger
+from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_hashes
+from vlm_edge.common.vila_config import LLM_DIR, VilaConfig
+from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, load_checkpoint
+from vlm_edge.quant.api import is_quantized, quantize_checkpoint
+from vlm_edge.quant.config import QuantConfig
+
+from .config import ExportConfig, auto_group_size
+from .decoder import DecoderSpec, build_decoder, decoder_io
+from .graph import GraphBuilder
+from .tensorrt import build_engines, check_trt_graph, require_tensorrt
+from .validate import validate, validation_prompts
+from .vision import build_vision, vision_io
+from .weights import ModuleWeights
+
+log = get_logger(__name__)
+
+EMBEDDINGS_FILE = "embeddings.npy"
+VISION_FILE = "vision.onnx"
+Progress = Callable[[int, int], None]
+
+
+class ExportValidationError(VlmEdgeError):
+    """The exported graphs do not match the PyTorch reference within the thresholds."""
+
+
+def decoder_file(flavour: str) -> str:
+    return f"decoder.{flavour}.onnx"
+
+
+def checkpoint_hash(directory: Path) -> str:
+    """SHA-256 over (relative path, file SHA-256) of every file that defines the model (not training/)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel.split("/")[0] in ("training",):
+            continue
+        digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _specs(io: list[tuple]) -> list[TensorSpec]:
+    return [TensorSpec(name, dtype, list(shape)) for name, dtype, shape in io]
+
+
+def _linear_input_widths(config: VilaConfig) -> list[int]:
+    llm = config.llm
+    heads = llm["num_attention_heads"]
+    head_dim = llm.get("head_dim") or llm["hidden_size"] // heads
+    return [llm["hidden_size"], heads * head_dim, llm["intermediate_size"]]
+
+
+def export_checkpoint(source: str | Path, output: str | Path, config: ExportConfig, *, overwrite: bool = False,
+                      layer_progress: Progress | None = None) -> Manifest:
+    source, output = Path(source), Path(output)
+    config.validate_options()
+    vila_config = VilaConfig.read(source)  # a clear error when `source` is not a checkpoint
+    if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
+        raise InputError(f"the output {output} is inside the input checkpoint {source}; choose another directory")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise InputError(f"output directory {output} is not empty; choose another path or pass --force to replace it")
+    flavours = config.resolved_flavours()
+    if config.build_engine:
+        require_tensorrt()  # say so before minutes of quantization
+    start = time.time()
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        work, quant_info = _quantized_source(source, tmp, vila_config, config, layer_progress)
+        log.info("loading %s", work)
+        checkpoint = load_checkpoint(work)
+        manifest = _write_engine(checkpoint, work, tmp, config, flavours, layer_progress)
+        manifest.source = {"path": str(source.resolve()), "sha256": checkpoint_hash(source)}
+        manifest.quantization = quant_info
+        manifest.export = {"config": config.to_dict(), "seconds": round(time.time() - start, 1)}
+        if work != source:
+            shutil.rmtree(work)
+        manifest.write(tmp)
+    log.info("wrote %s in %.1f s", output, time.time() - start)
+    return manifest
+
+
+def _quantized_source(source: Path, tmp: Path, vila_config: VilaConfig, config: ExportConfig,
+                      progress: Progress | None) -> tuple[Path, dict | None]:
+    """(checkpoint to export, quantization settings for the manifest)."""
+    if not config.awq4:
+        if is_quantized(source):
+            raise InputError(f"{source} is AWQ-quantized; export it with --awq4 (a 16-bit export needs the "
+                             "unquantized checkpoint)")
+        return source, None
+    trt = "trt" in config.resolved_flavours()
+    if is_quantized(source):
+        quant = dict(vila_config.llm["quantization_config"])
+        group = awq_group_size(vila_config.llm, source / LLM_DIR)
+        if config.group_size is not None and config.group_size != group:
+            raise InputError(f"{source} is already quantized with group size {group}; --group-size {config.group_size} "
+                             "would need the unquantized checkpoint")
+        if trt and not quant.get("symmetric", False):
+            raise InputError(f"{source} is quantized with zero points, but the trt flavour needs symmetric AWQ; "
+                             "quantize the original checkpoint with --symmetric (or export only --flavour ort)")
+        log.info("%s is already AWQ-quantized (group %d): exporting its integers as they are", source, group)
+        return source, {**quant, "quantized_by": "input checkpoint"}
+    group = config.group_size or auto_group_size(_linear_input_widths(vila_config), trt)
+    qconfig = QuantConfig(method=config.method, group_size=group, symmetric=config.wants_symmetric(),
+                          calib=config.calib, samples=config.calib_samples, seq_len=config.calib_len,
+                          device=config.device)
+    log.info("quantizing the LLM: %s, 4-bit, group %d, %s", config.method.upper(), group,
+             "symmetric" if qconfig.symmetric else "zero point")
+    work = tmp / ".quantized"
+    quantize_checkpoint(source, work, qconfig, progress=progress)
+    return work, {"quant_method": config.method, "bits": 4, "group_size": group, "symmetric": qconfig.symmetric,
+                  "quantized_by": "vlm-export", "config": qconfig.to_dict()}
+
+
+def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportConfig, flavours: tuple[str, ...],
+                  layer_progress: Progress | None) -> Manifest:
+    model, vila = checkpoint.model, checkpoint.config
+    components: dict[str, Component] = {}
+
+    checkpoint.tokenizer.save(tmp / TOKENIZER_DIR)
+    tok_files = sorted(f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir())
+    components["tokenizer"] = Component("tokenizer", file_hashes(tmp, tok_files))
+
+    table = model.llm.get_input_embeddings().weight.detach().float().numpy()
+    np.save(tmp / EMBEDDINGS_FILE, table)
+    components["embeddings"] = Component("embeddings", file_hashes(tmp, [EMBEDDINGS_FILE]),
+                                         outputs=[TensorSpec("embeddings", "float32", list(table.shape))])
+
+    log.info("vision graph")
+    state = lambda module: {k: v.detach().float().numpy() for k, v in module.state_dict().items()}  # noqa: E731
+    g = GraphBuilder("vision", tmp / VISION_FILE)
+    build_vision(g, vila, state(model.vision_tower), state(model.mm_projector))
+    v_in, v_out = vision_io(vila)
+    components["vision"] = Component("vision", file_hashes(tmp, g.save()), _specs(v_in), _specs(v_out))
+
+    spec = DecoderSpec.from_llm(model.llm)
+    group = awq_group_size(vila.llm, work / LLM_DIR)
+    weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
+    d_in, d_out = decoder_io(spec)
+    for flavour in flavours:
+        log.info("decoder graph (%s): %d layers", flavour, spec.layers)
+        g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=flavour == "ort")
+        try:
+            build_decoder(g, spec, weights, flavour, accuracy_level=config.accuracy_level, progress=layer_progress)
+        except BaseException:
+            g.abort()
+            raise
+        files = g.save()
+        info = {"quantized_linears": len(weights.quantized_linears)}
+        if flavour == "trt":
+            problems = check_trt_graph(tmp / files[0])
+            if problems:
+                raise VlmEdgeError(f"the trt graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
+            info["tensorrt_check"] = "passed"
+        components[f"decoder.{flavour}"] = Component("decoder", file_hashes(tmp, files), _specs(d_in), _specs(d_out),
+                                                     flavour=flavour, info=info)
+
+    validation: dict = {}
+    if config.validate:
+        log.info("validating against the PyTorch reference (%d prompts)", config.prompts)
+        prompts = validation_prompts(checkpoint, work, config.prompts)
+        validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
+                              quantized=group is not None, decode_steps=config.decode_steps,
+                              greedy_steps=config.greedy_steps)
+        failed = [name for name, figures in validation.items() if not figures["passed"]]
+        if failed:
+            raise ExportValidationError(
+                f"validation failed for {', '.join(failed)}: {', '.join(f'{n}: {validation[n]}' for n in failed)}; "
+                "nothing was written. Report this with the checkpoint's config (or pass --no-validate to keep it)"
+            )
+
+    targets: list[dict] = []
+    if config.build_engine:
+        graphs = {name: {"file": c.path, "inputs": [dataclasses.asdict(t) for t in c.inputs]}
+                  for name, c in components.items() if name == "vision" or c.flavour == "trt"}
+        targets = build_engines(tmp, graphs)
+
+    stops = checkpoint.tokenizer.stop_token_ids(checkpoint.template)
+    model_info = {
+        "llm_architecture": vila.llm_architecture, "vision_architecture": vila.vision_architecture,
+        "projector_type": vila.projector_type, "downsample_token_order": vila.downsample_token_order,
+        "hidden_size": spec.hidden, "layers": spec.layers, "heads": spec.heads, "kv_heads": spec.kv_heads,
+        "head_dim": spec.head_dim, "vocab_size": spec.vocab, "max_positions": spec.max_positions,
+        "image_size": vila.image_size, "num_image_tokens": vila.num_image_tokens,
+        "bos_token_id": checkpoint.tokenizer.bos_id, "eos_token_id": checkpoint.tokenizer.eos_id,
+        "stop_token_ids": stops,
+    }
+    return Manifest(source={}, model=model_info, quantization=None,
+                    preprocessing=dataclasses.asdict(model.image_processor_config), chat_template=vila.chat_template,
+                    components=components, validation=validation, targets=targets)
+
+
+def build_engine_dir(engine_dir: str | Path) -> Manifest:
+    """`vlm-build-engine`: build TensorRT engines for an existing engine directory (on the target device)."""
+    engine_dir = Path(engine_dir)
+    manifest = Manifest.read(engine_dir)
+    graphs = {name: {"file": c.path, "inputs": [dataclasses.asdict(t) for t in c.inputs]}
+              for name, c in manifest.components.items() if name == "vision" or c.flavour == "trt"}
+    if not any(c.flavour == "trt" for c in manifest.components.values()):
+        raise InputError(f"{engine_dir} has no trt decoder graph; re-export with --awq4 --flavour trt "
+                         "(or --build-engine)")
+    built = build_engines(engine_dir, graphs)
+    keys = {t["cache_key"] for t in built}
+    manifest.targets = [t for t in manifest.targets if t.get("cache_key") not in keys] + built
+    manifest.write(engine_dir)
+    return manifest

@@ -1,0 +1,77 @@
+"""The export settings: a typed config, saved into the engine's manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlm_edge.common.errors import InputError
+
+from .linear import TRT_BLOCKS
+
+GROUP_SIZES = (128, 64, 32)
+
+
+@dataclass
+class ExportConfig:
+    awq4: bool = False  # quantize the LLM's linears to 4 bits (AWQ), or take an already quantized checkpoint
+    flavours: tuple[str, ...] = ()  # decoder graphs: ort and/or trt (4-bit); () = ("ort",), or ("fp",) unquantized
+    group_size: int | None = None  # None: the largest of 128, 64, 32 that divides every linear's input width
+    symmetric: bool | None = None  # None: symmetric exactly when a trt graph is wanted
+    method: str = "awq"  # awq | rtn, when quantizing here
+    calib: str | None = None
+    calib_samples: int = 128
+    calib_len: int = 512
+    validate: bool = True
+    prompts: int = 10  # validation prompts (greedy check)
+    decode_steps: int = 16
+    greedy_steps: int = 32
+    accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
+    build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
+    device: str = "auto"  # quantization device
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_flavours(self) -> tuple[str, ...]:
+        if not self.awq4:
+            return ("fp",)
+        flavours = tuple(self.flavours) or ("ort",)
+        if self.build_engine and "trt" not in flavours:
+            flavours += ("trt",)
+        return flavours
+
+    def wants_symmetric(self) -> bool:
+        return self.symmetric if self.symmetric is not None else "trt" in self.resolved_flavours()
+
+    def validate_options(self) -> None:
+        flavours = self.resolved_flavours()
+        unknown = set(flavours) - {"fp", "ort", "trt"}
+        if unknown:
+            raise InputError(f"unknown decoder flavour(s) {sorted(unknown)}; choose ort and/or trt")
+        if not self.awq4 and set(self.flavours) - {"fp"}:
+            raise InputError("--flavour ort/trt are 4-bit graphs; add --awq4")
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise InputError(f"group size {self.group_size} is not supported; choose 128, 64 or 32")
+        if "trt" in flavours:
+            if self.symmetric is False:
+                raise InputError("the trt flavour needs symmetric AWQ (TensorRT's int4 has no zero point); "
+                                 "drop --no-symmetric or the trt flavour")
+            if self.group_size is not None and self.group_size not in TRT_BLOCKS:
+                raise InputError(f"the trt flavour needs group size 64 or 128 (TensorRT's int4 blocks), got "
+                                 f"{self.group_size}")
+        if self.prompts < 1 or self.greedy_steps < 1 or self.decode_steps < 0:
+            raise InputError("validation needs at least one prompt and one greedy step")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise InputError("--accuracy-level is 0 (float) .. 4 (int8 activations)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def auto_group_size(widths: list[int], trt: bool) -> int:
+    """The largest supported group size that divides every quantized linear's input width."""
+    for g in GROUP_SIZES:
+        if (not trt or g in TRT_BLOCKS) and all(w % g == 0 for w in widths):
+            return g
+    raise InputError(f"no supported group size divides the LLM's linear input widths {sorted(set(widths))}; "
+                     f"4-bit export needs widths divisible by {'64' if trt else '32'}")

@@ -1,0 +1,190 @@
+"""The decoder graph: inputs_embeds + KV cache -> last-position logits + the grown KV cache.
+
+    inputs_embeds              float32 [batch, seq, D]      text embeddings with image embeddings spliced in
+    attention_mask             int64   [batch, past + seq]  1 = real token, 0 = padding (left padding)
+    position_ids               int64   [batch, seq]
+    past_key_values.{i}.key    float32 [batch, kv_heads, past, head_dim]   (past may be 0)
+    past_key_values.{i}.value  float32 [batch, kv_heads, past, head_dim]
+  ->
+    logits                     float32 [batch, vocab]       of the last position only (prefill and decode)
+    present.{i}.key / .value   float32 [batch, kv_heads, past + seq, head_dim]
+
+Per layer, in plain ONNX ops that both ONNX Runtime and TensorRT run (the Llama/Qwen2 block):
+
+    h = RMSNorm(x) ; q, k, v = linears(h) ; rotate q, k (RoPE, cos/sin gathered by position_ids)
+    K = concat(past K, k) ; V likewise            (GQA: each KV head serves heads / kv_heads queries)
+    x = x + o_proj(softmax(mask(q K^T / sqrt(head_dim))) V)
+    x = x + down(silu(gate(RMSNorm(x))) * up(RMSNorm(x)))
+
+The mask lets query i (absolute index past + i) see key j when j <= past + i and attention_mask[j] = 1;
+masked scores are set to -1e4 (finite: a fully padded row stays finite in fp16, and exp underflows to
+exactly 0 next to any real score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vlm_edge.common.errors import UnsupportedFeatureError
+
+from .graph import GraphBuilder
+from .linear import QuantLinear, emit_linear
+
+MASKED = -1e4
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+class DecoderWeights(Protocol):
+    def get(self, key: str) -> np.ndarray: ...  # float32, torch layout ([out, in] for linears)
+    def has(self, key: str) -> bool: ...
+    def quant(self, key: str) -> QuantLinear | None: ...  # `key` without .weight
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What the graph needs to know of the LLM (Llama and Qwen2 share the block)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    eps: float
+    inv_freq: np.ndarray  # [head_dim / 2] float32, as the PyTorch rotary embedding holds it
+    rope_scaling: float  # multiplies cos and sin (1.0 for plain RoPE)
+    max_positions: int
+    tied_embeddings: bool
+
+    @classmethod
+    def from_llm(cls, llm) -> "DecoderSpec":
+        """From a transformers Llama/Qwen2 ForCausalLM (the reference model being exported)."""
+        c = llm.config
+        rope_type = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
+        if rope_type in ("dynamic", "longrope"):
+            raise UnsupportedFeatureError(f"RoPE type {rope_type!r} changes with the sequence length; the exported "
+                                          "graph supports static RoPE types (default, linear, llama3, yarn)")
+        if getattr(c, "use_sliding_window", False):
+            raise UnsupportedFeatureError("sliding-window attention is not supported by the exporter")
+        rotary = llm.model.rotary_emb
+        heads = c.num_attention_heads
+        return cls(
+            layers=c.num_hidden_layers, hidden=c.hidden_size, heads=heads,
+            kv_heads=c.num_key_value_heads or heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+            intermediate=c.intermediate_size, vocab=c.vocab_size, eps=float(c.rms_norm_eps),
+            inv_freq=rotary.inv_freq.detach().float().cpu().numpy(), rope_scaling=float(rotary.attention_scaling),
+            max_positions=int(c.max_position_embeddings), tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        )
+
+
+def decoder_io(spec: DecoderSpec) -> tuple[list[tuple], list[tuple]]:
+    """(inputs, outputs) as (name, numpy dtype name, shape) triples, in graph order."""
+    kv = ["batch", spec.kv_heads, "past", spec.head_dim]
+    kv_out = ["batch", spec.kv_heads, "total", spec.head_dim]
+    inputs = [("inputs_embeds", "float32", ["batch", "seq", spec.hidden]),
+              ("attention_mask", "int64", ["batch", "total"]),
+              ("position_ids", "int64", ["batch", "seq"])]
+    outputs = [("logits", "float32", ["batch", spec.vocab])]
+    for i in range(spec.layers):
+        inputs += [(f"past_key_values.{i}.key", "float32", kv), (f"past_key_values.{i}.value", "float32", kv)]
+        outputs += [(f"present.{i}.key", "float32", kv_out), (f"present.{i}.value", "float32", kv_out)]
+    return inputs, outputs
+
+
+def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [max_positions, head_dim] float32, computed as the PyTorch rotary embedding does."""
+    positions = np.arange(spec.max_positions, dtype=np.float32)[:, None]
+    freqs = positions * spec.inv_freq[None, :].astype(np.float32)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return (np.cos(emb) * spec.rope_scaling).astype(np.float32), (np.sin(emb) * spec.rope_scaling).astype(np.float32)
+
+
+def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, flavour: str, *,
+                  accuracy_level: int = 0, progress=None) -> None:
+    inputs, outputs = decoder_io(spec)
+    for name, dtype, shape in inputs:
+        g.input(name, np.dtype(dtype), shape)
+    x = "inputs_embeds"
+
+    # mask [batch, 1, seq, total] (bool), shared by every layer
+    total = g.op("Gather", g.op("Shape", "attention_mask"), g.ints(1), axis=0, name="total")  # [1]
+    seq = g.op("Gather", g.op("Shape", "inputs_embeds"), g.ints(1), axis=0, name="seq")
+    past = g.op("Sub", total, seq, name="past")
+    key_idx = g.op("Range", g.op("Squeeze", g.ints(0), name="zero"), g.op("Squeeze", total), g.op("Squeeze", g.ints(1)),
+                   name="key_idx")  # [total]
+    query_idx = g.op("Unsqueeze", g.op("Range", g.op("Squeeze", past), g.op("Squeeze", total), g.op("Squeeze", g.ints(1))),
+                     g.ints(1), name="query_idx")  # [seq, 1]
+    causal = g.op("LessOrEqual", key_idx, query_idx, name="causal")  # [seq, total]
+    padding = g.op("Unsqueeze", g.op("Cast", "attention_mask", to=9), g.ints(1, 2), name="padding")  # bool [b, 1, 1, total]
+    allowed = g.op("And", causal, padding, name="allowed")  # [batch, 1, seq, total]
+    masked = g.const("masked", np.array(MASKED, np.float32))
+    scale = g.const("attn_scale", np.array(1.0 / np.sqrt(spec.head_dim), np.float32))
+
+    # RoPE: cos/sin [batch, 1, seq, head_dim]
+    cos_table, sin_table = rope_tables(spec)
+    cos = g.op("Unsqueeze", g.op("Gather", g.weight("rope.cos", cos_table), "position_ids", axis=0), g.ints(1), name="cos")
+    sin = g.op("Unsqueeze", g.op("Gather", g.weight("rope.sin", sin_table), "position_ids", axis=0), g.ints(1), name="sin")
+    half = spec.head_dim // 2
+
+    def rmsnorm(h: str, key: str) -> str:
+        var = g.op("ReduceMean", g.op("Mul", h, h), g.ints(-1), keepdims=1)
+        rms = g.op("Sqrt", g.op("Add", var, g.const("eps", np.array(spec.eps, np.float32))))
+        return g.op("Mul", g.op("Div", h, rms), g.weight(key, weights.get(key)), name="rmsnorm")
+
+    def linear(h: str, key: str) -> str:
+        quant = weights.quant(key)
+        weight_t = None if quant is not None else weights.get(f"{key}.weight").T
+        bias = weights.get(f"{key}.bias") if weights.has(f"{key}.bias") else None
+        return emit_linear(g, h, key, flavour, weight_t=weight_t, quant=quant, bias=bias, accuracy_level=accuracy_level)
+
+    def heads(h: str, count: int) -> str:  # [b, s, count * hd] -> [b, count, s, hd]
+        return g.op("Transpose", g.op("Reshape", h, g.ints(0, 0, count, spec.head_dim)), perm=[0, 2, 1, 3])
+
+    def rotate(h: str) -> str:  # h * cos + rotate_half(h) * sin
+        x1, x2 = g.op("Split", h, g.ints(half, half), axis=-1, outputs=2)
+        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+        return g.op("Add", g.op("Mul", h, cos), g.op("Mul", rotated, sin), name="rope")
+
+    def repeat_kv(h: str) -> str:  # [b, kv, t, hd] -> [b, heads, t, hd]
+        rep = spec.heads // spec.kv_heads
+        if rep == 1:
+            return h
+        expanded = g.op("Expand", g.op("Unsqueeze", h, g.ints(2)), g.ints(1, 1, rep, 1, 1))
+        return g.op("Reshape", expanded, g.ints(0, spec.heads, -1, spec.head_dim), name="repeat_kv")
+
+    for i in range(spec.layers):
+        p = f"model.layers.{i}"
+        h = rmsnorm(x, f"{p}.input_layernorm.weight")
+        q = rotate(heads(linear(h, f"{p}.self_attn.q_proj"), spec.heads))
+        k = rotate(heads(linear(h, f"{p}.self_attn.k_proj"), spec.kv_heads))
+        v = heads(linear(h, f"{p}.self_attn.v_proj"), spec.kv_heads)
+        k_all = g.op("Concat", f"past_key_values.{i}.key", k, axis=2, name=f"present_{i}_key")
+        v_all = g.op("Concat", f"past_key_values.{i}.value", v, axis=2, name=f"present_{i}_value")
+        g.output(k_all, f"present.{i}.key", np.float32, outputs[1 + 2 * i][2])
+        g.output(v_all, f"present.{i}.value", np.float32, outputs[2 + 2 * i][2])
+        scores = g.op("Mul", g.op("MatMul", q, g.op("Transpose", repeat_kv(k_all), perm=[0, 1, 3, 2])), scale)
+        probs = g.op("Softmax", g.op("Where", allowed, scores, masked), axis=-1, name="attn_probs")
+        attn = g.op("MatMul", probs, repeat_kv(v_all))  # [b, heads, s, hd]
+        attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.ints(0, 0, spec.heads * spec.head_dim))
+        x = g.op("Add", x, linear(attn, f"{p}.self_attn.o_proj"), name="residual")
+        h = rmsnorm(x, f"{p}.post_attention_layernorm.weight")
+        gate = linear(h, f"{p}.mlp.gate_proj")
+        act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), linear(h, f"{p}.mlp.up_proj"))
+        x = g.op("Add", x, linear(act, f"{p}.mlp.down_proj"), name="residual")
+        if progress is not None:
+            progress(i + 1, spec.layers)
+
+    last = g.op("Slice", x, g.ints(-1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="last")  # [b, 1, D]
+    last = rmsnorm(last, "model.norm.weight")
+    head = weights.get("model.embed_tokens.weight" if spec.tied_embeddings and not weights.has("lm_head.weight")
+                       else "lm_head.weight")
+    logits = g.op("MatMul", last, g.weight("lm_head.weight", head.T), name="lm_head")
+    g.output(g.op("Squeeze", logits, g.ints(1)), "logits", np.float32, outputs[0][2])
+    order = [name for name, _, _ in outputs]
+    g.outputs.sort(key=lambda value: order.index(value.name))

@@ -1,0 +1,188 @@
+"""Export validation: the exported graphs, run in ONNX Runtime on the CPU, against the PyTorch reference.
+
+The reference is the checkpoint the graphs were built from, loaded with `vlm_edge.model` (for a
+4-bit export: the AWQ checkpoint dequantized, i.e. the fake-quantized model, so both sides use
+the same weights). Figures, each a relative error max|ort - ref| / max|ref|:
+
+    vision      image embeddings of the validation images plus two fresh random ones
+    logits      prompt 0: the prefill and 16 decode steps, fed the reference's greedy tokens
+    greedy      per prompt: 32 greedy tokens from each side (stop tokens ignored), identical or not
+
+The ONNX side embeds text with the exported table and splices image embeddings in numpy, so the
+whole hand-over the runtime relies on is checked, not only the graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from transformers import DynamicCache
+
+from vlm_edge.common.conversations import read_conversations
+from vlm_edge.common.image import preprocess_images
+from vlm_edge.common.log import get_logger
+from vlm_edge.common.splice import splice_embeddings
+from vlm_edge.common.templates import render
+from vlm_edge.common.tokenizer import IMAGE_TOKEN
+from vlm_edge.model.checkpoint import Checkpoint
+
+from .decoder import DecoderSpec
+
+log = get_logger(__name__)
+
+FP_LOGITS_REL = 1e-4  # float32 export vs PyTorch
+INT4_LOGITS_REL = 1e-2  # 4-bit export vs the fake-quantized PyTorch model
+GREEDY_MIN_FRACTION = 0.9  # prompts whose 32 greedy tokens must match exactly
+QUESTIONS = ("Describe the image.", "What colour is the circle?", "How many objects are there?",
+             "What is in the picture?", "Where is the red square?", "What shape is the blue object?",
+             "Is the triangle big or small?", "What word is written?", "Tell me about this image.",
+             "What is at the top left?")
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    images: list[Image.Image]
+
+
+def validation_prompts(checkpoint: Checkpoint, source: Path, count: int = 10, seed: int = 0) -> list[Prompt]:
+    """The checkpoint's own calibration conversations when it has them (real pictures), else fixed
+    questions about random-noise pictures."""
+    template, tok = checkpoint.template, checkpoint.tokenizer
+    prompts: list[Prompt] = []
+    calib = source / "calibration" / "conversations.json"
+    if calib.is_file():
+        for conv in read_conversations(calib)[:count]:
+            first = conv.messages[0]
+            images = conv.images[: first["content"].count(IMAGE_TOKEN)]
+            ids = tok.tokenize_prompt(render(template, [first]))
+            prompts.append(Prompt(ids, images))
+    rng = np.random.default_rng(seed)
+    size = checkpoint.model.image_processor_config.height
+    while len(prompts) < count:
+        question = QUESTIONS[len(prompts) % len(QUESTIONS)]
+        image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        ids = tok.tokenize_prompt(render(template, [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}]))
+        prompts.append(Prompt(ids, [image]))
+    return prompts
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def session(path: Path, flavour: str | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # ONNX Runtime's CPU optimizer turns int4 DequantizeLinear -> MatMul into MatMulNBits with int8
+    # activations (accuracy level 4); validation checks the graph's own math, so ask for float.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtDecoder:
+    """Greedy decoding over the exported decoder graph, batch 1, in numpy."""
+
+    def __init__(self, sess: ort.InferenceSession, spec: DecoderSpec):
+        self.sess, self.spec = sess, spec
+        self.outputs = [o.name for o in sess.get_outputs()]
+
+    def run(self, embeds: np.ndarray, past: list[np.ndarray] | None, start: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        s = self.spec
+        seq = embeds.shape[0]
+        if past is None:
+            past = [np.zeros((1, s.kv_heads, 0, s.head_dim), np.float32)] * (2 * s.layers)
+        total = start + seq
+        feeds = {"inputs_embeds": embeds[None], "attention_mask": np.ones((1, total), np.int64),
+                 "position_ids": np.arange(start, total, dtype=np.int64)[None]}
+        for i in range(s.layers):
+            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
+        out = dict(zip(self.outputs, self.sess.run(None, feeds)))
+        present = [out[f"present.{i}.{kv}"] for i in range(s.layers) for kv in ("key", "value")]
+        return out["logits"][0], present
+
+
+def _reference(model, embeds: torch.Tensor, steps: int, forced: list[int] | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy tokens and the logits before each, from the PyTorch LLM (KV-cached, as generate())."""
+    llm, embed = model.llm, model.llm.get_input_embeddings()
+    cache = DynamicCache()
+    with torch.no_grad():
+        out = llm(inputs_embeds=embeds[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        tokens, logits = [], []
+        for step in range(steps):
+            row = out.logits[0, -1].float()
+            logits.append(row.numpy())
+            token = forced[step] if forced is not None else int(row.argmax())
+            tokens.append(token)
+            if step + 1 == steps:
+                break
+            position = torch.tensor([[embeds.shape[0] + step]])
+            out = llm(inputs_embeds=embed(torch.tensor([[token]])), past_key_values=cache, position_ids=position,
+                      use_cache=True)
+    return tokens, logits
+
+
+def _onnx(decoder: OrtDecoder, table: np.ndarray, embeds: np.ndarray, steps: int,
+          forced: list[int] | None = None) -> tuple[list[int], list[np.ndarray]]:
+    logits_row, past = decoder.run(embeds, None, 0)
+    tokens, logits = [], []
+    for step in range(steps):
+        logits.append(logits_row)
+        token = forced[step] if forced is not None else int(logits_row.argmax())
+        tokens.append(token)
+        if step + 1 == steps:
+            break
+        logits_row, past = decoder.run(table[[token]], past, embeds.shape[0] + step)
+    return tokens, logits
+
+
+def validate(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, decoders: dict[str, str], table: np.ndarray,
+             prompts: list[Prompt], *, quantized: bool, decode_steps: int = 16, greedy_steps: int = 32) -> dict:
+    """Run the checks; returns the figures per component and whether each passed its threshold."""
+    model = checkpoint.model
+    spec = DecoderSpec.from_llm(model.llm)
+    pre = model.image_processor_config
+    rng = np.random.default_rng(1)
+    fresh = [Image.fromarray(rng.integers(0, 256, (pre.height, pre.width, 3), dtype=np.uint8)) for _ in range(2)]
+    all_images = [im for p in prompts for im in p.images] + fresh
+    pixels = preprocess_images(all_images, pre)
+    vision = session(engine_dir / vision_file)
+    ort_images = vision.run(None, {"pixel_values": pixels})[0]
+    with torch.no_grad():
+        ref_images = model.encode_images(torch.from_numpy(pixels)).float().numpy()
+    result: dict = {"vision": {"rel_err": _rel(ort_images, ref_images), "images": len(all_images)}}
+    result["vision"]["passed"] = result["vision"]["rel_err"] <= FP_LOGITS_REL
+
+    threshold = INT4_LOGITS_REL if quantized else FP_LOGITS_REL
+    ref_embeds, ort_embeds, k = [], [], 0
+    for p in prompts:
+        n = len(p.images)
+        with torch.no_grad():
+            ref_embeds.append(model.build_inputs([p.input_ids], torch.from_numpy(ref_images[k:k + n]) if n else None)
+                              .inputs_embeds[0])
+        ort_embeds.append(splice_embeddings(p.input_ids, table, ort_images[k:k + n] if n else None))
+        k += n
+    for flavour, file in decoders.items():
+        decoder = OrtDecoder(session(engine_dir / file, flavour), spec)
+        ref_tokens, ref_logits = _reference(model, ref_embeds[0], decode_steps + 1)
+        _, ort_logits = _onnx(decoder, table, ort_embeds[0], decode_steps + 1, forced=ref_tokens)
+        logits_err = max(_rel(a, b) for a, b in zip(ort_logits, ref_logits))
+        same = 0
+        for i, p in enumerate(prompts):
+            ref_greedy, _ = _reference(model, ref_embeds[i], greedy_steps)
+            ort_greedy, _ = _onnx(decoder, table, ort_embeds[i], greedy_steps)
+            same += ref_greedy == ort_greedy
+        need = int(np.ceil(GREEDY_MIN_FRACTION * len(prompts)))
+        result[f"decoder.{flavour}"] = {
+            "logits_rel_err": logits_err, "logits_threshold": threshold, "decode_steps": decode_steps,
+            "greedy_identical": same, "prompts": len(prompts), "greedy_steps": greedy_steps,
+            "passed": bool(logits_err <= threshold and same >= need),
+        }
+        log.info("validate decoder.%s: logits rel err %.2e (<= %.0e), greedy identical %d/%d", flavour, logits_err,
+                 threshold, same, len(prompts))
+    log.info("validate vision: rel err %.2e over %d images", result["vision"]["rel_err"], len(all_images))
+    return result

@@ -1,0 +1,253 @@
+"""export: engine directories from real checkpoints, validated in ONNX Runtime against PyTorch.
+
+Checkpoints: the micro preset trained by the training module (Llama + SigLIP, with its
+calibration set), the VILA1.5-3b-layout release fixture (Llama + SigLIP, sharded, SentencePiece
+tokenizer) and a Qwen2 + CLIP checkpoint with random weights. Thresholds are export's own
+(float32 1e-4, int4 1e-2 relative logits error; greedy tokens identical on 9 of 10 prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors import safe_open
+
+from vlm_edge.common import awq_format
+from vlm_edge.common.errors import InputError
+from vlm_edge.common.manifest import Manifest, verify_files
+from vlm_edge.export.api import export_checkpoint
+from vlm_edge.export.config import ExportConfig
+from vlm_edge.export.tensorrt import check_trt_graph
+from vlm_edge.train.recipe import default_config
+from vlm_edge.train.trainer import Trainer
+
+CALIB_TEXT = "\n".join(f"Line {i}: a small red circle at the top left and a big blue square below it." for i in range(64))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro") / "ckpt"
+    config = default_config("micro", eval_per_type=0, device="cpu")
+    for stage, steps in zip(config.stages, (10, 50, 100)):
+        stage.steps = steps
+    Trainer(config, out).run()
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen_clip(tmp_path_factory):
+    """Qwen2 LLM + CLIP tower (class token dropped, quick_gelu) + mlp_downsample, random weights."""
+    from fixtures import tiny_config
+
+    from vlm_edge.model import Checkpoint, VilaModel
+    from vlm_edge.model.presets import byte_level_tokenizer
+
+    torch.manual_seed(3)
+    model = VilaModel(tiny_config(llm="qwen2", vision="clip", select_feature="patch")).eval()
+    with torch.no_grad():  # larger weights than the init, so that logits are far from uniform
+        for p in model.llm.parameters():
+            p.mul_(3.0)
+    out = tmp_path_factory.mktemp("qwen") / "ckpt"
+    Checkpoint(model, byte_level_tokenizer()).save(out)
+    return out
+
+
+def _calib(tmp_path: Path) -> str:
+    path = tmp_path / "calib.txt"
+    path.write_text(CALIB_TEXT)
+    return str(path)
+
+
+def _initializer(model_path: Path, name: str) -> tuple[onnx.TensorProto, bytes]:
+    """An initializer and its raw bytes, read from the external data file by hand."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    info = {e.key: e.value for e in tensor.external_data}
+    with open(model_path.parent / info["location"], "rb") as f:
+        f.seek(int(info["offset"]))
+        return tensor, f.read(int(info["length"]))
+
+
+def _nibbles_low_first(raw: bytes) -> np.ndarray:
+    """An independent unpacker: byte b -> [b & 15, b >> 4]."""
+    out = []
+    for byte in raw:
+        out += [byte & 0xF, byte >> 4]
+    return np.array(out, dtype=np.int64)
+
+
+# ---- formats -------------------------------------------------------------------------------------
+def test_initializers_carry_exactly_the_checkpoints_integers_and_scales(trained, tmp_path):
+    """MatMulNBits (ort) and int4 DequantizeLinear (trt) hold the AWQ checkpoint's q, zeros, scales."""
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    quantized = tmp_path / "awq"
+    quantize_checkpoint(trained, quantized, QuantConfig(group_size=32, symmetric=True))
+    engine = tmp_path / "engine"
+    export_checkpoint(quantized, engine, ExportConfig(awq4=True, flavours=("ort",), prompts=3))
+
+    name = "model.layers.1.mlp.down_proj"
+    with safe_open(str(quantized / "llm" / "model.safetensors"), "pt") as f:
+        q = awq_format.unpack(f.get_tensor(f"{name}.qweight").numpy()).astype(np.int64)  # [K, N]
+        z = awq_format.unpack(f.get_tensor(f"{name}.qzeros").numpy()).astype(np.int64)  # [K/G, N]
+        s = f.get_tensor(f"{name}.scales").float().numpy()  # [K/G, N]
+    k, n = q.shape
+    g = 32
+    graph = engine / "decoder.ort.onnx"
+    node = next(nd for nd in onnx.load(str(graph), load_external_data=False).graph.node
+                if nd.op_type == "MatMulNBits" and nd.name.startswith(name))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert (attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]) == (k, n, 4, g)
+    _, b_raw = _initializer(graph, node.input[1])
+    b = _nibbles_low_first(b_raw).reshape(n, k)  # row n: K values along the input dimension
+    assert np.array_equal(b.T, q)
+    _, s_raw = _initializer(graph, node.input[2])
+    assert np.array_equal(np.frombuffer(s_raw, np.float32).reshape(n, k // g).T, s)
+    _, z_raw = _initializer(graph, node.input[3])
+    zeros = _nibbles_low_first(z_raw).reshape(n, -1)[:, : k // g]
+    assert np.array_equal(zeros.T, z)
+
+
+def test_trt_int4_initializers_and_constraint_check(tmp_path, qwen_clip):
+    """Group 64 (TensorRT's block) on the Qwen2 fixture: int4 weights are q - 8, scales as stored."""
+    engine = tmp_path / "engine"
+    manifest = export_checkpoint(qwen_clip, engine, ExportConfig(awq4=True, flavours=("ort", "trt"), group_size=64,
+                                                                 calib=_calib(tmp_path), prompts=10))
+    assert manifest.quantization["symmetric"] is True
+    graph = engine / "decoder.trt.onnx"
+    onnx.checker.check_model(str(graph))
+    assert check_trt_graph(graph) == []
+    assert manifest.components["decoder.trt"].info["tensorrt_check"] == "passed"
+
+    # the integers: compare with the fake-quantized reference that validation used
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    ref_dir = tmp_path / "awq"
+    quantize_checkpoint(qwen_clip, ref_dir, QuantConfig(group_size=64, symmetric=True, calib=_calib(tmp_path)))
+    name = "model.layers.0.self_attn.q_proj"
+    with safe_open(str(ref_dir / "llm" / "model.safetensors"), "pt") as f:
+        q = awq_format.unpack(f.get_tensor(f"{name}.qweight").numpy()).astype(np.int64)
+        s = f.get_tensor(f"{name}.scales").float().numpy()
+    model = onnx.load(str(graph), load_external_data=False)
+    dq = next(nd for nd in model.graph.node if nd.op_type == "DequantizeLinear" and nd.name.startswith(name))
+    tensor, raw = _initializer(graph, dq.input[0])
+    k, n = q.shape
+    assert tensor.data_type == onnx.TensorProto.INT4 and list(tensor.dims) == [k, n]
+    nib = _nibbles_low_first(raw)[: k * n]
+    signed = np.where(nib > 7, nib - 16, nib).reshape(k, n)
+    assert np.array_equal(signed, q - 8)
+    _, s_raw = _initializer(graph, dq.input[1])
+    assert np.array_equal(np.frombuffer(s_raw, np.float32).reshape(k // 64, n), s)
+
+
+def test_constraint_check_rejects_what_tensorrt_cannot_run(tmp_path, trained):
+    export_checkpoint(trained, tmp_path / "e", ExportConfig(awq4=True, flavours=("ort",), prompts=2))
+    problems = check_trt_graph(tmp_path / "e" / "decoder.ort.onnx")
+    assert any("com.microsoft" in p for p in problems) and any("MatMulNBits" in p for p in problems)
+
+
+# ---- validation on the three checkpoint kinds -------------------------------------------------------
+def _assert_validated(manifest: Manifest, flavours: tuple[str, ...], threshold: float) -> None:
+    v = manifest.validation
+    assert v["vision"]["rel_err"] <= 1e-4, v["vision"]
+    for flavour in flavours:
+        figures = v[f"decoder.{flavour}"]
+        print(f"\n{flavour}: logits rel err {figures['logits_rel_err']:.2e}, greedy {figures['greedy_identical']}/10")
+        assert figures["logits_rel_err"] <= threshold and figures["greedy_identical"] >= 9 and figures["passed"]
+
+
+def test_trained_checkpoint_exports_in_both_precisions(trained, tmp_path):
+    fp = export_checkpoint(trained, tmp_path / "fp", ExportConfig())
+    _assert_validated(fp, ("fp",), 1e-4)
+    q = export_checkpoint(trained, tmp_path / "q", ExportConfig(awq4=True))
+    _assert_validated(q, ("ort",), 1e-2)
+    assert q.quantization["group_size"] == 32  # auto: micro widths 32 / 64
+    assert q.quantization["symmetric"] is False
+    manifest = Manifest.read(tmp_path / "q")
+    verify_files(tmp_path / "q", manifest)
+    assert manifest.model["num_image_tokens"] > 0 and manifest.chat_template == "plain"
+    assert (tmp_path / "q" / "tokenizer" / "tokenizer.json").is_file()
+    assert not (tmp_path / "q" / ".quantized").exists()
+
+
+def test_release_layout_llama_siglip_exports(release_dir, tmp_path):
+    fp = export_checkpoint(release_dir, tmp_path / "fp", ExportConfig())
+    _assert_validated(fp, ("fp",), 1e-4)
+    q = export_checkpoint(release_dir, tmp_path / "q", ExportConfig(awq4=True, flavours=("ort", "trt"),
+                                                                    calib=_calib(tmp_path)))
+    _assert_validated(q, ("ort", "trt"), 1e-2)
+
+
+def test_qwen2_clip_exports(qwen_clip, tmp_path):
+    fp = export_checkpoint(qwen_clip, tmp_path / "fp", ExportConfig())
+    _assert_validated(fp, ("fp",), 1e-4)
+    q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib=_calib(tmp_path)))
+    _assert_validated(q, ("ort",), 1e-2)
+
+
+# ---- errors, atomicity, CLI --------------------------------------------------------------------------
+def test_refuses_non_empty_output_and_bad_options(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty.*--force"):
+        export_checkpoint(trained, out, ExportConfig())
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="trt flavour needs group size 64 or 128"):
+        export_checkpoint(trained, tmp_path / "x", ExportConfig(awq4=True, flavours=("trt",), group_size=32))
+    with pytest.raises(InputError, match="inside the input checkpoint"):
+        export_checkpoint(trained, trained / "engine", ExportConfig())
+
+
+def test_killed_export_leaves_no_engine(trained, tmp_path):
+    out = tmp_path / "engine"
+    proc = subprocess.Popen([sys.executable, "-m", "vlm_edge.export.cli", str(trained), "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill once the graphs are being written
+        if "decoder graph" in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    time.sleep(0.1)
+    assert not out.exists()
+    assert not list(tmp_path.glob("engine*/manifest.json"))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.export.cli", str(tmp_path / "nope"), "-o",
+                             str(tmp_path / "e")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("vlm-export: error:") and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.export.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--awq4" in result.stdout and "--build-engine" in result.stdout
+
+
+def test_build_engine_without_tensorrt_is_a_clear_error(qwen_clip, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: the engine build runs in test_tensorrt_build")
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.export.cli", "--awq4", str(qwen_clip), "-o",
+                             str(tmp_path / "e"), "--build-engine"], capture_output=True, text=True)
+    assert result.returncode == 2 and "needs the `tensorrt` Python package" in result.stderr, result.stderr
+    assert "quantizing" not in result.stderr and not (tmp_path / "e").exists()  # said before any work
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_build(qwen_clip, tmp_path):
+    pytest.importorskip("tensorrt", reason="needs TensorRT 10+ and an NVIDIA GPU")
+    manifest = export_checkpoint(qwen_clip, tmp_path / "e", ExportConfig(awq4=True, flavours=("trt",), group_size=64,
+                                                                         calib=_calib(tmp_path), build_engine=True))
+    assert manifest.targets and all((tmp_path / "e" / t["file"]).is_file() for t in manifest.targets)
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["targets"]
