@@ -44,6 +44,7 @@ setup(
             "vlm-quant = vlm_edge.quant.cli:main",
             "vlm-export = vlm_edge.export.cli:main",
             "vlm-build-engine = vlm_edge.export.cli:build_main",
+            "vlm-run = vlm_edge.edge.cli:main",
         ]
     },
 )

@@ -1,5 +1,10 @@
-"""The runtime: engine sessions, KV cache, sampling, pipeline. Never imports torch or transformers.
+"""The runtime: engine directories on ONNX Runtime (and TensorRT), without torch or transformers.
 
-Not built yet (issue 6); the torch-free pieces it will use already live in `vlm_edge.common`
-(image preprocessing, chat templates, prompt tokenization).
+    pipe = vlm_edge.edge.load("engine/")
+    print(pipe.generate("What colour is the circle?", ["shapes.png"]).text)
 """
+
+from .pipeline import Generation, Pipeline, load
+from .sampling import SamplingConfig
+
+__all__ = ["Generation", "Pipeline", "SamplingConfig", "load"]

@@ -1,0 +1,242 @@
+"""The runtime pipeline over an engine directory: images -> vision graph, prompt -> decoder loop.
+
+    pipe = vlm_edge.edge.load("engine/")                       # backend "auto"
+    pipe.generate("What colour is the circle?", ["shapes.png"])  -> "red"
+    for piece in pipe.stream(messages, images): print(piece, end="")
+
+Per request: render the chat template, tokenize (each <image> becomes one placeholder id), check
+the context before any work, encode the images (cached by content hash), splice their
+embeddings into the text embeddings (the exported table), prefill, then decode one token per
+step with the KV cache the graph returns, until a stop token, a stop string or max_new_tokens.
+Text is streamed as it becomes final: an incomplete UTF-8 sequence or a possible start of a
+stop string is held back until the next token decides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vlm_edge.common.errors import CheckpointError, InputError
+from vlm_edge.common.image import ImageInput, ImageProcessorConfig, load_image, preprocess_image
+from vlm_edge.common.log import get_logger
+from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, verify_files
+from vlm_edge.common.splice import splice_embeddings
+from vlm_edge.common.templates import Message, get_template, render
+from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
+
+from .backends import open_session, resolve_backend
+from .sampling import SamplingConfig, select_token
+
+log = get_logger(__name__)
+
+DECODER_PREFERENCE = ("decoder.ort", "decoder.fp", "decoder.trt")  # for ONNX Runtime backends
+IMAGE_CACHE_SIZE = 64  # image embeddings kept by content hash
+
+
+@dataclass
+class Generation:
+    """One request's result and timings (seconds)."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # stop | length
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode (total), first_token
+
+
+class Decoder:
+    """The exported decoder graph with its KV cache, batch 1."""
+
+    def __init__(self, session, model: dict):
+        self.session = session
+        self.layers, self.kv_heads, self.head_dim = model["layers"], model["kv_heads"], model["head_dim"]
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.reset()
+
+    def reset(self) -> None:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
+        self.past = [empty] * (2 * self.layers)
+        self.length = 0
+
+    def __call__(self, embeds: np.ndarray) -> np.ndarray:
+        """embeds [seq, D] appended after the cached positions -> logits of the last one [vocab]."""
+        seq = embeds.shape[0]
+        total = self.length + seq
+        feeds = {"inputs_embeds": np.ascontiguousarray(embeds, np.float32)[None],
+                 "attention_mask": np.ones((1, total), np.int64),
+                 "position_ids": np.arange(self.length, total, dtype=np.int64)[None]}
+        for i in range(self.layers):
+            feeds[f"past_key_values.{i}.key"] = self.past[2 * i]
+            feeds[f"past_key_values.{i}.value"] = self.past[2 * i + 1]
+        out = dict(zip(self.outputs, self.session.run(None, feeds)))
+        self.past = [out[f"present.{i}.{kv}"] for i in range(self.layers) for kv in ("key", "value")]
+        self.length = total
+        return out["logits"][0]
+
+
+class Pipeline:
+    def __init__(self, engine_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
+                 verify: bool = False):
+        self.dir = Path(engine_dir)
+        if not self.dir.is_dir():
+            raise InputError(f"engine directory {self.dir} does not exist; create one with vlm-export")
+        self.manifest = Manifest.read(self.dir)
+        if verify:
+            verify_files(self.dir, self.manifest)
+        components = self.manifest.components
+        decoder_name = next((n for n in DECODER_PREFERENCE if n in components), None)
+        if decoder_name is None or "vision" not in components or "embeddings" not in components:
+            raise CheckpointError(f"{self.dir}/manifest.json lacks a decoder, vision or embeddings component")
+        for name in ("vision", "embeddings", decoder_name):
+            for rel in components[name].files:
+                if not (self.dir / rel).is_file():
+                    raise CheckpointError(f"{self.dir / rel} (component {name}) is missing; re-export the engine")
+        self.backend = resolve_backend(backend, self.dir / components["vision"].path)
+        self.model = self.manifest.model
+        self.vision = open_session(self.dir / components["vision"].path, self.backend, threads)
+        self.decoder = Decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads), self.model)
+        self.decoder_name = decoder_name
+        self.table = np.load(self.dir / components["embeddings"].path, mmap_mode="r")
+        self.tokenizer = TextTokenizer.from_dir(self.dir / TOKENIZER_DIR)
+        self.template = get_template(self.manifest.chat_template)
+        pre = dict(self.manifest.preprocessing)
+        pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        self.preprocess = ImageProcessorConfig(**pre)
+        self.stop_ids = set(int(t) for t in self.model["stop_token_ids"])
+        self._image_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        log.debug("loaded %s on %s (%s)", self.dir, self.backend, decoder_name)
+
+    # ---- images --------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """[N, T, D] image embeddings; images seen before (same pixels) come from the cache."""
+        pils = [load_image(img, name=f"#{i}") for i, img in enumerate(images)]
+        keys = [hashlib.sha1(f"{p.size}".encode() + p.tobytes()).hexdigest() for p in pils]
+        missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
+        if missing:
+            pixels = np.stack([preprocess_image(pils[i], self.preprocess) for i in missing])
+            embeds = self.vision.run(None, {"pixel_values": pixels})[0]
+            for i, e in zip(missing, embeds):
+                self._image_cache[keys[i]] = e
+                if len(self._image_cache) > IMAGE_CACHE_SIZE:
+                    self._image_cache.popitem(last=False)
+        for k in keys:
+            self._image_cache.move_to_end(k)
+        width = (self.model["num_image_tokens"], self.model["hidden_size"])
+        return np.stack([self._image_cache[k] for k in keys]) if keys else np.zeros((0, *width), np.float32)
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def prompt_ids(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> list[int]:
+        """Token ids of the rendered conversation; a plain string is one user turn (images first)."""
+        if isinstance(messages, str):
+            text = messages
+            if images and IMAGE_TOKEN not in text:
+                text = "".join(f"{IMAGE_TOKEN}\n" for _ in images) + text
+            messages = [{"role": "user", "content": text}]
+        ids = self.tokenizer.tokenize_prompt(render(self.template, list(messages)))
+        placeholders = sum(t == IMAGE_TOKEN_INDEX for t in ids)
+        if placeholders != len(images):
+            raise InputError(f"the conversation has {placeholders} <image> placeholder(s) but {len(images)} image(s) "
+                             "were given; put one <image> in the text per image")
+        return ids
+
+    # ---- generation ----------------------------------------------------------------------------
+    def stream(self, messages: str | Sequence[Message], images: Sequence[ImageInput] = (),
+               config: SamplingConfig | None = None, *, result: Generation | None = None) -> Iterator[str]:
+        """Yield the answer's text as it is produced. `result`, when given, is filled in."""
+        cfg = config or SamplingConfig()
+        cfg.validate()
+        images = list(images)
+        ids = self.prompt_ids(messages, images)
+        prompt_len = len(ids) - len(images) + len(images) * self.model["num_image_tokens"]
+        context = self.model["max_positions"]
+        if prompt_len + cfg.max_new_tokens > context:
+            raise InputError(f"prompt ({prompt_len} tokens with images) + max_new_tokens ({cfg.max_new_tokens}) "
+                             f"exceeds the model's context of {context}; shorten the prompt or lower max_new_tokens")
+        result = result if result is not None else Generation([], "", "length", prompt_len)
+        result.prompt_tokens = prompt_len
+        start = time.perf_counter()
+        image_embeds = self.encode_images(images) if images else None
+        result.timings["vision"] = time.perf_counter() - start
+        embeds = splice_embeddings(ids, self.table, image_embeds)
+
+        self.decoder.reset()
+        t0 = time.perf_counter()
+        logits = self.decoder(embeds)
+        result.timings["prefill"] = time.perf_counter() - t0
+        rng = np.random.default_rng(cfg.seed)
+        history = [t for t in ids if t != IMAGE_TOKEN_INDEX]
+        stops = [s for s in (*self.template.stop_strings, *cfg.stop) if s]
+        text_out, cut = "", None  # what has been yielded; where a stop string begins
+        t_decode = time.perf_counter()
+        for step in range(cfg.max_new_tokens):
+            token = select_token(logits, history, cfg, rng)
+            if step == 0:
+                result.timings["first_token"] = time.perf_counter() - start
+            if token in self.stop_ids:
+                result.finish_reason = "stop"
+                break
+            result.token_ids.append(token)
+            history.append(token)
+            text = self._answer(result.token_ids)
+            cut = _first_stop(text, stops)
+            ready = cut if cut is not None else _final_prefix(text, stops)
+            if ready > len(text_out):
+                yield text[len(text_out):ready]
+                text_out = text[:ready]
+            if cut is not None:
+                result.finish_reason = "stop"
+                break
+            if step + 1 < cfg.max_new_tokens:
+                logits = self.decoder(self.table[[token]])
+        final = self._answer(result.token_ids)
+        final = final[:cut] if cut is not None else final
+        if len(final) > len(text_out):  # held back for a stop string that never came
+            yield final[len(text_out):]
+        result.text = final
+        result.timings["decode"] = time.perf_counter() - t_decode
+        result.timings["total"] = time.perf_counter() - start
+
+    def _answer(self, token_ids: list[int]) -> str:
+        """The decoded answer without the template's answer prefix (the space after "ASSISTANT:")."""
+        text = self.tokenizer.decode(token_ids)
+        lead = self.template.answer_prefix
+        return text[len(lead):] if lead and text.startswith(lead) else text
+
+    def generate(self, messages: str | Sequence[Message], images: Sequence[ImageInput] = (),
+                 config: SamplingConfig | None = None) -> Generation:
+        result = Generation([], "", "length", 0)
+        for _ in self.stream(messages, images, config, result=result):
+            pass
+        return result
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s in text]
+    return min(hits) if hits else None
+
+
+def _final_prefix(text: str, stops: Sequence[str]) -> int:
+    """How much of `text` can be shown: hold back an unfinished UTF-8 character (U+FFFD at the end)
+    and a tail that could still grow into a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return end - hold
+
+
+def load(engine_dir: str | Path, backend: str = "auto", **kwargs) -> Pipeline:
+    """Open an engine directory written by vlm-export."""
+    return Pipeline(engine_dir, backend, **kwargs)
