@@ -1,1 +1,1 @@
-"""AWQ / RTN 4-bit quantization of the LLM. Not built yet: see issue 4."""
+"""AWQ / RTN 4-bit quantization of the LLM: vlm-quant (see docs/quantization.md)."""

@@ -1,1 +1,1 @@
-"""Companion training module (VILA 3-stage recipe). Not built yet: see issue 3."""
+"""Companion training module (VILA 3-stage recipe on synthetic data): vlm-train (see docs/training.md)."""
