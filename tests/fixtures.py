@@ -160,3 +160,15 @@ def tiny_config(*, llm: str = "llama", vision: str = "siglip", projector: str = 
     config = VilaConfig(top=top, llm=llm_cfg, vision_tower=vision_cfg, mm_projector=projector_cfg, preprocessor=preprocessor)
     config.resolve_token_order()
     return config
+
+
+def train_micro(out: Path, steps: tuple[int, int, int] = (10, 50, 100)) -> Path:
+    """The `micro` preset trained by the training module (seconds), with its calibration/ set."""
+    from vlm_edge.train.recipe import default_config
+    from vlm_edge.train.trainer import Trainer
+
+    config = default_config("micro", eval_per_type=0, device="cpu")
+    for stage, n in zip(config.stages, steps):
+        stage.steps = n
+    Trainer(config, out).run()
+    return out

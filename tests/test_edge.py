@@ -25,14 +25,10 @@ from vlm_edge.export.config import ExportConfig
 def engine(tmp_path_factory):
     from vlm_edge.quant.api import quantize_checkpoint
     from vlm_edge.quant.config import QuantConfig
-    from vlm_edge.train.recipe import default_config
-    from vlm_edge.train.trainer import Trainer
+    from fixtures import train_micro
 
     root = tmp_path_factory.mktemp("edge")
-    config = default_config("micro", eval_per_type=0, device="cpu")
-    for stage, steps in zip(config.stages, (10, 50, 150)):
-        stage.steps = steps
-    Trainer(config, root / "ckpt").run()
+    train_micro(root / "ckpt", (10, 50, 150))
     quantize_checkpoint(root / "ckpt", root / "awq", QuantConfig(group_size=32))
     export_checkpoint(root / "awq", root / "engine", ExportConfig(awq4=True, prompts=2))
     return root

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fixtures import train_micro
 from safetensors import safe_open
 
 from vlm_edge.common import awq_format
@@ -28,20 +29,13 @@ from vlm_edge.common.manifest import Manifest, verify_files
 from vlm_edge.export.api import export_checkpoint
 from vlm_edge.export.config import ExportConfig
 from vlm_edge.export.tensorrt import check_trt_graph
-from vlm_edge.train.recipe import default_config
-from vlm_edge.train.trainer import Trainer
 
 CALIB_TEXT = "\n".join(f"Line {i}: a small red circle at the top left and a big blue square below it." for i in range(64))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("micro") / "ckpt"
-    config = default_config("micro", eval_per_type=0, device="cpu")
-    for stage, steps in zip(config.stages, (10, 50, 100)):
-        stage.steps = steps
-    Trainer(config, out).run()
-    return out
+    return train_micro(tmp_path_factory.mktemp("micro") / "ckpt")
 
 
 @pytest.fixture(scope="module")

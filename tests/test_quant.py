@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures import train_micro
 from vlm_edge.common import awq_format
 from vlm_edge.common.errors import InputError, UnsupportedFeatureError
 from vlm_edge.model import load_checkpoint
@@ -25,8 +26,6 @@ from vlm_edge.quant.mappings import family
 from vlm_edge.quant.quantize import QuantFormat, quantize
 from vlm_edge.train.batching import collate
 from vlm_edge.train.datasets import SyntheticData
-from vlm_edge.train.recipe import default_config
-from vlm_edge.train.trainer import Trainer
 
 GROUP = 32
 
@@ -34,12 +33,7 @@ GROUP = 32
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A micro checkpoint trained for 160 steps, with its calibration/ set."""
-    out = tmp_path_factory.mktemp("micro") / "ckpt"
-    config = default_config("micro", eval_per_type=0, device="cpu")
-    for stage, steps in zip(config.stages, (10, 50, 100)):
-        stage.steps = steps
-    Trainer(config, out).run()
-    return out
+    return train_micro(tmp_path_factory.mktemp("micro") / "ckpt")
 
 
 def _reader(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
