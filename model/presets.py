@@ -1,9 +1,10 @@
 """Named model shapes for new checkpoints, as a table of dimensions.
 
-`micro` is for tests. `tiny` is the embedded default: 2.6M parameters that train in under 10
-minutes on 2 CPU cores. Its 56 px images make 8x8 patches of 7 px (many fall wholly inside an
-object, so colour is easy to read), downsampled to 4x4 = 16 image tokens: each cell of the
-training scenes' 2x2 layout is exactly a 2x2 block of tokens, so no token mixes two objects.
+`micro` is for tests. `tiny` is the embedded default: 2.6M parameters that train in about 8
+minutes on 2 CPU cores. Its 28 px images make 4x4 patches of 7 px, downsampled to 2x2 = 4 image
+tokens: exactly one token per cell of the training scenes' 2x2 layout, so each object is one
+token and finding it by colour or shape is a choice among 4 keys. (56 px images with 16 tokens,
+a 2x2 block per object, trained slower and learnt shape and OCR far worse: docs/training.md.)
 Odd patch grids (VILA1.5-3b's 27x27 -> padded 28x28 -> 196 tokens) are exercised by the test
 fixtures. `vila1.5-3b` has the published VILA1.5-3b dimensions (for benchmarks and memory
 checks; random weights).
@@ -48,7 +49,7 @@ PRESETS: dict[str, ModelDims] = {
     ),
     "tiny": ModelDims(
         hidden=192, intermediate=512, layers=4, heads=4, kv_heads=2, max_positions=1024,
-        image_size=56, patch_size=7, vision_hidden=128, vision_intermediate=256, vision_layers=4, vision_heads=4,
+        image_size=28, patch_size=7, vision_hidden=128, vision_intermediate=256, vision_layers=4, vision_heads=4,
     ),
     "vila1.5-3b": ModelDims(
         hidden=2560, intermediate=6912, layers=32, heads=20, kv_heads=20, max_positions=4096,

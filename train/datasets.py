@@ -112,18 +112,20 @@ def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
 
 
 # ---- questions ----------------------------------------------------------------------------------
-def _unique(objects, attribute):
-    values = [getattr(o, attribute) for o in objects]
-    return [o for o in objects if values.count(getattr(o, attribute)) == 1]
-
-
-# Single-scene question types about one object, as data: the object must be the only one with its
-# `key` attribute in the scene; the question names it with that attribute; `answer` is read off it.
+# Single-scene question types about one object, as data: (question with {ref}, attribute answered,
+# ways the question may name the object). A name is used only when it picks out exactly one object
+# in the scene. Naming objects by shape as well as by colour matters: finding an object by its shape
+# is what colour questions need, and position and size questions train it too.
+REFERENCES = {
+    "shape": (("shape",), "the {o.shape}"),
+    "colour": (("colour",), "the {o.colour} object"),
+    "colour+shape": (("colour", "shape"), "the {o.colour} {o.shape}"),
+}
 OBJECT_QUESTIONS = {
-    "colour": ("shape", "What colour is the {o.shape}?", "colour"),
-    "shape": ("colour", "What shape is the {o.colour} object?", "shape"),
-    "position": ("colour", "Where is the {o.colour} {o.shape}?", "cell"),
-    "size": ("colour", "Is the {o.colour} {o.shape} big or small?", "size"),
+    "colour": ("What colour is {ref}?", "colour", ("shape",)),
+    "shape": ("What shape is {ref}?", "shape", ("colour",)),
+    "position": ("Where is {ref}?", "cell", ("shape", "colour", "colour+shape")),
+    "size": ("Is {ref} big or small?", "size", ("shape", "colour", "colour+shape")),
 }
 
 
@@ -135,12 +137,18 @@ def _question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] |
         return None
     if qtype == "count":
         return "How many objects are there?", NUMBERS[len(scene.objects)]
-    key, question, answer = OBJECT_QUESTIONS[qtype]
-    pick = _unique(scene.objects, key)
-    if not pick:
+    question, answer, styles = OBJECT_QUESTIONS[qtype]
+    options = []
+    for style in styles:
+        keys, ref = REFERENCES[style]
+        for o in scene.objects:
+            if sum(all(getattr(p, k) == getattr(o, k) for k in keys) for p in scene.objects) == 1:
+                options.append((o, ref))
+    if not options:
         return None
-    o = rng.choice(pick)
-    return question.format(o=o), getattr(o, answer)
+    o, ref = rng.choice(options)
+    text = question.format(ref=ref.format(o=o))
+    return text[0].upper() + text[1:], getattr(o, answer)
 
 
 def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None = None) -> Sample:

@@ -89,7 +89,7 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
 # preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
 RECIPES: dict[str, list[StageConfig]] = {
     "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True),  # tests: seconds
-    "tiny": _recipe(align=50, pretrain=400, sft=1000, lr=2e-3, batch=32, from_scratch=True),
+    "tiny": _recipe(align=50, pretrain=350, sft=1450, lr=7e-4, batch=32, from_scratch=True),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 
