@@ -18,6 +18,7 @@ TORCH = [
     "safetensors>=0.4",
     "sentencepiece>=0.2",  # converting a release's tokenizer.model to tokenizer.json
     "protobuf>=4",
+    "onnx>=1.17",  # vlm-export builds the graphs with it (int4 initializers need >= 1.16)
 ]
 EXTRAS = {
     "torch": TORCH,
