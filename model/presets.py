@@ -1,6 +1,6 @@
 """Named model shapes for new checkpoints, as a table of dimensions.
 
-`micro` is for tests. `tiny` is the embedded default: 2.6M parameters that train in about 8
+`micro` is for tests. `tiny` is the embedded default: 2.6M parameters that train in about 9
 minutes on 2 CPU cores. Its 28 px images make 4x4 patches of 7 px, downsampled to 2x2 = 4 image
 tokens: exactly one token per cell of the training scenes' 2x2 layout, so each object is one
 token and finding it by colour or shape is a choice among 4 keys. (56 px images with 16 tokens,

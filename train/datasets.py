@@ -173,7 +173,7 @@ MAX_TURNS = 4
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
-    first = rng.choice(QUESTION_TYPES)
+    first = rng.choice(QUESTION_TYPES + ("colour",))  # colour twice: the one question found by shape alone
     if first == "multi_image":
         return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
     scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0)
