@@ -238,8 +238,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
         growth[layers] = float(out.stdout.strip().splitlines()[-1])
     print(f"\npeak RSS growth while quantizing: 2 layers {growth[2]:.0f} MiB, 8 layers {growth[8]:.0f} MiB")
     # the weights are counted in `base`; activations live one layer at a time, so the growth is one
-    # layer's work, whatever the depth. Keeping every layer's inputs would add 6 x 16 MiB (+35%).
-    # glibc's dynamic mmap threshold made this figure vary by +-250 MiB between runs (big tensors
-    # landed on the heap and fragmented it); a fixed threshold returns them to the OS on free, so
-    # RSS follows live memory (measured: 274 MiB for 2 layers, 275-290 MiB for 8).
-    assert growth[8] < 1.2 * growth[2]
+    # layer's work, whatever the depth. Keeping every layer's inputs would add 6 x 16 MiB = 96 MiB
+    # for the 6 extra layers; the bound allows 64. glibc's dynamic mmap threshold made the figure
+    # vary by +-250 MiB between runs (big tensors landed on the heap and fragmented it); a fixed
+    # threshold returns them to the OS on free, so RSS follows live memory. Measured: 274 vs
+    # 275-290 MiB here, 108 vs 132 MiB in one CI run (the base differs by machine, the difference
+    # stays small).
+    assert growth[8] - growth[2] < 64
