@@ -30,7 +30,7 @@ from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig
 
 from .config import ExportConfig, auto_group_size
-from .decoder import DecoderSpec, build_decoder, decoder_io
+from .decoder import DecoderSpec, build_decoder, decoder_io, uses_gqa
 from .graph import GraphBuilder
 from .tensorrt import build_engines, check_trt_graph, require_tensorrt
 from .validate import validate, validation_prompts
@@ -158,17 +158,18 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     spec = DecoderSpec.from_llm(model.llm)
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
-    d_in, d_out = decoder_io(spec)
     for flavour in flavours:
+        d_in, d_out = decoder_io(spec, flavour)
         log.info("decoder graph (%s): %d layers", flavour, spec.layers)
-        g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=flavour == "ort")
+        g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=uses_gqa(flavour) or flavour == "ort")
         try:
             build_decoder(g, spec, weights, flavour, accuracy_level=config.accuracy_level, progress=layer_progress)
         except BaseException:
             g.abort()
             raise
         files = g.save()
-        info = {"quantized_linears": len(weights.quantized_linears)}
+        info = {"quantized_linears": len(weights.quantized_linears),
+                "kv_cache": "shared" if uses_gqa(flavour) else "concat"}
         if flavour == "trt":
             problems = check_trt_graph(tmp / files[0])
             if problems:

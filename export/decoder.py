@@ -1,24 +1,36 @@
-"""The decoder graph: inputs_embeds + KV cache -> last-position logits + the grown KV cache.
+"""The decoder graph: inputs_embeds + KV cache -> last-position logits + the KV cache.
 
-    inputs_embeds              float32 [batch, seq, D]      text embeddings with image embeddings spliced in
-    attention_mask             int64   [batch, past + seq]  1 = real token, 0 = padding (left padding)
-    position_ids               int64   [batch, seq]
-    past_key_values.{i}.key    float32 [batch, kv_heads, past, head_dim]   (past may be 0)
-    past_key_values.{i}.value  float32 [batch, kv_heads, past, head_dim]
+Two forms of the same Llama/Qwen2 block, by flavour:
+
+ONNX Runtime graphs (flavours fp, ort) use com.microsoft.GroupQueryAttention, which applies RoPE,
+attends with the cache and writes the new keys and values into it. The runtime preallocates one
+cache buffer per layer at the context size and binds it as both past and present (IOBinding), so
+a step writes only its own positions: no per-step allocation, no copy of the cache.
+
+    inputs_embeds              float32 [batch, seq, D]       text embeddings with image embeddings spliced in
+    seqlens_k                  int32   [batch]               tokens in the cache after this call, minus 1
+    total_sequence_length      int32   []                    the same plus 1 (batch 1); positions are
+                                                             seqlens_k + 1 - seq .. seqlens_k
+    past_key_values.{i}.key    float32 [batch, kv_heads, past, head_dim]   past = the buffer's length when
+    past_key_values.{i}.value  float32 [batch, kv_heads, past, head_dim]   shared, else the cached tokens
   ->
-    logits                     float32 [batch, vocab]       of the last position only (prefill and decode)
-    present.{i}.key / .value   float32 [batch, kv_heads, past + seq, head_dim]
+    logits                     float32 [batch, vocab]        of the last position only (prefill and decode)
+    present.{i}.key / .value   float32 [batch, kv_heads, total, head_dim]  (the same buffer when shared)
 
-Per layer, in plain ONNX ops that both ONNX Runtime and TensorRT run (the Llama/Qwen2 block):
+TensorRT graphs (flavour trt) use plain ONNX ops only and grow the cache by concatenation:
+
+    inputs_embeds float32 [batch, seq, D], attention_mask int64 [batch, past + seq] (1 = real token,
+    0 = left padding), position_ids int64 [batch, seq], past_key_values.* [batch, kv_heads, past,
+    head_dim] -> logits [batch, vocab], present.* [batch, kv_heads, past + seq, head_dim]
 
     h = RMSNorm(x) ; q, k, v = linears(h) ; rotate q, k (RoPE, cos/sin gathered by position_ids)
     K = concat(past K, k) ; V likewise            (GQA: each KV head serves heads / kv_heads queries)
     x = x + o_proj(softmax(mask(q K^T / sqrt(head_dim))) V)
     x = x + down(silu(gate(RMSNorm(x))) * up(RMSNorm(x)))
 
-The mask lets query i (absolute index past + i) see key j when j <= past + i and attention_mask[j] = 1;
-masked scores are set to -1e4 (finite: a fully padded row stays finite in fp16, and exp underflows to
-exactly 0 next to any real score).
+The plain mask lets query i (absolute index past + i) see key j when j <= past + i and
+attention_mask[j] = 1; masked scores are set to -1e4 (finite: a fully padded row stays finite in
+fp16, and exp underflows to exactly 0 next to any real score).
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import numpy as np
 
 from vlm_edge.common.errors import UnsupportedFeatureError
 
-from .graph import GraphBuilder
+from .graph import MS_DOMAIN, GraphBuilder
 from .linear import QuantLinear, emit_linear
 
 MASKED = -1e4
@@ -83,13 +95,22 @@ class DecoderSpec:
         )
 
 
-def decoder_io(spec: DecoderSpec) -> tuple[list[tuple], list[tuple]]:
+GQA_FLAVOURS = ("fp", "ort")  # graphs for ONNX Runtime: GroupQueryAttention, shared KV buffers
+
+
+def uses_gqa(flavour: str) -> bool:
+    return flavour in GQA_FLAVOURS
+
+
+def decoder_io(spec: DecoderSpec, flavour: str) -> tuple[list[tuple], list[tuple]]:
     """(inputs, outputs) as (name, numpy dtype name, shape) triples, in graph order."""
     kv = ["batch", spec.kv_heads, "past", spec.head_dim]
     kv_out = ["batch", spec.kv_heads, "total", spec.head_dim]
-    inputs = [("inputs_embeds", "float32", ["batch", "seq", spec.hidden]),
-              ("attention_mask", "int64", ["batch", "total"]),
-              ("position_ids", "int64", ["batch", "seq"])]
+    inputs: list[tuple] = [("inputs_embeds", "float32", ["batch", "seq", spec.hidden])]
+    if uses_gqa(flavour):
+        inputs += [("seqlens_k", "int32", ["batch"]), ("total_sequence_length", "int32", [])]
+    else:
+        inputs += [("attention_mask", "int64", ["batch", "total"]), ("position_ids", "int64", ["batch", "seq"])]
     outputs = [("logits", "float32", ["batch", spec.vocab])]
     for i in range(spec.layers):
         inputs += [(f"past_key_values.{i}.key", "float32", kv), (f"past_key_values.{i}.value", "float32", kv)]
@@ -107,11 +128,68 @@ def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, flavour: str, *,
                   accuracy_level: int = 0, progress=None) -> None:
-    inputs, outputs = decoder_io(spec)
+    inputs, outputs = decoder_io(spec, flavour)
     for name, dtype, shape in inputs:
         g.input(name, np.dtype(dtype), shape)
-    x = "inputs_embeds"
+    attention = _gqa_attention(g, spec) if uses_gqa(flavour) else _plain_attention(g, spec)
 
+    def rmsnorm(h: str, key: str) -> str:
+        var = g.op("ReduceMean", g.op("Mul", h, h), g.ints(-1), keepdims=1)
+        rms = g.op("Sqrt", g.op("Add", var, g.const("eps", np.array(spec.eps, np.float32))))
+        return g.op("Mul", g.op("Div", h, rms), g.weight(key, weights.get(key)), name="rmsnorm")
+
+    def linear(h: str, key: str) -> str:
+        quant = weights.quant(key)
+        weight_t = None if quant is not None else weights.get(f"{key}.weight").T
+        bias = weights.get(f"{key}.bias") if weights.has(f"{key}.bias") else None
+        return emit_linear(g, h, key, flavour, weight_t=weight_t, quant=quant, bias=bias, accuracy_level=accuracy_level)
+
+    x = "inputs_embeds"
+    for i in range(spec.layers):
+        p = f"model.layers.{i}"
+        h = rmsnorm(x, f"{p}.input_layernorm.weight")
+        q, k, v = (linear(h, f"{p}.self_attn.{n}") for n in ("q_proj", "k_proj", "v_proj"))
+        attn, k_all, v_all = attention(i, q, k, v)  # attn [b, s, heads * hd]
+        g.output(k_all, f"present.{i}.key", np.float32, outputs[1 + 2 * i][2])
+        g.output(v_all, f"present.{i}.value", np.float32, outputs[2 + 2 * i][2])
+        x = g.op("Add", x, linear(attn, f"{p}.self_attn.o_proj"), name="residual")
+        h = rmsnorm(x, f"{p}.post_attention_layernorm.weight")
+        gate = linear(h, f"{p}.mlp.gate_proj")
+        act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), linear(h, f"{p}.mlp.up_proj"))
+        x = g.op("Add", x, linear(act, f"{p}.mlp.down_proj"), name="residual")
+        if progress is not None:
+            progress(i + 1, spec.layers)
+
+    last = g.op("Slice", x, g.ints(-1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="last")  # [b, 1, D]
+    last = rmsnorm(last, "model.norm.weight")
+    head = weights.get("model.embed_tokens.weight" if spec.tied_embeddings and not weights.has("lm_head.weight")
+                       else "lm_head.weight")
+    logits = g.op("MatMul", last, g.weight("lm_head.weight", head.T), name="lm_head")
+    g.output(g.op("Squeeze", logits, g.ints(1)), "logits", np.float32, outputs[0][2])
+    order = [name for name, _, _ in outputs]
+    g.outputs.sort(key=lambda value: order.index(value.name))
+
+
+def _gqa_attention(g: GraphBuilder, spec: DecoderSpec):
+    """Attention as one GroupQueryAttention node per layer (RoPE inside, from half-width tables)."""
+    cos_table, sin_table = rope_tables(spec)
+    half = spec.head_dim // 2
+    cos = g.weight("rope.cos_cache", np.ascontiguousarray(cos_table[:, :half]))
+    sin = g.weight("rope.sin_cache", np.ascontiguousarray(sin_table[:, :half]))
+
+    def attention(i: int, q: str, k: str, v: str) -> tuple[str, str, str]:
+        # present.* are produced by the node itself (no Identity): bound to the past buffers, it
+        # writes into them in place
+        return g.op("GroupQueryAttention", q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                    "seqlens_k", "total_sequence_length", cos, sin, outputs=3, domain=MS_DOMAIN,
+                    out_names=(None, f"present.{i}.key", f"present.{i}.value"),
+                    num_heads=spec.heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
+                    scale=float(1.0 / np.sqrt(spec.head_dim)), name="gqa")
+    return attention
+
+
+def _plain_attention(g: GraphBuilder, spec: DecoderSpec):
+    """Attention in plain ONNX ops (TensorRT): explicit mask, RoPE, repeated KV heads, concatenated cache."""
     # mask [batch, 1, seq, total] (bool), shared by every layer
     total = g.op("Gather", g.op("Shape", "attention_mask"), g.ints(1), axis=0, name="total")  # [1]
     seq = g.op("Gather", g.op("Shape", "inputs_embeds"), g.ints(1), axis=0, name="seq")
@@ -132,17 +210,6 @@ def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, f
     sin = g.op("Unsqueeze", g.op("Gather", g.weight("rope.sin", sin_table), "position_ids", axis=0), g.ints(1), name="sin")
     half = spec.head_dim // 2
 
-    def rmsnorm(h: str, key: str) -> str:
-        var = g.op("ReduceMean", g.op("Mul", h, h), g.ints(-1), keepdims=1)
-        rms = g.op("Sqrt", g.op("Add", var, g.const("eps", np.array(spec.eps, np.float32))))
-        return g.op("Mul", g.op("Div", h, rms), g.weight(key, weights.get(key)), name="rmsnorm")
-
-    def linear(h: str, key: str) -> str:
-        quant = weights.quant(key)
-        weight_t = None if quant is not None else weights.get(f"{key}.weight").T
-        bias = weights.get(f"{key}.bias") if weights.has(f"{key}.bias") else None
-        return emit_linear(g, h, key, flavour, weight_t=weight_t, quant=quant, bias=bias, accuracy_level=accuracy_level)
-
     def heads(h: str, count: int) -> str:  # [b, s, count * hd] -> [b, count, s, hd]
         return g.op("Transpose", g.op("Reshape", h, g.ints(0, 0, count, spec.head_dim)), perm=[0, 2, 1, 3])
 
@@ -158,33 +225,13 @@ def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, f
         expanded = g.op("Expand", g.op("Unsqueeze", h, g.ints(2)), g.ints(1, 1, rep, 1, 1))
         return g.op("Reshape", expanded, g.ints(0, spec.heads, -1, spec.head_dim), name="repeat_kv")
 
-    for i in range(spec.layers):
-        p = f"model.layers.{i}"
-        h = rmsnorm(x, f"{p}.input_layernorm.weight")
-        q = rotate(heads(linear(h, f"{p}.self_attn.q_proj"), spec.heads))
-        k = rotate(heads(linear(h, f"{p}.self_attn.k_proj"), spec.kv_heads))
-        v = heads(linear(h, f"{p}.self_attn.v_proj"), spec.kv_heads)
+    def attention(i: int, q: str, k: str, v: str) -> tuple[str, str, str]:
+        q, k, v = rotate(heads(q, spec.heads)), rotate(heads(k, spec.kv_heads)), heads(v, spec.kv_heads)
         k_all = g.op("Concat", f"past_key_values.{i}.key", k, axis=2, name=f"present_{i}_key")
         v_all = g.op("Concat", f"past_key_values.{i}.value", v, axis=2, name=f"present_{i}_value")
-        g.output(k_all, f"present.{i}.key", np.float32, outputs[1 + 2 * i][2])
-        g.output(v_all, f"present.{i}.value", np.float32, outputs[2 + 2 * i][2])
         scores = g.op("Mul", g.op("MatMul", q, g.op("Transpose", repeat_kv(k_all), perm=[0, 1, 3, 2])), scale)
         probs = g.op("Softmax", g.op("Where", allowed, scores, masked), axis=-1, name="attn_probs")
         attn = g.op("MatMul", probs, repeat_kv(v_all))  # [b, heads, s, hd]
         attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.ints(0, 0, spec.heads * spec.head_dim))
-        x = g.op("Add", x, linear(attn, f"{p}.self_attn.o_proj"), name="residual")
-        h = rmsnorm(x, f"{p}.post_attention_layernorm.weight")
-        gate = linear(h, f"{p}.mlp.gate_proj")
-        act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), linear(h, f"{p}.mlp.up_proj"))
-        x = g.op("Add", x, linear(act, f"{p}.mlp.down_proj"), name="residual")
-        if progress is not None:
-            progress(i + 1, spec.layers)
-
-    last = g.op("Slice", x, g.ints(-1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="last")  # [b, 1, D]
-    last = rmsnorm(last, "model.norm.weight")
-    head = weights.get("model.embed_tokens.weight" if spec.tied_embeddings and not weights.has("lm_head.weight")
-                       else "lm_head.weight")
-    logits = g.op("MatMul", last, g.weight("lm_head.weight", head.T), name="lm_head")
-    g.output(g.op("Squeeze", logits, g.ints(1)), "logits", np.float32, outputs[0][2])
-    order = [name for name, _, _ in outputs]
-    g.outputs.sort(key=lambda value: order.index(value.name))
+        return attn, k_all, v_all
+    return attention

@@ -122,9 +122,14 @@ class GraphBuilder:
 
     # ---- nodes ---------------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", name: str | None = None,
-           **attrs) -> str | list[str]:
+           out_names: Sequence[str | None] = (), **attrs) -> str | list[str]:
+        """Add a node; its outputs get fresh names, or those of `out_names` (graph outputs written in place)."""
         base = name or op_type.lower()
         outs = [self.fresh(f"{base}_out{i}" if outputs > 1 else base) for i in range(outputs)]
+        for i, given in enumerate(out_names):
+            if given is not None:
+                outs[i] = given
+                self._names[given] = 1
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.fresh(base, self._node_names), domain=domain,
                                            **attrs))
         return outs if outputs > 1 else outs[0]

@@ -90,6 +90,7 @@ class OrtDecoder:
     def __init__(self, sess: ort.InferenceSession, spec: DecoderSpec):
         self.sess, self.spec = sess, spec
         self.outputs = [o.name for o in sess.get_outputs()]
+        self.inputs = {i.name for i in sess.get_inputs()}
 
     def run(self, embeds: np.ndarray, past: list[np.ndarray] | None, start: int) -> tuple[np.ndarray, list[np.ndarray]]:
         s = self.spec
@@ -97,8 +98,13 @@ class OrtDecoder:
         if past is None:
             past = [np.zeros((1, s.kv_heads, 0, s.head_dim), np.float32)] * (2 * s.layers)
         total = start + seq
-        feeds = {"inputs_embeds": embeds[None], "attention_mask": np.ones((1, total), np.int64),
-                 "position_ids": np.arange(start, total, dtype=np.int64)[None]}
+        feeds: dict[str, np.ndarray] = {"inputs_embeds": embeds[None]}
+        if "seqlens_k" in self.inputs:  # GroupQueryAttention graph, run with a growing (unshared) cache
+            feeds["seqlens_k"] = np.array([total - 1], np.int32)
+            feeds["total_sequence_length"] = np.array(total, np.int32)
+        else:
+            feeds["attention_mask"] = np.ones((1, total), np.int64)
+            feeds["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
         for i in range(s.layers):
             feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
         out = dict(zip(self.outputs, self.sess.run(None, feeds)))
