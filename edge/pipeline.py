@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from vlm_edge.common.templates import Message, get_template, render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
 
 from .backends import open_session, resolve_backend
+from .decoder import open_decoder
 from .sampling import SamplingConfig, select_token
 
 log = get_logger(__name__)
@@ -49,41 +50,21 @@ class Generation:
     finish_reason: str  # stop | length
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode (total), first_token
+    cached_tokens: int = 0  # prompt positions reused from the KV cache (not prefilled again)
 
 
-class Decoder:
-    """The exported decoder graph with its KV cache, batch 1."""
+@dataclass
+class FrameAnswer:
+    """The answer about one frame of a stream; `dropped` frames were skipped just before it (live)."""
 
-    def __init__(self, session, model: dict):
-        self.session = session
-        self.layers, self.kv_heads, self.head_dim = model["layers"], model["kv_heads"], model["head_dim"]
-        self.outputs = [o.name for o in session.get_outputs()]
-        self.reset()
-
-    def reset(self) -> None:
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
-        self.past = [empty] * (2 * self.layers)
-        self.length = 0
-
-    def __call__(self, embeds: np.ndarray) -> np.ndarray:
-        """embeds [seq, D] appended after the cached positions -> logits of the last one [vocab]."""
-        seq = embeds.shape[0]
-        total = self.length + seq
-        feeds = {"inputs_embeds": np.ascontiguousarray(embeds, np.float32)[None],
-                 "attention_mask": np.ones((1, total), np.int64),
-                 "position_ids": np.arange(self.length, total, dtype=np.int64)[None]}
-        for i in range(self.layers):
-            feeds[f"past_key_values.{i}.key"] = self.past[2 * i]
-            feeds[f"past_key_values.{i}.value"] = self.past[2 * i + 1]
-        out = dict(zip(self.outputs, self.session.run(None, feeds)))
-        self.past = [out[f"present.{i}.{kv}"] for i in range(self.layers) for kv in ("key", "value")]
-        self.length = total
-        return out["logits"][0]
+    index: int  # position of the frame in the source
+    generation: Generation
+    dropped: int = 0
 
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
-                 verify: bool = False):
+                 verify: bool = False, context: int | None = None, reuse_prefix: bool = True):
         self.dir = Path(engine_dir)
         if not self.dir.is_dir():
             raise InputError(f"engine directory {self.dir} does not exist; create one with vlm-export")
@@ -101,7 +82,15 @@ class Pipeline:
         self.backend = resolve_backend(backend, self.dir / components["vision"].path)
         self.model = self.manifest.model
         self.vision = open_session(self.dir / components["vision"].path, self.backend, threads)
-        self.decoder = Decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads), self.model)
+        self.context = min(context or self.model["max_positions"], self.model["max_positions"])
+        if self.context < 2:
+            raise InputError(f"context {context} is too small; give at least 2 positions (the model has "
+                             f"{self.model['max_positions']})")
+        device = "cuda" if self.backend == "ort-cuda" else "cpu"
+        self.decoder = open_decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads),
+                                    self.model, self.context, device)
+        self.reuse_prefix = reuse_prefix
+        self._cached: list = []  # what each cached position holds: a token id or (image hash, index)
         self.decoder_name = decoder_name
         self.table = np.load(self.dir / components["embeddings"].path, mmap_mode="r")
         self.tokenizer = TextTokenizer.from_dir(self.dir / TOKENIZER_DIR)
@@ -116,12 +105,14 @@ class Pipeline:
     # ---- images --------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """[N, T, D] image embeddings; images seen before (same pixels) come from the cache."""
+        return self._encode(images)[0]
+
+    def _encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[str]]:
         pils = [load_image(img, name=f"#{i}") for i, img in enumerate(images)]
-        keys = [hashlib.sha1(f"{p.size}".encode() + p.tobytes()).hexdigest() for p in pils]
+        keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
         missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
         if missing:
-            pixels = np.stack([preprocess_image(pils[i], self.preprocess) for i in missing])
-            embeds = self.vision.run(None, {"pixel_values": pixels})[0]
+            embeds = self.run_vision([pils[i] for i in missing])
             for i, e in zip(missing, embeds):
                 self._image_cache[keys[i]] = e
                 if len(self._image_cache) > IMAGE_CACHE_SIZE:
@@ -129,7 +120,13 @@ class Pipeline:
         for k in keys:
             self._image_cache.move_to_end(k)
         width = (self.model["num_image_tokens"], self.model["hidden_size"])
-        return np.stack([self._image_cache[k] for k in keys]) if keys else np.zeros((0, *width), np.float32)
+        embeds = np.stack([self._image_cache[k] for k in keys]) if keys else np.zeros((0, *width), np.float32)
+        return embeds, keys
+
+    def run_vision(self, pils: Sequence) -> np.ndarray:
+        """[N, T, D] embeddings of decoded images (no cache); safe to call from one other thread."""
+        pixels = np.stack([preprocess_image(p, self.preprocess) for p in pils])
+        return self.vision.run(None, {"pixel_values": pixels})[0]
 
     # ---- prompts -------------------------------------------------------------------------------
     def prompt_ids(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> list[int]:
@@ -154,21 +151,36 @@ class Pipeline:
         cfg.validate()
         images = list(images)
         ids = self.prompt_ids(messages, images)
-        prompt_len = len(ids) - len(images) + len(images) * self.model["num_image_tokens"]
-        context = self.model["max_positions"]
-        if prompt_len + cfg.max_new_tokens > context:
-            raise InputError(f"prompt ({prompt_len} tokens with images) + max_new_tokens ({cfg.max_new_tokens}) "
-                             f"exceeds the model's context of {context}; shorten the prompt or lower max_new_tokens")
-        result = result if result is not None else Generation([], "", "length", prompt_len)
-        result.prompt_tokens = prompt_len
+        result = result if result is not None else Generation([], "", "length", 0)
+        self._check_context(ids, len(images), cfg, result)
         start = time.perf_counter()
-        image_embeds = self.encode_images(images) if images else None
+        image_embeds, image_keys = self._encode(images) if images else (None, [])
         result.timings["vision"] = time.perf_counter() - start
-        embeds = splice_embeddings(ids, self.table, image_embeds)
+        yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start)
 
-        self.decoder.reset()
+    def _check_context(self, ids: list[int], n_images: int, cfg: SamplingConfig, result: Generation) -> None:
+        prompt_len = len(ids) - n_images + n_images * self.model["num_image_tokens"]
+        if prompt_len + cfg.max_new_tokens > self.context:
+            raise InputError(f"prompt ({prompt_len} tokens with images) + max_new_tokens ({cfg.max_new_tokens}) "
+                             f"exceeds the model's context of {self.context}; shorten the prompt or lower "
+                             "max_new_tokens")
+        result.prompt_tokens = prompt_len
+
+    def _answer_stream(self, ids: list[int], image_embeds: np.ndarray | None, image_keys: list[str],
+                       cfg: SamplingConfig, result: Generation, start: float) -> Iterator[str]:
+        """Prefill (what the cache does not already hold) and decode; `start` is when the request began."""
+        embeds = splice_embeddings(ids, self.table, image_embeds)
+        positions = _position_keys(ids, image_keys, self.model["num_image_tokens"])
+
+        # reuse the cached prefix this prompt shares with what the cache holds (a chat's history)
+        keep = _common_prefix(self._cached, positions) if self.reuse_prefix else 0
+        keep = min(keep, len(positions) - 1)  # at least one position runs, for the logits
+        self.decoder.truncate(keep)
+        self._cached = self._cached[:keep]
+        result.cached_tokens = keep
         t0 = time.perf_counter()
-        logits = self.decoder(embeds)
+        logits = self.decoder(embeds[keep:])
+        self._cached = list(positions)
         result.timings["prefill"] = time.perf_counter() - t0
         rng = np.random.default_rng(cfg.seed)
         history = [t for t in ids if t != IMAGE_TOKEN_INDEX]
@@ -195,6 +207,7 @@ class Pipeline:
                 break
             if step + 1 < cfg.max_new_tokens:
                 logits = self.decoder(self.table[[token]])
+                self._cached.append(token)
         final = self._answer(result.token_ids)
         final = final[:cut] if cut is not None else final
         if len(final) > len(text_out):  # held back for a stop string that never came
@@ -202,6 +215,18 @@ class Pipeline:
         result.text = final
         result.timings["decode"] = time.perf_counter() - t_decode
         result.timings["total"] = time.perf_counter() - start
+
+    def stream_frames(self, frames: Iterable[ImageInput], prompt: str | Sequence[Message],
+                      config: SamplingConfig | None = None, *, queue_size: int = 2,
+                      live: bool = False) -> Iterator[FrameAnswer]:
+        """Ask `prompt` about each frame of a stream (one <image> placeholder, or none: the frame goes
+        first). The next frames are decoded and encoded by the vision graph on a worker thread while
+        the current answer decodes. At most `queue_size` encoded frames wait; a `live` source (a
+        camera) drops the oldest waiting frame when the queue is full instead of stalling the
+        camera. Yields a FrameAnswer per answered frame, in order."""
+        from .frames import stream_frames
+
+        return stream_frames(self, frames, prompt, config or SamplingConfig(), queue_size, live)
 
     def _answer(self, token_ids: list[int]) -> str:
         """The decoded answer without the template's answer prefix (the space after "ASSISTANT:")."""
@@ -215,6 +240,28 @@ class Pipeline:
         for _ in self.stream(messages, images, config, result=result):
             pass
         return result
+
+
+def _position_keys(ids: Sequence[int], image_keys: Sequence[str], tokens_per_image: int) -> list:
+    """What each decoder position holds: the token id, or (image content hash, index in the image)."""
+    keys: list = []
+    images = iter(image_keys)
+    for t in ids:
+        if t == IMAGE_TOKEN_INDEX:
+            h = next(images)
+            keys.extend((h, j) for j in range(tokens_per_image))
+        else:
+            keys.append(t)
+    return keys
+
+
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

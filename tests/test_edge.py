@@ -109,3 +109,46 @@ def test_vlm_run_streams_the_answer(engine):
     result = subprocess.run([sys.executable, "-m", "vlm_edge.edge.cli", str(engine / "engine"), "--image", str(image),
                              "--prompt", "Describe the image.", "--stats"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() and "decode" in result.stderr, result.stderr
+
+
+def test_chat_turns_reuse_the_cached_prefix_and_match_a_fresh_run(engine):
+    images = sorted((engine / "awq" / "calibration" / "images").iterdir())[:2]
+    cfg = SamplingConfig(max_new_tokens=12)
+    pipe = load(engine / "engine", "ort-cpu")
+    assert type(pipe.decoder).__name__ == "SharedCacheDecoder"
+    buffers = [b.data_ptr() for b in pipe.decoder.cache]
+    turn1 = [{"role": "user", "content": "<image>\nDescribe the image."}]
+    first = pipe.generate(turn1, images[:1], cfg)
+    turn2 = turn1 + [{"role": "assistant", "content": first.text},
+                     {"role": "user", "content": "<image>\nAnd this one?"}]
+    second = pipe.generate(turn2, images, cfg)
+    assert first.cached_tokens == 0 and second.cached_tokens > first.prompt_tokens - 2
+    assert [b.data_ptr() for b in pipe.decoder.cache] == buffers  # the cache was written in place
+    fresh = load(engine / "engine", "ort-cpu", reuse_prefix=False).generate(turn2, images, cfg)
+    assert fresh.cached_tokens == 0 and fresh.token_ids == second.token_ids
+
+
+def test_frame_stream_answers_every_frame_like_one_by_one(engine):
+    images = sorted((engine / "awq" / "calibration" / "images").iterdir())[:5]
+    cfg = SamplingConfig(max_new_tokens=8)
+    pipe = load(engine / "engine", "ort-cpu")
+    answers = list(pipe.stream_frames(iter(images), "Describe the image.", cfg, queue_size=2))
+    single = [load(engine / "engine", "ort-cpu").generate("Describe the image.", [im], cfg) for im in images]
+    assert [a.index for a in answers] == list(range(5)) and all(a.dropped == 0 for a in answers)
+    assert [a.generation.token_ids for a in answers] == [s.token_ids for s in single]
+    assert all(a.generation.cached_tokens > 0 for a in answers[1:])  # the text before the frame is reused
+
+
+def test_live_frame_stream_drops_the_oldest_and_reports_bad_frames(engine):
+    import time as _time
+
+    images = sorted((engine / "awq" / "calibration" / "images").iterdir())[:1] * 12
+    pipe = load(engine / "engine", "ort-cpu")
+    seen = []
+    for answer in pipe.stream_frames(images, "Describe the image.", SamplingConfig(max_new_tokens=4), queue_size=1,
+                                     live=True):
+        seen.append(answer)
+        _time.sleep(0.2)  # a slow consumer: the source runs ahead, the oldest waiting frames go
+    assert seen[-1].index == 11 and sum(a.dropped for a in seen) == 12 - len(seen) > 0
+    with pytest.raises(InputError, match="frame 1"):
+        list(pipe.stream_frames([images[0], b"not an image"], "Describe the image.", SamplingConfig(max_new_tokens=2)))
