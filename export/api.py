@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from vlm_edge.common.errors import InputError, VlmEdgeError
 from vlm_edge.common.fsutil import atomic_directory, sha256_file
@@ -30,8 +31,9 @@ from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig
 
 from .config import ExportConfig, auto_group_size
-from .decoder import DecoderSpec, build_decoder, decoder_io, uses_gqa
+from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
 from .graph import GraphBuilder
+from .linear import rtn_quantize
 from .tensorrt import build_engines, check_trt_graph, require_tensorrt
 from .validate import validate, validation_prompts
 from .vision import build_vision, vision_io
@@ -158,18 +160,30 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     spec = DecoderSpec.from_llm(model.llm)
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
+    head_quant = {}
+    if config.quantize_lm_head:  # RTN, per flavour's symmetry; the reference gets the same dequantized head
+        head_t = lm_head_weight(spec, weights).T
+        symmetric = config.wants_symmetric()
+        head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"), symmetric)
+                      for f in flavours if f != "fp"}
+        if head_quant:
+            deq = next(iter(head_quant.values())).dequantize().T
+            model.llm.lm_head.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)),
+                                                          requires_grad=False)
     for flavour in flavours:
         d_in, d_out = decoder_io(spec, flavour)
         log.info("decoder graph (%s): %d layers", flavour, spec.layers)
         g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=uses_gqa(flavour) or flavour == "ort")
         try:
-            build_decoder(g, spec, weights, flavour, accuracy_level=config.accuracy_level, progress=layer_progress)
+            build_decoder(g, spec, weights, flavour, accuracy_level=config.accuracy_level,
+                          lm_head=head_quant.get(flavour), progress=layer_progress)
         except BaseException:
             g.abort()
             raise
         files = g.save()
         info = {"quantized_linears": len(weights.quantized_linears),
-                "kv_cache": "shared" if uses_gqa(flavour) else "concat"}
+                "kv_cache": "shared" if uses_gqa(flavour) else "concat",
+                "lm_head": "int4" if flavour in head_quant else "float32"}
         if flavour == "trt":
             problems = check_trt_graph(tmp / files[0])
             if problems:

@@ -27,6 +27,7 @@ class ExportConfig:
     prompts: int = 10  # validation prompts (greedy check)
     decode_steps: int = 16
     greedy_steps: int = 32
+    quantize_lm_head: bool = False  # 4-bit RTN LM head too (AWQ keeps it float; a large share of decode bytes)
     accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
     device: str = "auto"  # quantization device
@@ -61,6 +62,8 @@ class ExportConfig:
                                  f"{self.group_size}")
         if self.prompts < 1 or self.greedy_steps < 1 or self.decode_steps < 0:
             raise InputError("validation needs at least one prompt and one greedy step")
+        if self.quantize_lm_head and not self.awq4:
+            raise InputError("--quantize-lm-head is part of the 4-bit export; add --awq4")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError("--accuracy-level is 0 (float) .. 4 (int8 activations)")
 

@@ -127,7 +127,8 @@ def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, flavour: str, *,
-                  accuracy_level: int = 0, progress=None) -> None:
+                  accuracy_level: int = 0, lm_head: QuantLinear | None = None, progress=None) -> None:
+    """The decoder graph into `g`. `lm_head`, when given, is the 4-bit LM head (else float32)."""
     inputs, outputs = decoder_io(spec, flavour)
     for name, dtype, shape in inputs:
         g.input(name, np.dtype(dtype), shape)
@@ -162,12 +163,19 @@ def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, f
 
     last = g.op("Slice", x, g.ints(-1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="last")  # [b, 1, D]
     last = rmsnorm(last, "model.norm.weight")
-    head = weights.get("model.embed_tokens.weight" if spec.tied_embeddings and not weights.has("lm_head.weight")
-                       else "lm_head.weight")
-    logits = g.op("MatMul", last, g.weight("lm_head.weight", head.T), name="lm_head")
+    if lm_head is not None:
+        logits = emit_linear(g, last, "lm_head", flavour, quant=lm_head, accuracy_level=accuracy_level)
+    else:
+        logits = g.op("MatMul", last, g.weight("lm_head.weight", lm_head_weight(spec, weights).T), name="lm_head")
     g.output(g.op("Squeeze", logits, g.ints(1)), "logits", np.float32, outputs[0][2])
     order = [name for name, _, _ in outputs]
     g.outputs.sort(key=lambda value: order.index(value.name))
+
+
+def lm_head_weight(spec: DecoderSpec, weights: DecoderWeights) -> np.ndarray:
+    """The LM head [vocab, hidden]: the input embeddings when the model ties them."""
+    tied = spec.tied_embeddings and not weights.has("lm_head.weight")
+    return weights.get("model.embed_tokens.weight" if tied else "lm_head.weight")
 
 
 def _gqa_attention(g: GraphBuilder, spec: DecoderSpec):

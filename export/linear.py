@@ -54,6 +54,26 @@ class QuantLinear:
         return (self.q.astype(np.float32) - np.repeat(self.zeros, g, 0)) * np.repeat(self.scales, g, 0)
 
 
+def rtn_quantize(weight_t: np.ndarray, group_size: int, symmetric: bool) -> QuantLinear:
+    """Round-to-nearest 4-bit W.T [K, N] in groups of `group_size` along K, with the arithmetic of
+    quant/quantize.py (float16-rounded scales): for the LM head, which AWQ leaves in float."""
+    k, n = weight_t.shape
+    w = np.asarray(weight_t, np.float32).reshape(k // group_size, group_size, n)
+    if symmetric:
+        scales = np.maximum(np.abs(w).max(axis=1) / 7, 1e-8).astype(np.float16).astype(np.float32)
+        scales = np.maximum(scales, 2.0**-24)
+        q = np.clip(np.round(w / scales[:, None]), -8, 7) + 8
+        zeros = np.full(scales.shape, awq_format.SYMMETRIC_ZERO, np.uint8)
+    else:
+        lo, hi = w.min(axis=1), w.max(axis=1)
+        scales = np.maximum((hi - lo) / 15, 1e-8).astype(np.float16).astype(np.float32)
+        scales = np.maximum(scales, 2.0**-24)
+        zeros = np.clip(-np.round(lo / scales), 0, 15)
+        q = np.clip(np.round(w / scales[:, None]) + zeros[:, None], 0, 15)
+        zeros = zeros.astype(np.uint8)
+    return QuantLinear(q.reshape(k, n).astype(np.uint8), zeros, scales, group_size)
+
+
 # ---- packing ------------------------------------------------------------------------------------
 def _pack_low_first(values: np.ndarray) -> np.ndarray:
     """uint8 [..., 2m] (0..15) -> uint8 [..., m], element 2j in the low nibble."""

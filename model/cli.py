@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="write a new checkpoint with random weights from a preset")
-    init.add_argument("--preset", default="tiny", help="model shape: tiny (default) or vila1.5-3b")
+    init.add_argument("--preset", default="tiny", help="model shape: micro, tiny (default), vila1.5-3b or bench-qwen0.5b (the runtime benchmark)")
     init.add_argument("-o", "--output", required=True, help="checkpoint directory to create")
     init.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     init.add_argument("--force", action="store_true", help="replace a non-empty output directory")

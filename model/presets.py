@@ -7,7 +7,9 @@ token and finding it by colour or shape is a choice among 4 keys. (56 px images 
 a 2x2 block per object, trained slower and learnt shape and OCR far worse: docs/training.md.)
 Odd patch grids (VILA1.5-3b's 27x27 -> padded 28x28 -> 196 tokens) are exercised by the test
 fixtures. `vila1.5-3b` has the published VILA1.5-3b dimensions (for benchmarks and memory
-checks; random weights).
+checks; random weights). `bench-qwen0.5b` is the runtime benchmark's model: VILA1.5-3b's SigLIP
+so400m (384 px, 729 -> 196 tokens) with Qwen2.5-0.5B's LLM dimensions (tied embeddings, 151936
+rows).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class ModelDims:
     projector_type: str = "mlp_downsample"
     token_order: str = "column_major"
     chat_template: str = "plain"
+    llm_family: str = "llama"  # llama | qwen2 (biases on q/k/v)
+    vocab: int | None = None  # None: the tokenizer's vocabulary; a release's size otherwise (rows past the tokenizer are unused)
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
 
 
 PRESETS: dict[str, ModelDims] = {
@@ -56,6 +63,12 @@ PRESETS: dict[str, ModelDims] = {
         image_size=384, patch_size=14, vision_hidden=1152, vision_intermediate=4304, vision_layers=27, vision_heads=16,
         chat_template="vicuna_v1",
     ),
+    "bench-qwen0.5b": ModelDims(  # the runtime benchmark (issue 6): Qwen2.5-0.5B's LLM, VILA1.5-3b's SigLIP
+        hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, max_positions=4096,
+        image_size=384, patch_size=14, vision_hidden=1152, vision_intermediate=4304, vision_layers=27, vision_heads=16,
+        chat_template="vicuna_v1", llm_family="qwen2", vocab=151936, tie_embeddings=True, rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    ),
 }
 
 
@@ -64,20 +77,23 @@ def preset_config(name: str, tokenizer: TextTokenizer) -> VilaConfig:
     if name not in PRESETS:
         raise UnsupportedFeatureError(f"preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
     d = PRESETS[name]
+    if d.vocab is not None and d.vocab < tokenizer.vocab_size:
+        raise UnsupportedFeatureError(f"preset {name!r} has {d.vocab} embedding rows, fewer than the tokenizer's "
+                                      f"{tokenizer.vocab_size} tokens")
     llm = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": ["Qwen2ForCausalLM" if d.llm_family == "qwen2" else "LlamaForCausalLM"],
+        "model_type": d.llm_family,
         "hidden_size": d.hidden,
         "intermediate_size": d.intermediate,
         "num_hidden_layers": d.layers,
         "num_attention_heads": d.heads,
         "num_key_value_heads": d.kv_heads,
         "max_position_embeddings": d.max_positions,
-        "vocab_size": tokenizer.vocab_size,
+        "vocab_size": d.vocab or tokenizer.vocab_size,
         "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
+        "rms_norm_eps": d.rms_norm_eps,
+        "rope_theta": d.rope_theta,
+        "tie_word_embeddings": d.tie_embeddings,
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id,

@@ -189,6 +189,12 @@ def test_qwen2_clip_exports(qwen_clip, tmp_path):
     _assert_validated(fp, ("fp",), 1e-4)
     q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib=_calib(tmp_path)))
     _assert_validated(q, ("ort",), 1e-2)
+    # the 4-bit LM head: validated against a reference holding the same dequantized head
+    h = export_checkpoint(qwen_clip, tmp_path / "h", ExportConfig(awq4=True, quantize_lm_head=True, method="rtn"))
+    _assert_validated(h, ("ort",), 1e-2)
+    assert h.components["decoder.ort"].info["lm_head"] == "int4"
+    nodes = onnx.load(str(tmp_path / "h" / "decoder.ort.onnx"), load_external_data=False).graph.node
+    assert any(nd.op_type == "MatMulNBits" and nd.name.startswith("lm_head") for nd in nodes)
 
 
 # ---- errors, atomicity, CLI --------------------------------------------------------------------------
