@@ -46,6 +46,7 @@ setup(
             "vlm-export = vlm_edge.export.cli:main",
             "vlm-build-engine = vlm_edge.export.cli:build_main",
             "vlm-run = vlm_edge.edge.cli:main",
+            "vlm-bench = vlm_edge.edge.bench:main",
         ]
     },
 )

@@ -49,7 +49,9 @@ class Generation:
     text: str
     finish_reason: str  # stop | length
     prompt_tokens: int
-    timings: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode (total), first_token
+    # vision (image_load + preprocess + vision_graph), splice, prefill, first_token (from the start),
+    # decode (all steps) and decode_graph (its time inside the decoder graph), total
+    timings: dict[str, float] = field(default_factory=dict)
     cached_tokens: int = 0  # prompt positions reused from the KV cache (not prefilled again)
 
 
@@ -107,12 +109,16 @@ class Pipeline:
         """[N, T, D] image embeddings; images seen before (same pixels) come from the cache."""
         return self._encode(images)[0]
 
-    def _encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[str]]:
+    def _encode(self, images: Sequence[ImageInput], timings: dict[str, float] | None = None
+                ) -> tuple[np.ndarray, list[str]]:
+        t0 = time.perf_counter()
         pils = [load_image(img, name=f"#{i}") for i, img in enumerate(images)]
         keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
+        if timings is not None:
+            timings["image_load"] = time.perf_counter() - t0
         missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
         if missing:
-            embeds = self.run_vision([pils[i] for i in missing])
+            embeds = self.run_vision([pils[i] for i in missing], timings)
             for i, e in zip(missing, embeds):
                 self._image_cache[keys[i]] = e
                 if len(self._image_cache) > IMAGE_CACHE_SIZE:
@@ -123,10 +129,17 @@ class Pipeline:
         embeds = np.stack([self._image_cache[k] for k in keys]) if keys else np.zeros((0, *width), np.float32)
         return embeds, keys
 
-    def run_vision(self, pils: Sequence) -> np.ndarray:
-        """[N, T, D] embeddings of decoded images (no cache); safe to call from one other thread."""
+    def run_vision(self, pils: Sequence, timings: dict[str, float] | None = None) -> np.ndarray:
+        """[N, T, D] embeddings of decoded images (no cache); safe to call from one other thread.
+        `timings`, when given, gets the seconds spent in "preprocess" and "vision_graph"."""
+        t0 = time.perf_counter()
         pixels = np.stack([preprocess_image(p, self.preprocess) for p in pils])
-        return self.vision.run(None, {"pixel_values": pixels})[0]
+        t1 = time.perf_counter()
+        embeds = self.vision.run(None, {"pixel_values": pixels})[0]
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + t1 - t0
+            timings["vision_graph"] = timings.get("vision_graph", 0.0) + time.perf_counter() - t1
+        return embeds
 
     # ---- prompts -------------------------------------------------------------------------------
     def prompt_ids(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> list[int]:
@@ -154,7 +167,7 @@ class Pipeline:
         result = result if result is not None else Generation([], "", "length", 0)
         self._check_context(ids, len(images), cfg, result)
         start = time.perf_counter()
-        image_embeds, image_keys = self._encode(images) if images else (None, [])
+        image_embeds, image_keys = self._encode(images, result.timings) if images else (None, [])
         result.timings["vision"] = time.perf_counter() - start
         yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start)
 
@@ -169,6 +182,7 @@ class Pipeline:
     def _answer_stream(self, ids: list[int], image_embeds: np.ndarray | None, image_keys: list[str],
                        cfg: SamplingConfig, result: Generation, start: float) -> Iterator[str]:
         """Prefill (what the cache does not already hold) and decode; `start` is when the request began."""
+        t_splice = time.perf_counter()
         embeds = splice_embeddings(ids, self.table, image_embeds)
         positions = _position_keys(ids, image_keys, self.model["num_image_tokens"])
 
@@ -179,19 +193,22 @@ class Pipeline:
         self._cached = self._cached[:keep]
         result.cached_tokens = keep
         t0 = time.perf_counter()
+        result.timings["splice"] = t0 - t_splice
         logits = self.decoder(embeds[keep:])
         self._cached = list(positions)
         result.timings["prefill"] = time.perf_counter() - t0
+        graph_before = self.decoder.run_seconds
         rng = np.random.default_rng(cfg.seed)
         history = [t for t in ids if t != IMAGE_TOKEN_INDEX]
-        stops = [s for s in (*self.template.stop_strings, *cfg.stop) if s]
+        stops = [] if cfg.ignore_eos else [s for s in (*self.template.stop_strings, *cfg.stop) if s]
+        stop_ids = set() if cfg.ignore_eos else self.stop_ids
         text_out, cut = "", None  # what has been yielded; where a stop string begins
         t_decode = time.perf_counter()
         for step in range(cfg.max_new_tokens):
             token = select_token(logits, history, cfg, rng)
             if step == 0:
                 result.timings["first_token"] = time.perf_counter() - start
-            if token in self.stop_ids:
+            if token in stop_ids:
                 result.finish_reason = "stop"
                 break
             result.token_ids.append(token)
@@ -214,6 +231,7 @@ class Pipeline:
             yield final[len(text_out):]
         result.text = final
         result.timings["decode"] = time.perf_counter() - t_decode
+        result.timings["decode_graph"] = self.decoder.run_seconds - graph_before  # the rest is Python's share
         result.timings["total"] = time.perf_counter() - start
 
     def stream_frames(self, frames: Iterable[ImageInput], prompt: str | Sequence[Message],

@@ -25,7 +25,8 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0 = off
     repetition_penalty: float = 1.0  # 1.0 = off
     seed: int | None = None
-    stop: Sequence[str] = ()  # extra stop strings (the template's and EOS always stop)
+    stop: Sequence[str] = ()  # extra stop strings (the template's and EOS stop unless ignore_eos)
+    ignore_eos: bool = False  # run to max_new_tokens whatever comes (benchmarks: a fixed decode length)
 
     @property
     def greedy(self) -> bool:

@@ -152,3 +152,19 @@ def test_live_frame_stream_drops_the_oldest_and_reports_bad_frames(engine):
     assert seen[-1].index == 11 and sum(a.dropped for a in seen) == 12 - len(seen) > 0
     with pytest.raises(InputError, match="frame 1"):
         list(pipe.stream_frames([images[0], b"not an image"], "Describe the image.", SamplingConfig(max_new_tokens=2)))
+
+
+def test_vlm_bench_prints_and_saves_the_figures(engine, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.edge.bench", str(engine / "engine"), "--runs", "3",
+                             "--new-tokens", "6", "--backend", "ort-cpu", "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "decode tokens/s" in result.stdout and "peak RSS" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["runs"] == 3 and figures["new_tokens"] == 6
+    decode = figures["metrics"]["decode_tokens_per_s"]
+    assert 0 < decode["min"] <= decode["median"] <= decode["max"]
+    assert 0 <= figures["metrics"]["python_overhead_pct"]["median"] < 100
+    assert figures["peak_rss_bytes"] > figures["model_memory_bytes"]["weights"]
