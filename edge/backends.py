@@ -2,8 +2,9 @@
 
     ort-cpu    ONNX Runtime, CPUExecutionProvider (runs everywhere; the embedded default)
     ort-cuda   ONNX Runtime, CUDAExecutionProvider (onnxruntime-gpu and a working GPU)
-    tensorrt   TensorRT engines built by vlm-build-engine (not available in this build yet)
-    auto       ort-cuda when a CUDA session really comes up, else ort-cpu
+    tensorrt   the plans vlm-build-engine built for this TensorRT and GPU (edge/tensorrt.py)
+    auto       tensorrt when TensorRT imports and the manifest has plans for this GPU; else ort-cuda
+               when a CUDA session really comes up; else ort-cpu
 
 onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU or driver; a session
 then silently falls back to the CPU. So "auto" opens a real session and checks the providers it
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from vlm_edge.common.errors import InputError, UnsupportedFeatureError
+from vlm_edge.common.errors import CheckpointError, InputError, UnsupportedFeatureError
 from vlm_edge.common.log import get_logger
 
 log = get_logger(__name__)
@@ -45,15 +46,27 @@ def open_session(path: Path, backend: str, threads: int | None = None) -> ort.In
     return sess
 
 
-def resolve_backend(name: str, probe: Path) -> str:
-    """The concrete backend for `name`; `probe` is a small graph used to test CUDA for real."""
+def resolve_backend(name: str, probe: Path, targets: list[dict] = ()) -> str:
+    """The concrete backend for `name`; `probe` is a small graph used to test CUDA for real;
+    `targets` are the manifest's TensorRT builds."""
     if name not in BACKENDS:
         raise InputError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "tensorrt":
-        raise UnsupportedFeatureError("the tensorrt backend is not in this build of the runtime yet; use ort-cuda or "
-                                      "ort-cpu (the engines vlm-build-engine writes are kept for it)")
+        from .tensorrt import import_tensorrt
+
+        import_tensorrt()  # a clear error when the packages are missing
+        return name
     if name != "auto":
         return name
+    if targets and not os.environ.get("VLM_EDGE_NO_CUDA"):
+        from .tensorrt import device_sm, import_tensorrt, select_plans
+
+        try:
+            trt, cudart = import_tensorrt()
+            select_plans(list(targets), trt.__version__, device_sm(cudart), ("vision", "decoder.trt"))
+            return "tensorrt"
+        except (UnsupportedFeatureError, CheckpointError) as e:
+            log.info("not using TensorRT: %s", e)
     if "CUDAExecutionProvider" in ort.get_available_providers() and not os.environ.get("VLM_EDGE_NO_CUDA"):
         try:
             sess = ort.InferenceSession(str(probe), session_options(), providers=_PROVIDERS["ort-cuda"])

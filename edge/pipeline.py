@@ -74,23 +74,31 @@ class Pipeline:
         if verify:
             verify_files(self.dir, self.manifest)
         components = self.manifest.components
-        decoder_name = next((n for n in DECODER_PREFERENCE if n in components), None)
+        self.backend = resolve_backend(backend, self.dir / components["vision"].path if "vision" in components
+                                       else self.dir, self.manifest.targets)
+        order = ("decoder.trt",) if self.backend == "tensorrt" else DECODER_PREFERENCE
+        decoder_name = next((n for n in order if n in components), None)
         if decoder_name is None or "vision" not in components or "embeddings" not in components:
-            raise CheckpointError(f"{self.dir}/manifest.json lacks a decoder, vision or embeddings component")
+            raise CheckpointError(f"{self.dir}/manifest.json lacks a {' or '.join(order)}, vision or embeddings "
+                                  "component" + (" (export with --flavour trt)" if self.backend == "tensorrt" else ""))
         for name in ("vision", "embeddings", decoder_name):
             for rel in components[name].files:
                 if not (self.dir / rel).is_file():
                     raise CheckpointError(f"{self.dir / rel} (component {name}) is missing; re-export the engine")
-        self.backend = resolve_backend(backend, self.dir / components["vision"].path)
         self.model = self.manifest.model
-        self.vision = open_session(self.dir / components["vision"].path, self.backend, threads)
         self.context = min(context or self.model["max_positions"], self.model["max_positions"])
         if self.context < 2:
             raise InputError(f"context {context} is too small; give at least 2 positions (the model has "
                              f"{self.model['max_positions']})")
-        device = "cuda" if self.backend == "ort-cuda" else "cpu"
-        self.decoder = open_decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads),
-                                    self.model, self.context, device)
+        if self.backend == "tensorrt":
+            from .tensorrt import open_tensorrt
+
+            self.vision, self.decoder = open_tensorrt(self.dir, self.manifest, self.context)
+        else:
+            self.vision = open_session(self.dir / components["vision"].path, self.backend, threads)
+            device = "cuda" if self.backend == "ort-cuda" else "cpu"
+            self.decoder = open_decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads),
+                                        self.model, self.context, device)
         self.reuse_prefix = reuse_prefix
         self._cached: list = []  # what each cached position holds: a token id or (image hash, index)
         self.decoder_name = decoder_name

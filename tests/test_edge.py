@@ -168,3 +168,22 @@ def test_vlm_bench_prints_and_saves_the_figures(engine, tmp_path):
     assert 0 < decode["min"] <= decode["median"] <= decode["max"]
     assert 0 <= figures["metrics"]["python_overhead_pct"]["median"] < 100
     assert figures["peak_rss_bytes"] > figures["model_memory_bytes"]["weights"]
+
+
+def test_tensorrt_backend_picks_plans_by_version_and_gpu_and_says_what_is_missing(engine):
+    from vlm_edge.common.errors import CheckpointError, UnsupportedFeatureError
+    from vlm_edge.edge.tensorrt import select_plans
+
+    targets = [{"component": c, "file": f"engines/k/{c}.plan", "tensorrt": "10.3.0", "sm": "87"}
+               for c in ("vision", "decoder.trt")]
+    assert select_plans(targets, "10.3.0", "87", ("vision", "decoder.trt"))["decoder.trt"] == "engines/k/decoder.trt.plan"
+    with pytest.raises(CheckpointError, match="built with TensorRT 10.3.0 for sm90.*vlm-build-engine"):
+        select_plans(targets, "10.3.0", "90", ("vision", "decoder.trt"))
+    with pytest.raises(CheckpointError, match="decoder.trt"):
+        select_plans(targets[:1], "10.3.0", "87", ("vision", "decoder.trt"))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(UnsupportedFeatureError, match="tensorrt.*ort-cpu"):
+            load(engine / "engine", "tensorrt")
+    assert load(engine / "engine").backend in ("ort-cpu", "ort-cuda")  # auto: no plans were built
