@@ -1,0 +1,299 @@
+"""The runtime benchmark (issue 6): our runtime against PyTorch eager and onnxruntime-genai, one machine.
+
+    python benchmarks/runtime.py --work /tmp/bench [--new-tokens 64] [--runs 3] [--frames 20] [--json out.json]
+
+1. Model: `vlm-model init --preset bench-qwen0.5b` (VILA1.5 layout: VILA1.5-3b's SigLIP so400m,
+   384 px, 729 -> 196 image tokens; an LLM with Qwen2.5-0.5B's dimensions; random weights, since
+   speed does not depend on values).
+2. Engines: `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not speed, and
+   takes far longer on 2 cores), accuracy_level 4 (int8 activations, what onnxruntime-genai's
+   CPU int4 models use), once with the LM head in float32 and once with --quantize-lm-head.
+3. Each contender runs in its own process (clean peak RSS), on the same prompt (one image + a
+   short question), decoding --new-tokens greedy tokens with end-of-sequence ignored:
+     ours          vlm-bench (median of --runs)
+     torch fp32    the checkpoint in PyTorch eager, transformers' Qwen2 with a DynamicCache,
+                   torch threads = cores (median of --runs)
+     genai int4    onnxruntime-genai's model builder (-p int4 -e cpu) on the same LLM folder;
+                   decode only, from token ids of the same prompt length (needs
+                   `pip install onnxruntime-genai onnx_ir`; skipped with a note otherwise)
+4. Pipelining: --frames distinct frames, "Describe the image." each, 16 new tokens: one by one
+   (generate per frame) against Pipeline.stream_frames.
+5. Roofline: decode reads every weight once per token, so tokens/s <= bandwidth / weight bytes.
+   Bandwidth is measured here (numpy copies over 1 GiB on all cores, bytes read + written).
+
+Prints a table of ratios and saves everything as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PROMPT = "Describe the image."
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print("$ " + " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, **kw)
+    if result.returncode:
+        sys.exit(f"{cmd[0]} failed with exit code {result.returncode}")
+    return result
+
+
+def child(mode: str, *args: str) -> dict:
+    """Run this script in a child process in `mode`; its last stdout line is JSON."""
+    result = sh([sys.executable, __file__, "--child", mode, *args], capture_output=True, text=True)
+    sys.stderr.write(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---- children ------------------------------------------------------------------------------------
+def run_torch(ckpt: str, new_tokens: int, runs: int) -> dict:
+    import numpy as np
+    import torch
+
+    from vlm_edge.common.image import preprocess_images
+    from vlm_edge.edge.bench import builtin_image
+    from vlm_edge.model import load_checkpoint
+    from vlm_edge.model.generate import DynamicCache
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ckpt_ = load_checkpoint(ckpt)
+    model, tok = ckpt_.model.eval(), ckpt_.tokenizer
+    from vlm_edge.common.templates import render
+
+    ids = tok.tokenize_prompt(render(ckpt_.template, [{"role": "user", "content": f"<image>\n{PROMPT}"}]))
+    pixels = torch.from_numpy(preprocess_images([builtin_image(model.config.image_size)], model.image_processor_config))
+    rows = []
+    with torch.inference_mode():
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            image = model.encode_images(pixels)
+            t1 = time.perf_counter()
+            inputs = model.build_inputs([ids], image)
+            cache = DynamicCache()
+            out = model.llm(inputs_embeds=inputs.inputs_embeds, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1)
+            token = int(out.logits[0, -1].argmax())
+            t2 = time.perf_counter()
+            prompt_len = inputs.inputs_embeds.shape[1]
+            embed = model.llm.get_input_embeddings()
+            for step in range(new_tokens - 1):
+                out = model.llm(inputs_embeds=embed(torch.tensor([[token]])), past_key_values=cache,
+                                position_ids=torch.tensor([[prompt_len + step]]), use_cache=True)
+                token = int(out.logits[0, -1].argmax())
+            t3 = time.perf_counter()
+            if i:  # the first run warms up
+                rows.append({"vision_ms": (t1 - t0) * 1e3, "first_token_ms": (t2 - t0) * 1e3,
+                             "prefill_tokens_per_s": prompt_len / (t2 - t1),
+                             "decode_tokens_per_s": (new_tokens - 1) / (t3 - t2)})
+    del np
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {"peak_rss_bytes": peak_rss(),
+                                                                           "prompt_tokens": prompt_len}
+
+
+def run_genai(model_dir: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(model_dir)
+    rng = np.random.default_rng(0)
+    rates, firsts = [], []
+    for i in range(runs + 1):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt_tokens + new_tokens, min_length=prompt_tokens + new_tokens,
+                                  do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(rng.integers(10, 1000, prompt_tokens).astype(np.int32))
+        gen.generate_next_token()
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        del gen
+        if i:
+            rates.append((new_tokens - 1) / (t2 - t1))
+            firsts.append((t1 - t0) * 1e3)
+    return {"decode_tokens_per_s": statistics.median(rates), "prefill_plus_first_ms": statistics.median(firsts),
+            "peak_rss_bytes": peak_rss(), "version": og.__version__}
+
+
+def run_frames(engine: str, frames: int, new_tokens: int) -> dict:
+    import numpy as np
+
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.edge.bench import builtin_image
+
+    base = builtin_image(384)
+    pictures = [np.roll(base, 7 * i, axis=1) for i in range(frames)]  # distinct frames: no cache hits
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    pipe = load(engine, "ort-cpu")
+    pipe.generate(PROMPT, [pictures[0][::-1].copy()], cfg)  # warm-up
+    t0 = time.perf_counter()
+    one_by_one = [pipe.generate(PROMPT, [p], cfg).token_ids for p in pictures]
+    t1 = time.perf_counter()
+    streamed = [a.generation.token_ids for a in pipe.stream_frames(iter(pictures), PROMPT, cfg)]
+    t2 = time.perf_counter()
+    return {"frames": frames, "one_by_one_s": t1 - t0, "pipelined_s": t2 - t1, "speedup": (t1 - t0) / (t2 - t1),
+            "same_answers": one_by_one == streamed}
+
+
+def run_bandwidth() -> dict:
+    """Copy bandwidth (read + write) of 1 GiB over all cores, best of 5."""
+    import numpy as np
+
+    n = (1 << 30) // 8
+    src, dst = np.ones(n, np.float64), np.empty(n, np.float64)
+    cores = os.cpu_count() or 1
+    parts = np.array_split(np.arange(n), cores)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+    best = 0.0
+    for _ in range(5):
+        threads = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, 2 * n * 8 / (time.perf_counter() - t0))
+    return {"bandwidth_bytes_per_s": best, "cores": cores}
+
+
+# ---- the driver ------------------------------------------------------------------------------------
+def decoder_weight_bytes(engine: Path) -> int:
+    """Bytes of the decoder's weights read per decode token (its external data, minus the RoPE tables,
+    of which one row per position is read)."""
+    import onnx
+
+    model = onnx.load(str(engine / "decoder.ort.onnx"), load_external_data=False)
+    total = 0
+    for t in model.graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        if "length" in info and "rope" not in t.name:
+            total += int(info["length"])
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", help="scratch directory (~8 GB of disk)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--frame-tokens", type=int, default=16)
+    p.add_argument("--skip", action="append", default=[], choices=("torch", "genai", "frames"))
+    p.add_argument("--json", help="save the figures here")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        mode, rest = args.child[0], args.child[1:]
+        fn = {"torch": lambda: run_torch(rest[0], int(rest[1]), int(rest[2])),
+              "genai": lambda: run_genai(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
+              "frames": lambda: run_frames(rest[0], int(rest[1]), int(rest[2])),
+              "bandwidth": run_bandwidth}[mode]
+        print(json.dumps(fn()))
+        return
+    if not args.work:
+        p.error("--work is required")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "ckpt"
+    py = sys.executable
+    if not (ckpt / "config.json").is_file():
+        sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "-o", str(ckpt), "--force"])
+    engines = {"float32 head": work / "engine", "int4 head": work / "engine-head4"}
+    for label, engine in engines.items():
+        if not (engine / "manifest.json").is_file():
+            extra = ["--quantize-lm-head"] if label == "int4 head" else []
+            sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn",
+                "--accuracy-level", "4", "--no-validate", "--force", *extra])
+
+    figures: dict = {"machine": {"cores": os.cpu_count()}, "new_tokens": args.new_tokens, "runs": args.runs}
+    figures["bandwidth"] = child("bandwidth")
+    for label, engine in engines.items():
+        out = work / f"ours-{engine.name}.json"
+        sh([py, "-m", "vlm_edge.edge.bench", str(engine), "--runs", str(args.runs), "--new-tokens",
+            str(args.new_tokens), "--backend", "ort-cpu", "-o", str(out)])
+        figures[f"ours ({label})"] = json.loads(out.read_text())
+        figures[f"ours ({label})"]["decoder_weight_bytes"] = decoder_weight_bytes(engine)
+    prompt_tokens = figures["ours (float32 head)"]["prompt_tokens"]
+    if "torch" not in args.skip:
+        figures["torch fp32"] = child("torch", str(ckpt), str(args.new_tokens), str(args.runs))
+    if "genai" not in args.skip:
+        genai_dir = work / "genai-int4"
+        try:
+            import onnxruntime_genai  # noqa: F401
+
+            if not (genai_dir / "genai_config.json").is_file():
+                sh([py, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt / "llm"), "-o", str(genai_dir),
+                    "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")])
+            figures["genai int4"] = child("genai", str(genai_dir), str(prompt_tokens), str(args.new_tokens),
+                                          str(args.runs))
+        except ImportError:
+            figures["genai int4"] = {"skipped": "onnxruntime-genai is not installed"}
+    if "frames" not in args.skip:
+        figures["frames"] = child("frames", str(engines["int4 head"]), str(args.frames), str(args.frame_tokens))
+    report(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"saved {args.json}")
+
+
+def report(f: dict) -> None:
+    bw = f["bandwidth"]["bandwidth_bytes_per_s"]
+    mib = 1 << 20
+    print(f"\nmemory bandwidth (copy, {f['bandwidth']['cores']} cores): {bw / 1e9:.1f} GB/s; "
+          f"prompt {f['ours (float32 head)']['prompt_tokens']} tokens (196 image), {f['new_tokens']} new tokens")
+    print(f"\n{'contender':<26}{'decode tok/s':>13}{'first token ms':>16}{'vision ms':>11}{'peak RSS MiB':>14}"
+          f"{'roofline tok/s':>16}")
+    torch_tps = f.get("torch fp32", {}).get("decode_tokens_per_s")
+    genai_tps = f.get("genai int4", {}).get("decode_tokens_per_s")
+    for label in ("ours (float32 head)", "ours (int4 head)"):
+        o = f[label]
+        m = o["metrics"]
+        roof = bw / o["decoder_weight_bytes"]
+        print(f"{label:<26}{m['decode_tokens_per_s']['median']:>13.1f}{m['first_token_ms']['median']:>16.0f}"
+              f"{m['vision_ms_per_image']['median']:>11.0f}{o['peak_rss_bytes'] / mib:>14.0f}{roof:>16.1f}")
+    if torch_tps:
+        t = f["torch fp32"]
+        print(f"{'torch fp32 eager':<26}{torch_tps:>13.1f}{t['first_token_ms']:>16.0f}{t['vision_ms']:>11.0f}"
+              f"{t['peak_rss_bytes'] / mib:>14.0f}")
+    if genai_tps:
+        g = f["genai int4"]
+        print(f"{'genai int4 ' + g['version']:<26}{genai_tps:>13.1f}{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}"
+              f"{'-':>11}{g['peak_rss_bytes'] / mib:>14.0f}")
+    print("\nratios (decode tokens/s)")
+    for label in ("ours (float32 head)", "ours (int4 head)"):
+        o = f[label]
+        ours = o["metrics"]["decode_tokens_per_s"]["median"]
+        parts = []
+        if torch_tps:
+            parts.append(f"{ours / torch_tps:.2f}x torch fp32")
+        if genai_tps:
+            parts.append(f"{ours / genai_tps:.2f}x genai int4")
+        parts.append(f"{100 * ours / (bw / o['decoder_weight_bytes']):.0f}% of the roofline")
+        parts.append(f"python overhead {o['metrics']['python_overhead_pct']['median']:.1f}% of a step")
+        parts.append(f"peak RSS {o['rss_over_model']:.2f}x the model's memory")
+        print(f"  {label}: " + ", ".join(parts))
+    if "frames" in f:
+        fr = f["frames"]
+        print(f"\n{fr['frames']} frames: one by one {fr['one_by_one_s']:.1f} s, pipelined {fr['pipelined_s']:.1f} s: "
+              f"{fr['speedup']:.2f}x (answers identical: {fr['same_answers']})")
+
+
+if __name__ == "__main__":
+    main()
