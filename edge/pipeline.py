@@ -66,7 +66,11 @@ class FrameAnswer:
 
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
-                 verify: bool = False, context: int | None = None, reuse_prefix: bool = True):
+                 vision_threads: int | None = None, verify: bool = False, context: int | None = None,
+                 reuse_prefix: bool = True):
+        """`threads`: ONNX Runtime intra-op threads per graph (default: one per core);
+        `vision_threads`: the vision graph's own (default: `threads`), e.g. to split the cores
+        between the vision worker and the decoder in `stream_frames`."""
         self.dir = Path(engine_dir)
         if not self.dir.is_dir():
             raise InputError(f"engine directory {self.dir} does not exist; create one with vlm-export")
@@ -95,7 +99,7 @@ class Pipeline:
 
             self.vision, self.decoder = open_tensorrt(self.dir, self.manifest, self.context)
         else:
-            self.vision = open_session(self.dir / components["vision"].path, self.backend, threads)
+            self.vision = open_session(self.dir / components["vision"].path, self.backend, vision_threads or threads)
             device = "cuda" if self.backend == "ort-cuda" else "cpu"
             self.decoder = open_decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads),
                                         self.model, self.context, device)
