@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class Generation:
 
     token_ids: list[int]
     text: str
-    finish_reason: str  # stop | length
+    finish_reason: str  # stop | length | cancelled
     prompt_tokens: int
     # vision (image_load + preprocess + vision_graph), splice, prefill, first_token (from the start),
     # decode (all steps) and decode_graph (its time inside the decoder graph), total
@@ -170,8 +170,11 @@ class Pipeline:
 
     # ---- generation ----------------------------------------------------------------------------
     def stream(self, messages: str | Sequence[Message], images: Sequence[ImageInput] = (),
-               config: SamplingConfig | None = None, *, result: Generation | None = None) -> Iterator[str]:
-        """Yield the answer's text as it is produced. `result`, when given, is filled in."""
+               config: SamplingConfig | None = None, *, result: Generation | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Yield the answer's text as it is produced. `result`, when given, is filled in.
+        `should_stop` is asked before each decode step; True ends the answer (finish_reason
+        "cancelled"): a server's client went away or its timeout passed."""
         cfg = config or SamplingConfig()
         cfg.validate()
         images = list(images)
@@ -181,7 +184,7 @@ class Pipeline:
         start = time.perf_counter()
         image_embeds, image_keys = self._encode(images, result.timings) if images else (None, [])
         result.timings["vision"] = time.perf_counter() - start
-        yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start)
+        yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start, should_stop)
 
     def _check_context(self, ids: list[int], n_images: int, cfg: SamplingConfig, result: Generation) -> None:
         prompt_len = len(ids) - n_images + n_images * self.model["num_image_tokens"]
@@ -192,7 +195,8 @@ class Pipeline:
         result.prompt_tokens = prompt_len
 
     def _answer_stream(self, ids: list[int], image_embeds: np.ndarray | None, image_keys: list[str],
-                       cfg: SamplingConfig, result: Generation, start: float) -> Iterator[str]:
+                       cfg: SamplingConfig, result: Generation, start: float,
+                       should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Prefill (what the cache does not already hold) and decode; `start` is when the request began."""
         t_splice = time.perf_counter()
         embeds = splice_embeddings(ids, self.table, image_embeds)
@@ -217,6 +221,9 @@ class Pipeline:
         text_out, cut = "", None  # what has been yielded; where a stop string begins
         t_decode = time.perf_counter()
         for step in range(cfg.max_new_tokens):
+            if should_stop is not None and should_stop():
+                result.finish_reason = "cancelled"
+                break
             token = select_token(logits, history, cfg, rng)
             if step == 0:
                 result.timings["first_token"] = time.perf_counter() - start
