@@ -20,12 +20,14 @@ TORCH = [
     "protobuf>=4",
     "onnx>=1.17",  # vlm-export builds the graphs with it (int4 initializers need >= 1.16)
 ]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"]
 EXTRAS = {
     "torch": TORCH,
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+    "serve": SERVE,
     "jetson": ["opencv-python-headless>=4.8"],
     "gpu": ["tensorrt>=10", "cuda-python>=12"],
-    "dev": TORCH + ["pytest>=8"],
+    # tests drive the server with the official client and fuzz it from its OpenAPI schema
+    "dev": TORCH + SERVE + ["pytest>=8", "openai>=1.30", "httpx>=0.27", "schemathesis>=4"],
 }
 
 setup(
@@ -47,6 +49,7 @@ setup(
             "vlm-build-engine = vlm_edge.export.cli:build_main",
             "vlm-run = vlm_edge.edge.cli:main",
             "vlm-bench = vlm_edge.edge.bench:main",
+            "vlm-serve = vlm_edge.server.cli:main",
         ]
     },
 )

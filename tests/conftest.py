@@ -42,3 +42,21 @@ def tiny(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def micro_engine(tmp_path_factory):
+    """A micro checkpoint trained by the training module (ckpt/), AWQ-quantized (awq/) and exported
+    with 4-bit weights (engine/): the runtime's and the server's test engine."""
+    from fixtures import train_micro
+
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    root = tmp_path_factory.mktemp("edge")
+    train_micro(root / "ckpt", (10, 50, 150))
+    quantize_checkpoint(root / "ckpt", root / "awq", QuantConfig(group_size=32))
+    export_checkpoint(root / "awq", root / "engine", ExportConfig(awq4=True, prompts=2))
+    return root

@@ -17,21 +17,11 @@ from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.errors import InputError
 from vlm_edge.edge import SamplingConfig, load
 from vlm_edge.edge.sampling import select_token
-from vlm_edge.export.api import export_checkpoint
-from vlm_edge.export.config import ExportConfig
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from vlm_edge.quant.api import quantize_checkpoint
-    from vlm_edge.quant.config import QuantConfig
-    from fixtures import train_micro
-
-    root = tmp_path_factory.mktemp("edge")
-    train_micro(root / "ckpt", (10, 50, 150))
-    quantize_checkpoint(root / "ckpt", root / "awq", QuantConfig(group_size=32))
-    export_checkpoint(root / "awq", root / "engine", ExportConfig(awq4=True, prompts=2))
-    return root
+def engine(micro_engine):
+    return micro_engine
 
 
 def test_greedy_output_equals_the_pytorch_reference(engine):

@@ -1,0 +1,382 @@
+"""The FastAPI application: OpenAI Chat Completions over `vlm_edge.edge`.
+
+    app = create_app(ServerConfig("engine/"))      # uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health (503 while the engine loads,
+200 when ready), GET /metrics (Prometheus). Every error is an OpenAI-style body
+{"error": {"message", "type", "param", "code"}} with a 4xx status that says whose problem it is:
+
+    400  malformed JSON, missing / wrong-typed / unknown fields, unsupported parameter values,
+         an image that cannot be decoded or fetched, too many images, a prompt over the context
+    401  a missing or wrong API key (when the server has one)
+    404  a model name the server does not serve
+    413  a request body or an image over the limits (bytes or declared pixels)
+    429  the admission queue is full (with Retry-After)
+    503  the engine is loading or failed to load, or the server is stopping
+    504  the request's timeout passed before its answer was complete (non-streaming)
+
+A streaming request that fails after its first byte ends with an error event and [DONE].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vlm_edge.common.errors import InputError, VlmEdgeError
+from vlm_edge.common.log import get_logger
+
+from .images import ImageLimits, ImageRejected, fetch_image
+from .metrics import Metrics
+from .schema import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from .worker import Busy, Job, NotReady, Worker
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    engine: str
+    backend: str = "auto"
+    threads: int | None = None
+    model_name: str | None = None  # default: the engine directory's name
+    api_key: str | None = None
+    queue_size: int = 16  # requests admitted at once (running + waiting); more get 429
+    timeout: float = 300.0  # seconds per request, queueing included
+    default_max_tokens: int = 256
+    max_images: int = 8
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    cors_origins: tuple[str, ...] = ()
+    shutdown_grace: float = 10.0  # seconds the running request gets to finish when the server stops
+
+    @property
+    def name(self) -> str:
+        return self.model_name or Path(self.engine).resolve().name
+
+    @property
+    def max_body_bytes(self) -> int:  # base64 images + the text around them
+        return self.max_images * (self.limits.max_bytes * 4 // 3 + 1024) + (1 << 20)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in ((400, "invalid request"), (401, "bad API key"), (404, "unknown model"),
+                         (413, "too large"), (429, "queue full"), (503, "not ready"), (504, "timed out"))
+}
+
+
+def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -> FastAPI:
+    """The application; `load` builds the pipeline (default: vlm_edge.edge.load of the engine)."""
+
+    def default_load():
+        from vlm_edge.edge import load as edge_load
+
+        return edge_load(config.engine, config.backend, threads=config.threads)
+
+    worker = Worker(load or default_load, config.queue_size)
+    metrics = Metrics(lambda: worker.admitted)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop, config.shutdown_grace)
+
+    app = FastAPI(title="vlm-edge", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible chat completions over a vlm-edge engine directory")
+    app.state.worker, app.state.config, app.state.metrics = worker, config, metrics
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    # ---- errors -----------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            message = f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+        elif first.get("type") == "extra_forbidden":
+            message = f"unsupported parameter {param!r}; vlm-serve does not implement it"
+        elif first.get("type") == "missing":
+            message = f"missing required field {param!r}"
+        else:
+            message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+        return APIError(400, message, param=param, code=first.get("type")).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException):
+        return APIError(e.status_code, str(e.detail), type_="invalid_request_error").response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, e: Exception):  # a bug of ours: say so, keep serving
+        log.exception("internal error")
+        return APIError(500, f"internal error ({type(e).__name__}); the server keeps running",
+                        type_="server_error").response()
+
+    app.add_middleware(Guard, config=config)
+
+    # ---- endpoints --------------------------------------------------------------------------
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health():
+        if worker.error is not None:
+            return APIError(503, f"the engine failed to load: {worker.error}", type_="server_error").response()
+        if not worker.ready.is_set() or worker.pipe is None:
+            return APIError(503, "the engine is loading", type_="server_error", code="loading").response()
+        if worker.closing:
+            return APIError(503, "the server is stopping", type_="server_error").response()
+        return {"status": "ok", "model": config.name, "backend": worker.pipe.backend}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models():
+        return {"object": "list", "data": [{"id": config.name, "object": "model", "created": created,
+                                            "owned_by": "vlm-edge"}]}
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERROR_RESPONSES)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        if body.model != config.name:
+            raise APIError(404, f"model {body.model!r} is not served here; GET /v1/models lists {config.name!r}",
+                           param="model", code="model_not_found")
+        if worker.error is not None or not worker.ready.is_set() or worker.closing:
+            raise APIError(503, "the engine is loading" if worker.error is None and not worker.closing
+                           else "the server cannot take requests now", type_="server_error")
+        messages, images, sampling = await run_in_threadpool(prepare, body, config, worker)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        start = time.perf_counter()
+        job = Job(messages, images, sampling,
+                  on_piece=lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("piece", piece)),
+                  on_done=lambda result, error: loop.call_soon_threadsafe(events.put_nowait, ("done", (result, error))),
+                  deadline=start + config.timeout)
+        try:
+            worker.submit(job)
+        except Busy:
+            metrics.request("rejected")
+            raise APIError(429, f"the server is busy ({config.queue_size} requests admitted); retry shortly",
+                           type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        except NotReady as e:
+            raise APIError(503, str(e), type_="server_error") from None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream_events(job, events, completion_id, config.name, include_usage, metrics,
+                                                   start), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text, first = [], None
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(events.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        job.reason = "disconnect"
+                        job.cancel.set()
+                        metrics.request("disconnect")
+                        return JSONResponse({}, status_code=499)  # nobody reads it
+                    continue
+                if kind == "piece":
+                    first = first or time.perf_counter()
+                    text.append(value)
+                    continue
+                result, error = value
+                break
+        except asyncio.CancelledError:  # the client went away
+            job.reason = "disconnect"
+            job.cancel.set()
+            raise
+        if error is not None:
+            raise status_for(error, metrics)
+        if result is None or result.finish_reason == "cancelled":
+            metrics.request(job.reason or "cancelled")
+            if job.reason == "timeout":
+                raise APIError(504, f"the answer took longer than the server's timeout of {config.timeout:g} s",
+                               type_="timeout_error", code="timeout")
+            raise APIError(503, "the request was cancelled (the server is stopping)", type_="server_error")
+        metrics.finished(result, start, first)
+        return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": config.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason}],
+                "usage": usage(result)}
+
+    return app
+
+
+class Guard:
+    """ASGI middleware for /v1/: the API key, and the body size from Content-Length before it is read.
+    (Plain ASGI, not BaseHTTPMiddleware, which holds streamed responses open at shutdown.)"""
+
+    def __init__(self, app, config: ServerConfig):
+        self.app, self.config = app, config
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = {k.lower(): v for k, v in scope.get("headers", [])}
+            if self.config.api_key is not None:
+                given = headers.get(b"authorization", b"")
+                if not secrets.compare_digest(given, f"Bearer {self.config.api_key}".encode()):
+                    error = APIError(401, "a valid API key is needed: Authorization: Bearer <key>",
+                                     type_="authentication_error", code="invalid_api_key")
+                    return await error.response()(scope, receive, send)
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.config.max_body_bytes:
+                error = APIError(413, f"the request body is over the server's limit of {self.config.max_body_bytes} "
+                                 "bytes", code="request_too_large")
+                return await error.response()(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -> tuple[list, list, Any]:
+    """Messages with <image> placeholders, decoded images and the sampling config; APIError when a
+    part of the request cannot be served. Runs in a thread pool (image decoding is CPU work)."""
+    from vlm_edge.edge import SamplingConfig
+
+    messages, images = [], []
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            if "<image>" in message.content:
+                raise APIError(400, f"messages[{i}]: '<image>' is reserved; send images as image_url parts",
+                               param=f"messages.{i}.content")
+            messages.append({"role": message.role, "content": message.content})
+            continue
+        pieces = []
+        for j, part in enumerate(message.content):
+            label = f"messages[{i}].content[{j}]"
+            if part.type == "text":
+                if "<image>" in part.text:
+                    raise APIError(400, f"{label}: '<image>' is reserved; send images as image_url parts",
+                                   param=f"messages.{i}.content.{j}")
+                pieces.append(part.text)
+                continue
+            if message.role != "user":
+                raise APIError(400, f"{label}: images are only taken in user messages", param=f"messages.{i}")
+            if len(images) == config.max_images:
+                raise APIError(400, f"more than {config.max_images} images in one request; send fewer",
+                               param="messages", code="too_many_images")
+            try:
+                images.append(fetch_image(part.image_url.url, config.limits, label))
+            except ImageRejected as e:
+                raise APIError(e.status, str(e), param=f"messages.{i}.content.{j}.image_url", code=e.code) from None
+            pieces.append("<image>\n")
+        messages.append({"role": message.role, "content": "".join(pieces)})
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise APIError(400, "stop takes at most 4 non-empty strings", param="stop")
+    sampling = SamplingConfig(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or config.default_max_tokens,
+        temperature=body.temperature if body.temperature is not None else 0.0,
+        top_p=body.top_p if body.top_p is not None else 1.0,
+        seed=None if body.seed is None else body.seed % (1 << 63), stop=tuple(stop))  # numpy takes seeds >= 0
+    pipe = worker.pipe
+    try:
+        sampling.validate()
+        ids = pipe.prompt_ids(messages, images)
+        from vlm_edge.edge.pipeline import Generation
+
+        pipe._check_context(ids, len(images), sampling, Generation([], "", "length", 0))
+    except InputError as e:
+        code = "context_length_exceeded" if "context" in str(e) else None
+        raise APIError(400, str(e), param="messages", code=code) from None
+    return messages, images, sampling
+
+
+def status_for(error: BaseException, metrics: Metrics) -> APIError:
+    if isinstance(error, NotReady):
+        metrics.request("cancelled")
+        return APIError(503, str(error), type_="server_error")
+    if isinstance(error, VlmEdgeError):
+        metrics.request("invalid")
+        return APIError(400, str(error))
+    metrics.request("error")
+    log.error("generation failed: %r", error)
+    return APIError(500, f"generation failed ({type(error).__name__}); the server keeps running", type_="server_error")
+
+
+def usage(result) -> dict[str, int]:
+    n = len(result.token_ids)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n}
+
+
+async def stream_events(job: Job, events: asyncio.Queue, completion_id: str, model: str, include_usage: bool,
+                        metrics: Metrics, start: float):
+    created = int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        if include_usage and "usage" not in extra:
+            body["usage"] = None
+        return f"data: {json.dumps(body)}\n\n"
+
+    first, done = None, False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, value = await events.get()
+            if kind == "piece":
+                first = first or time.perf_counter()
+                yield chunk({"content": value})
+                continue
+            done = True
+            result, error = value
+            if error is not None or result is None or result.finish_reason == "cancelled":
+                if error is not None:
+                    e = status_for(error, metrics)
+                else:
+                    metrics.request(job.reason or "cancelled")
+                    e = APIError(504 if job.reason == "timeout" else 503,
+                                 "the answer took longer than the server's timeout" if job.reason == "timeout"
+                                 else "the request was cancelled (the server is stopping)",
+                                 type_="timeout_error" if job.reason == "timeout" else "server_error")
+                yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            metrics.finished(result, start, first)
+            yield chunk({}, result.finish_reason)
+            if include_usage:
+                body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage(result)}
+                yield f"data: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+    finally:
+        if not done:  # the client went away mid-stream: stop generating for it
+            job.reason = "disconnect"
+            job.cancel.set()
+            metrics.request("disconnect")

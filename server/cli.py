@@ -1,0 +1,77 @@
+"""`vlm-serve`: an OpenAI-compatible chat endpoint over an engine directory, on this machine.
+
+    vlm-serve engine/                                   http://127.0.0.1:8000/v1 (loopback only)
+    vlm-serve engine/ --port 9000 --api-key secret      clients send Authorization: Bearer secret
+    vlm-serve engine/ --host 0.0.0.0 --api-key secret   reachable from the network (use a key)
+
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "engine", "messages": [{"role": "user", "content": "Repeat after me: cat dog"}]}'
+
+Endpoints: /v1/chat/completions (stream or not), /v1/models, /health, /metrics, /docs.
+The model is named after the engine directory unless --model-name says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vlm_edge.common.cli import run
+from vlm_edge.common.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vlm-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("engine", help="an engine directory written by vlm-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/ requests")
+    p.add_argument("--model-name", help="the model id clients send (default: the engine directory's name)")
+    p.add_argument("--backend", default="auto", choices=("auto", "ort-cpu", "ort-cuda", "tensorrt"))
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--queue-size", type=int, default=16, help="requests admitted at once, running and waiting; "
+                                                              "more get 429 with Retry-After (default 16)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included (default 300)")
+    p.add_argument("--max-tokens", type=int, default=256, help="max_tokens when a request gives none (default 256)")
+    p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size per image (default 20 MB)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="pixels per image, checked before decoding (default 16.7 M)")
+    p.add_argument("--allow-local-images", action="store_true", help="let image_url name files on this machine")
+    p.add_argument("--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs")
+    p.add_argument("--cors-origin", action="append", default=[], help="allow browser requests from this origin "
+                                                                      "(repeatable; default: CORS off)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def serve() -> None:
+        from pathlib import Path
+
+        import uvicorn
+
+        from vlm_edge.common.errors import InputError
+
+        from .app import ServerConfig, create_app
+        from .images import ImageLimits
+
+        if not (Path(args.engine) / "manifest.json").is_file():
+            raise InputError(f"{args.engine} is not an engine directory (no manifest.json); create one with vlm-export")
+        if args.queue_size < 1 or args.max_images < 0 or args.timeout <= 0 or args.max_tokens < 1:
+            raise InputError("--queue-size and --max-tokens must be >= 1, --max-images >= 0, --timeout > 0")
+        limits = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,
+                             allow_local=args.allow_local_images, allow_remote=args.allow_remote_images)
+        config = ServerConfig(args.engine, backend=args.backend, threads=args.threads, model_name=args.model_name,
+                              api_key=args.api_key, queue_size=args.queue_size, timeout=args.timeout,
+                              default_max_tokens=args.max_tokens, max_images=args.max_images, limits=limits,
+                              cors_origins=tuple(args.cors_origin))
+        print(f"serving {config.name!r} at http://{args.host}:{args.port}/v1 (health: /health, docs: /docs)",
+              file=sys.stderr)
+        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                    timeout_graceful_shutdown=int(config.shutdown_grace) + 5)
+
+    return run("vlm-serve", serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
