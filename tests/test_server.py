@@ -80,6 +80,12 @@ class SlowPipeline:
         yield from self.pipe.stream(messages, images, config, should_stop=slow_stop, **kw)
 
 
+def serve_slow(engine, *, gate: threading.Event | None = None, delay: float = 0.0, **options) -> Served:
+    """A server over the micro engine whose pipeline is a SlowPipeline."""
+    return Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro", **options),
+                             load=lambda: SlowPipeline(load(engine, "ort-cpu"), gate, delay)))
+
+
 def data_url(image: Image.Image | bytes, fmt: str = "PNG") -> str:
     if isinstance(image, Image.Image):
         buf = io.BytesIO()
@@ -154,8 +160,7 @@ def test_sixteen_concurrent_streams_all_get_their_whole_answer(served, engine, p
 
 def test_a_full_queue_answers_429_and_the_server_stays_healthy(engine):
     gate = threading.Event()
-    s = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro", queue_size=4),
-                          load=lambda: SlowPipeline(load(engine, "ort-cpu"), gate)))
+    s = serve_slow(engine, gate=gate, queue_size=4)
     try:
         s.wait_ready()
         body = {"model": "micro", "messages": [{"role": "user", "content": "Repeat after me: a"}], "max_tokens": 4}
@@ -184,8 +189,7 @@ def test_a_full_queue_answers_429_and_the_server_stays_healthy(engine):
 
 
 def test_a_client_that_goes_away_cancels_its_generation(engine):
-    s = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro"),
-                          load=lambda: SlowPipeline(load(engine, "ort-cpu"), delay=0.05)))
+    s = serve_slow(engine, delay=0.05)
     try:
         s.wait_ready()
         body = {"model": "micro", "messages": [{"role": "user", "content": "Repeat after me: a"}], "max_tokens": 400,
@@ -231,8 +235,7 @@ def test_health_is_503_while_loading_and_timeouts_are_504(engine):
 
 
 def test_shutdown_lets_the_running_answer_finish(engine):
-    s = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro"),
-                          load=lambda: SlowPipeline(load(engine, "ort-cpu"), delay=0.02)))
+    s = serve_slow(engine, delay=0.02)
     s.wait_ready()
     body = {"model": "micro", "messages": [{"role": "user", "content": "Repeat after me: a"}], "max_tokens": 40,
             "stream": True}
