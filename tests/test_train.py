@@ -151,6 +151,18 @@ def test_output_directory_is_not_clobbered(tmp_path):
     assert (tmp_path / "ckpt" / "mine.txt").read_text() == "keep"
 
 
+def test_precision_option(tmp_path):
+    stages = [StageConfig("sft", 2, 1e-3, 2, ("vision_tower", "mm_projector", "llm"), {"vqa": 1.0})]
+    with pytest.raises(InputError, match="precision 'fp16' is unknown"):
+        TrainConfig(preset="micro", precision="fp16", stages=stages).validate()
+    # bf16 autocast is what a GPU run uses by default; on a CPU it is asked for explicitly
+    Trainer(TrainConfig(preset="micro", eval_per_type=0, precision="bf16", device="cpu", stages=stages), tmp_path / "ckpt").run()
+    saved = json.loads((tmp_path / "ckpt" / "training" / "train_config.json").read_text())
+    assert saved["precision"] == "bf16"
+    weights = _weights(tmp_path / "ckpt")
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+
+
 # ---- users' own data ---------------------------------------------------------------------------------
 GOOD = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]}
 

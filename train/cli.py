@@ -43,6 +43,8 @@ def train_parser() -> argparse.ArgumentParser:
                    "preprocessor_config.json)")
     p.add_argument("--eval-per-type", type=int, help="held-out questions per type in the final evaluation (0 = skip)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast on a GPU, fp32 on a CPU")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -50,7 +52,7 @@ def train_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace):
     from .recipe import default_config
 
-    config = default_config(args.preset, seed=args.seed, device=args.device)
+    config = default_config(args.preset, seed=args.seed, device=args.device, precision=args.precision)
     for stage in config.stages:
         if args.steps and stage.name in args.steps:
             stage.steps = args.steps[stage.name]

@@ -58,10 +58,13 @@ class TrainConfig:
     init_llm: str | None = None  # start from an existing LLM folder (transformers layout + tokenizer)
     init_vision: str | None = None  # and/or an existing vision tower folder (+ preprocessor_config.json)
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
 
     def validate(self) -> None:
         if not self.stages:
             raise InputError("the training recipe has no stages")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         for stage in self.stages:
             stage.validate()
             if "user" in stage.mix and stage.mix["user"] > 0 and not self.user_data:

@@ -229,7 +229,8 @@ class Trainer:
         template = self.checkpoint.template
         image_cfg = model.image_processor_config
         image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         start, tokens_seen, losses = time.time(), 0, []
         first = self.state.step
         for step in range(self.state.step, stage.steps):
