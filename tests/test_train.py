@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from vlm_edge.common.templates import get_template
 from vlm_edge.model import load_checkpoint
 from vlm_edge.model.vila import IGNORE_INDEX
 from vlm_edge.train.batching import encode
-from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa, load_conversations
+from vlm_edge.train.datasets import QUESTION_TYPES, SFT_COUNT_WEIGHTS, SyntheticData, heldout_vqa, load_conversations
+from vlm_edge.train.scenes import random_scene
 from vlm_edge.train.recipe import StageConfig, TrainConfig
 from vlm_edge.train.tokenizer import train_tokenizer
 from vlm_edge.train.trainer import Trainer, corpus
@@ -51,6 +53,22 @@ def test_samples_are_deterministic_and_splits_disjoint():
     assert not any(_is_heldout(s) for s in train_scenes)
     held = heldout_vqa(data, 5)
     assert {s.question_type for s in held} == set(QUESTION_TYPES) and len(held) == 5 * len(QUESTION_TYPES)
+
+
+def test_fact_captions_and_sft_scene_sizes():
+    data = SyntheticData(28, seed=3)
+    captions = [data.sample("caption", i).text for i in range(300)]
+    fact_texts = [c for c in captions if c.startswith("<image>\nThe ") and " is " in c and "word" not in c]
+    assert 0.25 < len(fact_texts) / len(captions) < 0.6  # half the captions, when the scene has a unique shape
+    for text in fact_texts:
+        shapes = [part.split(" is ")[0].removeprefix("The ") for part in text.split("\n")[1].split(". ") if part]
+        assert len(shapes) == len(set(shapes))  # each fact names a shape the picture holds once
+    rng = random.Random(0)
+    weighted = [len(random_scene(rng, word_probability=0.0, count_weights=SFT_COUNT_WEIGHTS).objects) for _ in range(3000)]
+    assert abs(weighted.count(1) / 3000 - SFT_COUNT_WEIGHTS[0] / sum(SFT_COUNT_WEIGHTS)) < 0.03
+    heldout = [s.objects for s in heldout_vqa(data, 60) if s.question_type == "count"]
+    share_one = heldout.count(1) / len(heldout)
+    assert 0.2 < share_one < 0.5  # evaluation keeps equally likely counts
 
 
 def test_encoding_puts_loss_on_the_answer_only():

@@ -52,6 +52,7 @@ class Sample:
     kind: str = "vqa"
     question_type: str | None = None
     answer: str | None = None
+    objects: int | None = None  # shapes in the picture of a single-picture object question (evaluation breakdown)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,27 @@ def describe(scene: Scene) -> str:
     return " and ".join(parts)
 
 
+# Share of pre-training captions written as facts about objects named by their shape, in random
+# order ("The square is small and blue, at the top right. The circle is ..."): after "The circle is"
+# the next words are found by shape, not read off in picture order as in a reading-order caption.
+FACT_CAPTION_PROBABILITY = 0.5
+
+
+def facts(scene: Scene, rng: random.Random) -> str | None:
+    unique = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+    if scene.word is not None or not unique:
+        return None
+    rng.shuffle(unique)
+    return " ".join(f"The {o.shape} is {o.size} and {o.colour}, at the {o.cell}." for o in unique)
+
+
 def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     scene = data.scene(rng, split)
-    text = describe(scene)
-    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text[0].upper()}{text[1:]}.", kind="caption")
+    text = facts(scene, rng) if rng.random() < FACT_CAPTION_PROBABILITY else None
+    if text is None:
+        text = describe(scene)
+        text = f"{text[0].upper()}{text[1:]}."
+    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text}", kind="caption")
 
 
 def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -166,17 +184,22 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
             break
     question, answer = qa
     messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}, {"role": "assistant", "content": answer}]
-    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=qtype, answer=answer)
+    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=qtype, answer=answer,
+                  objects=len(scene.objects) if scene.word is None else None)
 
 
 MAX_TURNS = 4
+# Object counts of SFT conversation scenes, 1:2:3. A question that names an object by its shape only
+# teaches retrieval by shape when the scene holds other objects to choose from: with one object,
+# "the colour of any object" is the right answer. Evaluation keeps equally likely counts.
+SFT_COUNT_WEIGHTS = (1.0, 2.0, 2.0)
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     first = rng.choice(QUESTION_TYPES + ("colour",))  # colour twice: the one question found by shape alone
     if first == "multi_image":
         return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
-    scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0)
+    scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0, count_weights=SFT_COUNT_WEIGHTS)
     if scene.word is not None:
         pairs = [_question(scene, "word", rng)]
     else:

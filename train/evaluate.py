@@ -9,6 +9,8 @@ Exact match: the greedy answer (at most 8 new tokens, stopping at the template's
 stripped of surrounding white space, equals the reference answer. Perplexity: exp of the mean
 negative log-likelihood over the answer tokens of held-out conversations, 100 of each kind:
 image descriptions, VQA answers and text-only answers (what the finished model is for).
+Object questions are also broken down by the number of shapes in the picture: with one, naming
+it needs no search ("the colour of any object" is right); with 2-3 the model must find it.
 """
 
 from __future__ import annotations
@@ -26,23 +28,43 @@ from vlm_edge.model.checkpoint import Checkpoint
 from vlm_edge.model.generate import GenerationConfig, generate
 
 from .batching import collate
-from .datasets import CHANCE, QUESTION_TYPES, SyntheticData, heldout_vqa
+from .datasets import CHANCE, QUESTION_TYPES, Sample, SyntheticData, heldout_vqa
 
 
 @torch.no_grad()
-def vqa_accuracy(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> dict[str, float]:
+def vqa_results(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> list[tuple[Sample, bool]]:
+    """Each held-out question with whether the greedy answer matched."""
     model, tokenizer, template = checkpoint.model, checkpoint.tokenizer, checkpoint.template
     was_training = model.training
     model.eval()
     config = GenerationConfig(max_new_tokens=8, stop_token_ids=tokenizer.stop_token_ids(template))
-    hits = {qtype: 0 for qtype in QUESTION_TYPES}
+    results = []
     for sample in heldout_vqa(data, per_type):
         prompt = tokenizer.tokenize_prompt(render(template, (sample.messages or [])[:1]))
         pixels = preprocess_images(sample.images, model.image_processor_config)
         answer = tokenizer.decode(generate(model, prompt, pixels, config).token_ids).strip()
-        hits[sample.question_type] += answer == sample.answer  # type: ignore[index]
+        results.append((sample, answer == sample.answer))
     model.train(was_training)
-    return {qtype: hits[qtype] / per_type for qtype in QUESTION_TYPES}
+    return results
+
+
+def vqa_accuracy(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> dict[str, float]:
+    results = vqa_results(checkpoint, data, per_type)
+    return {qtype: sum(hit for s, hit in results if s.question_type == qtype) / per_type for qtype in QUESTION_TYPES}
+
+
+def _by_objects(results: list[tuple[Sample, bool]]) -> dict[str, dict[str, float]]:
+    """Accuracy per question type and number of shapes in the picture (object questions only):
+    with one shape, naming it by shape or colour needs no search; with 2-3 the model must find it."""
+    table: dict[str, dict[str, float]] = {}
+    for qtype in QUESTION_TYPES:
+        counts = sorted({s.objects for s, _ in results if s.question_type == qtype and s.objects is not None})
+        if counts:
+            table[qtype] = {}
+            for n in counts:
+                hits = [hit for s, hit in results if s.question_type == qtype and s.objects == n]
+                table[qtype][str(n)] = sum(hits) / len(hits)
+    return table
 
 
 @torch.no_grad()
@@ -65,8 +87,10 @@ def perplexity(checkpoint: Checkpoint, data: SyntheticData, per_kind: int = 100,
 
 def evaluate(checkpoint: Checkpoint, data: SyntheticData, per_type: int = 50) -> dict[str, Any]:
     """Accuracy per question type (with chance levels), held-out perplexity, and the set's size."""
+    results = vqa_results(checkpoint, data, per_type)
     return {
-        "accuracy": vqa_accuracy(checkpoint, data, per_type),
+        "accuracy": {q: sum(hit for s, hit in results if s.question_type == q) / per_type for q in QUESTION_TYPES},
+        "by_objects": _by_objects(results),
         "chance": dict(CHANCE),
         "perplexity": perplexity(checkpoint, data),
         "questions_per_type": per_type,
@@ -81,8 +105,11 @@ def training_seed(checkpoint_dir: str | Path) -> int | None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"{'question type':<14} {'exact match':>11} {'chance':>7}"]
+    by_objects = result.get("by_objects", {})  # absent in eval.json files from before the breakdown
+    lines = [f"{'question type':<14} {'exact match':>11} {'chance':>7}   {'1 shape':>7} {'2 shapes':>8} {'3 shapes':>8}"]
     for qtype, acc in result["accuracy"].items():
-        lines.append(f"{qtype:<14} {acc:>10.1%} {result['chance'][qtype]:>7.1%}")
+        split = by_objects.get(qtype, {})
+        cells = " ".join(f"{split[n]:>{w}.0%}" if n in split else " " * w for n, w in (("1", 7), ("2", 8), ("3", 8)))
+        lines.append(f"{qtype:<14} {acc:>10.1%} {result['chance'][qtype]:>7.1%}   {cells}".rstrip())
     lines.append(f"held-out perplexity: {result['perplexity']:.3f}  ({result['questions_per_type']} questions per type)")
     return "\n".join(lines)

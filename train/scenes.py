@@ -53,12 +53,14 @@ class Scene:
         return "|".join(f"{o.size},{o.colour},{o.shape},{o.cell}" for o in sorted(self.objects, key=lambda o: o.cell))
 
 
-def random_scene(rng: random.Random, *, word_probability: float = 0.15) -> Scene:
-    """1-3 objects in distinct cells, or a word."""
+def random_scene(rng: random.Random, *, word_probability: float = 0.15,
+                 count_weights: tuple[float, float, float] | None = None) -> Scene:
+    """1-3 objects in distinct cells (equally likely counts, or weighted 1:2:3 by `count_weights`),
+    or a word."""
     background = rng.randint(225, 255)
     if rng.random() < word_probability:
         return Scene(word=rng.choice(WORDS), background=background)
-    count = rng.randint(1, 3)
+    count = rng.randint(1, 3) if count_weights is None else rng.choices((1, 2, 3), count_weights)[0]
     cells = sorted(rng.sample(CELLS, count), key=CELLS.index)  # captions list objects in reading order
     objects = tuple(Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), cell) for cell in cells)
     return Scene(objects=objects, background=background)
