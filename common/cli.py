@@ -35,6 +35,9 @@ class LayerProgress:
         self.start = time.time()
 
     def __call__(self, done: int, total: int) -> None:
+        if done == 0:  # a pass starts: its clock starts here, not when the work before it did
+            self.start = time.time()
+            return
         elapsed = time.time() - self.start
         eta = elapsed / max(done, 1) * (total - done)
         print(f"\r  {self.label} {done}/{total}  {elapsed:.1f}s  eta {eta:.1f}s", end="\n" if done == total else "",

@@ -128,7 +128,7 @@ def rope_tables(spec: DecoderSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, flavour: str, *,
                   accuracy_level: int = 0, lm_head: QuantLinear | None = None, progress=None) -> None:
-    """The decoder graph into `g`. `lm_head`, when given, is the 4-bit LM head (else float32)."""
+    """The decoder graph into `g`. `lm_head`, when given, is the 4- or 8-bit LM head (else float32)."""
     inputs, outputs = decoder_io(spec, flavour)
     for name, dtype, shape in inputs:
         g.input(name, np.dtype(dtype), shape)
@@ -146,6 +146,8 @@ def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, f
         return emit_linear(g, h, key, flavour, weight_t=weight_t, quant=quant, bias=bias, accuracy_level=accuracy_level)
 
     x = "inputs_embeds"
+    if progress is not None:
+        progress(0, spec.layers)
     for i in range(spec.layers):
         p = f"model.layers.{i}"
         h = rmsnorm(x, f"{p}.input_layernorm.weight")

@@ -109,6 +109,8 @@ def quantize_llm(
         with torch.no_grad():
             hidden, kwargs = layer_inputs(llm, family, embeds.to(device))
         kwargs = {k: _to(v, device) for k, v in kwargs.items()}
+    if progress:
+        progress(0, len(layers))
     for index, layer in enumerate(layers):
         name = f"{family.layers}.{index}"
         original_dtype = next(layer.parameters()).dtype
