@@ -7,7 +7,7 @@
    speed does not depend on values).
 2. Engines: `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not speed, and
    takes far longer on 2 cores), accuracy_level 4 (int8 activations, what onnxruntime-genai's
-   CPU int4 models use), once with the LM head in float32 and once with --quantize-lm-head.
+   CPU int4 models use), with the LM head in float32 (the default), int8 and int4 (--lm-head).
 3. Each contender runs in its own process (clean peak RSS), on the same prompt (one image + a
    short question), decoding --new-tokens greedy tokens with end-of-sequence ignored:
      ours          vlm-bench (median of --runs)
@@ -226,12 +226,12 @@ def main() -> None:
     py = sys.executable
     if not (ckpt / "config.json").is_file():
         sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "-o", str(ckpt), "--force"])
-    engines = {"float32 head": work / "engine", "int4 head": work / "engine-head4"}
+    heads = {"float32 head": "float", "int8 head": "int8", "int4 head": "int4"}  # label -> vlm-export --lm-head
+    engines = {"float32 head": work / "engine", "int8 head": work / "engine-head8", "int4 head": work / "engine-head4"}
     for label, engine in engines.items():
         if not (engine / "manifest.json").is_file():
-            extra = ["--quantize-lm-head"] if label == "int4 head" else []
             sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn",
-                "--accuracy-level", "4", "--no-validate", "--force", *extra])
+                "--accuracy-level", "4", "--no-validate", "--force", "--lm-head", heads[label]])
 
     figures: dict = {"machine": {"cores": os.cpu_count()}, "new_tokens": args.new_tokens, "runs": args.runs}
     figures["bandwidth"] = child("bandwidth")
@@ -271,7 +271,8 @@ def report(f: dict) -> None:
           f"{'roofline tok/s':>16}")
     torch_tps = f.get("torch fp32", {}).get("decode_tokens_per_s")
     genai_tps = f.get("genai int4", {}).get("decode_tokens_per_s")
-    for label in ("ours (float32 head)", "ours (int4 head)"):
+    ours_labels = [label for label in f if label.startswith("ours (")]
+    for label in ours_labels:
         o = f[label]
         m = o["metrics"]
         roof = bw / o["decoder_weight_bytes"]
@@ -286,7 +287,7 @@ def report(f: dict) -> None:
         print(f"{'genai int4 ' + g['version']:<26}{genai_tps:>13.1f}{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}"
               f"{'-':>11}{g['peak_rss_bytes'] / mib:>14.0f}")
     print("\nratios (decode tokens/s)")
-    for label in ("ours (float32 head)", "ours (int4 head)"):
+    for label in ours_labels:
         o = f[label]
         ours = o["metrics"]["decode_tokens_per_s"]["median"]
         parts = []

@@ -161,10 +161,11 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
     head_quant = {}
-    if config.quantize_lm_head:  # RTN, per flavour's symmetry; the reference gets the same dequantized head
+    if config.lm_head_bits:  # RTN, per flavour's symmetry; the reference gets the same dequantized head
         head_t = lm_head_weight(spec, weights).T
         symmetric = config.wants_symmetric()
-        head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"), symmetric)
+        head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"), symmetric,
+                                      config.lm_head_bits)
                       for f in flavours if f != "fp"}
         if head_quant:
             deq = next(iter(head_quant.values())).dequantize().T
@@ -183,7 +184,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         files = g.save()
         info = {"quantized_linears": len(weights.quantized_linears),
                 "kv_cache": "shared" if uses_gqa(flavour) else "concat",
-                "lm_head": "int4" if flavour in head_quant else "float32"}
+                "lm_head": config.lm_head if flavour in head_quant else "float32"}
         if flavour == "trt":
             problems = check_trt_graph(tmp / files[0])
             if problems:

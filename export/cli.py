@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", help="calibration data for AWQ (see vlm-quant --help; default: the checkpoint's own set)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per calibration block (default 512)")
-    p.add_argument("--quantize-lm-head", action="store_true",
-                   help="also store the LM head in 4 bits (round-to-nearest; AWQ keeps it float). Saves most "
-                        "of the decode bytes of small models with large vocabularies, at some accuracy")
+    p.add_argument("--lm-head", choices=("float", "int8", "int4"), default="float",
+                   help="the LM head's weights: float (default, as AWQ leaves it), int8 or int4 (round-to-nearest, "
+                        "per group). With a large vocabulary the head is most of the bytes a decode step reads: "
+                        "int8 is near-lossless (ONNX Runtime graphs only), int4 the fastest")
+    p.add_argument("--quantize-lm-head", dest="lm_head", action="store_const", const="int4",
+                   help="the same as --lm-head int4")
     p.add_argument("--accuracy-level", type=int, default=0,
                    help="MatMulNBits accuracy_level: 0 float compute (default), 4 int8 activations (faster on CPU)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the comparison with PyTorch")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                           symmetric=args.symmetric, method=args.method, calib=args.calib,
                           calib_samples=args.calib_samples, calib_len=args.calib_len, validate=args.validate,
                           prompts=args.prompts, accuracy_level=args.accuracy_level,
-                          quantize_lm_head=args.quantize_lm_head, build_engine=args.build_engine,
+                          lm_head=args.lm_head, build_engine=args.build_engine,
                           device=args.device)
 
     def export() -> None:

@@ -11,6 +11,7 @@ from vlm_edge.common.errors import InputError
 from .linear import TRT_BLOCKS
 
 GROUP_SIZES = (128, 64, 32)
+LM_HEADS = ("float", "int8", "int4")
 
 
 @dataclass
@@ -27,7 +28,7 @@ class ExportConfig:
     prompts: int = 10  # validation prompts (greedy check)
     decode_steps: int = 16
     greedy_steps: int = 32
-    quantize_lm_head: bool = False  # 4-bit RTN LM head too (AWQ keeps it float; a large share of decode bytes)
+    lm_head: str = "float"  # float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes)
     accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
     device: str = "auto"  # quantization device
@@ -62,10 +63,18 @@ class ExportConfig:
                                  f"{self.group_size}")
         if self.prompts < 1 or self.greedy_steps < 1 or self.decode_steps < 0:
             raise InputError("validation needs at least one prompt and one greedy step")
-        if self.quantize_lm_head and not self.awq4:
-            raise InputError("--quantize-lm-head is part of the 4-bit export; add --awq4")
+        if self.lm_head not in LM_HEADS:
+            raise InputError(f"--lm-head {self.lm_head!r}: choose {', '.join(LM_HEADS)}")
+        if self.lm_head != "float" and not self.awq4:
+            raise InputError(f"--lm-head {self.lm_head} is part of the 4-bit export; add --awq4")
+        if self.lm_head == "int8" and "trt" in flavours:
+            raise InputError("--lm-head int8 is for ONNX Runtime graphs (MatMulNBits); a trt graph takes float or int4")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError("--accuracy-level is 0 (float) .. 4 (int8 activations)")
+
+    @property
+    def lm_head_bits(self) -> int | None:
+        return {"int8": 8, "int4": 4}.get(self.lm_head)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

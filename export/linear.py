@@ -1,7 +1,9 @@
 """Linear layers in ONNX, per flavour, and the packing of 4-bit weights for each kernel.
 
 A linear y = x @ W.T + b with W [N out, K in]. Quantized, W.T[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]
-(the canonical AWQ form of `common.awq_format`, unpacked: q, z uint8 0..15, s float).
+(the canonical AWQ form of `common.awq_format`, unpacked: q, z uint8 0..15, s float). The LM head may
+also be 8-bit (q, z 0..255; ort flavour only): then B holds one q per byte, [N, K/G, G], and the
+zero points one per byte, [N * K/G].
 
     fp    MatMul(x, W.T as float32 [K, N])
     ort   com.microsoft.MatMulNBits(x, B, scales, zero_points) with
@@ -33,12 +35,14 @@ TRT_BLOCKS = (64, 128)  # block sizes TensorRT's int4 weight-only path accepts
 
 @dataclass
 class QuantLinear:
-    """One AWQ linear, unpacked: q [K, N] and zeros [K/G, N] in 0..15, scales [K/G, N] float32."""
+    """One AWQ linear, unpacked: q [K, N] and zeros [K/G, N] in 0..15 (0..255 with 8 bits),
+    scales [K/G, N] float32."""
 
     q: np.ndarray
     zeros: np.ndarray
     scales: np.ndarray
     group_size: int
+    bits: int = 4
 
     @classmethod
     def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int) -> "QuantLinear":
@@ -46,7 +50,7 @@ class QuantLinear:
 
     @property
     def symmetric(self) -> bool:
-        return bool(np.all(self.zeros == awq_format.SYMMETRIC_ZERO))
+        return bool(np.all(self.zeros == 1 << (self.bits - 1)))  # 8 for 4 bits (awq_format.SYMMETRIC_ZERO)
 
     def dequantize(self) -> np.ndarray:
         """W.T [K, N] float32."""
@@ -54,24 +58,27 @@ class QuantLinear:
         return (self.q.astype(np.float32) - np.repeat(self.zeros, g, 0)) * np.repeat(self.scales, g, 0)
 
 
-def rtn_quantize(weight_t: np.ndarray, group_size: int, symmetric: bool) -> QuantLinear:
-    """Round-to-nearest 4-bit W.T [K, N] in groups of `group_size` along K, with the arithmetic of
-    quant/quantize.py (float16-rounded scales): for the LM head, which AWQ leaves in float."""
+def rtn_quantize(weight_t: np.ndarray, group_size: int, symmetric: bool, bits: int = 4) -> QuantLinear:
+    """Round-to-nearest 4- or 8-bit W.T [K, N] in groups of `group_size` along K, with the arithmetic
+    of quant/quantize.py (float16-rounded scales): for the LM head, which AWQ leaves in float."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits {bits}: 4 or 8")
     k, n = weight_t.shape
+    top, mid = (1 << bits) - 1, 1 << (bits - 1)  # 15, 8 or 255, 128
     w = np.asarray(weight_t, np.float32).reshape(k // group_size, group_size, n)
     if symmetric:
-        scales = np.maximum(np.abs(w).max(axis=1) / 7, 1e-8).astype(np.float16).astype(np.float32)
+        scales = np.maximum(np.abs(w).max(axis=1) / (mid - 1), 1e-8).astype(np.float16).astype(np.float32)
         scales = np.maximum(scales, 2.0**-24)
-        q = np.clip(np.round(w / scales[:, None]), -8, 7) + 8
-        zeros = np.full(scales.shape, awq_format.SYMMETRIC_ZERO, np.uint8)
+        q = np.clip(np.round(w / scales[:, None]), -mid, mid - 1) + mid
+        zeros = np.full(scales.shape, mid, np.uint8)
     else:
         lo, hi = w.min(axis=1), w.max(axis=1)
-        scales = np.maximum((hi - lo) / 15, 1e-8).astype(np.float16).astype(np.float32)
+        scales = np.maximum((hi - lo) / top, 1e-8).astype(np.float16).astype(np.float32)
         scales = np.maximum(scales, 2.0**-24)
-        zeros = np.clip(-np.round(lo / scales), 0, 15)
-        q = np.clip(np.round(w / scales[:, None]) + zeros[:, None], 0, 15)
+        zeros = np.clip(-np.round(lo / scales), 0, top)
+        q = np.clip(np.round(w / scales[:, None]) + zeros[:, None], 0, top)
         zeros = zeros.astype(np.uint8)
-    return QuantLinear(q.reshape(k, n).astype(np.uint8), zeros, scales, group_size)
+    return QuantLinear(q.reshape(k, n).astype(np.uint8), zeros, scales, group_size, bits)
 
 
 # ---- packing ------------------------------------------------------------------------------------
@@ -91,18 +98,25 @@ def pack_matmulnbits(lin: QuantLinear) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(B, scales, zero_points) for MatMulNBits; see the module docstring for the layouts."""
     k, n = lin.q.shape
     g = lin.group_size
-    blocks = lin.q.T.reshape(n, k // g, g)  # [N, K/G, G]
-    b = _pack_low_first(blocks)  # [N, K/G, G/2]
+    blocks = np.ascontiguousarray(lin.q.T.reshape(n, k // g, g))  # [N, K/G, G]
     scales = np.ascontiguousarray(lin.scales.T, dtype=np.float32).reshape(-1)
+    if lin.bits == 8:
+        return blocks, scales, np.ascontiguousarray(lin.zeros.T).reshape(-1)
+    b = _pack_low_first(blocks)  # [N, K/G, G/2]
     zero_points = _pack_low_first(np.ascontiguousarray(lin.zeros.T)).reshape(-1)  # [N * ceil(K/G / 2)]
     return b, scales, zero_points
 
 
-def unpack_matmulnbits(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, k: int, n: int, g: int) -> QuantLinear:
-    q = _unpack_low_first(b, g).reshape(n, k).T
+def unpack_matmulnbits(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, k: int, n: int, g: int,
+                       bits: int = 4) -> QuantLinear:
     blocks = k // g
-    zeros = _unpack_low_first(zero_points.reshape(n, -1), blocks).T
-    return QuantLinear(np.ascontiguousarray(q), np.ascontiguousarray(zeros), scales.reshape(n, blocks).T.copy(), g)
+    if bits == 8:
+        q, zeros = b.reshape(n, k).T, zero_points.reshape(n, blocks).T
+    else:
+        q = _unpack_low_first(b, g).reshape(n, k).T
+        zeros = _unpack_low_first(zero_points.reshape(n, -1), blocks).T
+    return QuantLinear(np.ascontiguousarray(q), np.ascontiguousarray(zeros), scales.reshape(n, blocks).T.copy(), g,
+                       bits)
 
 
 def pack_int4(lin: QuantLinear) -> tuple[np.ndarray, np.ndarray]:
@@ -133,11 +147,15 @@ def emit_linear(g: GraphBuilder, x: str, name: str, flavour: str, *, weight_t: n
     elif flavour == "ort":
         k, n = quant.q.shape
         b, scales, zp = pack_matmulnbits(quant)
+        if quant.bits == 8:  # ONNX Runtime's CPU kernel for 8 bits is fast only with int8 activations
+            accuracy_level = 4
         y = g.op("MatMulNBits", x, g.weight(f"{name}.qweight", b), g.weight(f"{name}.scales", scales),
                  g.weight(f"{name}.qzeros", zp), domain=MS_DOMAIN, name=name,
-                 K=k, N=n, bits=4, block_size=quant.group_size, accuracy_level=accuracy_level)
+                 K=k, N=n, bits=quant.bits, block_size=quant.group_size, accuracy_level=accuracy_level)
     else:
         k, n = quant.q.shape
+        if quant.bits != 4:
+            raise UnsupportedFeatureError(f"{name}: the trt flavour takes 4-bit weights only, not {quant.bits}-bit")
         if quant.group_size not in TRT_BLOCKS:
             raise UnsupportedFeatureError(f"the trt flavour needs group size 64 or 128 (TensorRT's int4 blocks), "
                                           f"got {quant.group_size}")

@@ -81,6 +81,33 @@ def _nibbles_low_first(raw: bytes) -> np.ndarray:
 
 
 # ---- formats -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rtn_lm_head_runs_in_onnx_runtime_as_its_dequantized_weights(tmp_path, bits, symmetric):
+    """The LM head's RTN integers, packed for MatMulNBits, compute x @ dequantized W.T in ONNX Runtime."""
+    import onnxruntime as ort
+
+    from vlm_edge.export.graph import GraphBuilder
+    from vlm_edge.export.linear import emit_linear, rtn_quantize
+
+    rng = np.random.default_rng(bits)
+    w_t = rng.standard_normal((64, 48)).astype(np.float32)
+    lin = rtn_quantize(w_t, 32, symmetric, bits)
+    deq = lin.dequantize()
+    step = np.repeat(lin.scales, 32, 0)
+    # round to nearest: half a step, plus what float16-rounded scales cut off the ends of a 255-step range
+    assert np.all(np.abs(deq - w_t) <= 0.55 * step)
+    assert lin.symmetric == symmetric and int(lin.q.max()) < 2**bits
+    g = GraphBuilder("head", tmp_path / "head.onnx", ms_domain=True)
+    g.input("x", np.dtype("float32"), [2, 64])
+    g.output(emit_linear(g, "x", "lm_head", "ort", quant=lin), "y", np.float32, [2, 48])
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    g.save()
+    y = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # the 8-bit head runs with int8 activations (accuracy level 4): per-block activation rounding
+    np.testing.assert_allclose(y, x @ deq, rtol=0, atol=(0.05 if bits == 8 else 1e-4) * np.abs(x @ deq).max())
+
+
 def test_initializers_carry_exactly_the_checkpoints_integers_and_scales(trained, tmp_path):
     """MatMulNBits (ort) and int4 DequantizeLinear (trt) hold the AWQ checkpoint's q, zeros, scales."""
     from vlm_edge.quant.api import quantize_checkpoint
@@ -189,12 +216,14 @@ def test_qwen2_clip_exports(qwen_clip, tmp_path):
     _assert_validated(fp, ("fp",), 1e-4)
     q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib=_calib(tmp_path)))
     _assert_validated(q, ("ort",), 1e-2)
-    # the 4-bit LM head: validated against a reference holding the same dequantized head
-    h = export_checkpoint(qwen_clip, tmp_path / "h", ExportConfig(awq4=True, quantize_lm_head=True, method="rtn"))
-    _assert_validated(h, ("ort",), 1e-2)
-    assert h.components["decoder.ort"].info["lm_head"] == "int4"
-    nodes = onnx.load(str(tmp_path / "h" / "decoder.ort.onnx"), load_external_data=False).graph.node
-    assert any(nd.op_type == "MatMulNBits" and nd.name.startswith("lm_head") for nd in nodes)
+    # 8- and 4-bit LM heads: validated against a reference holding the same dequantized head
+    for head, bits in (("int8", 8), ("int4", 4)):
+        h = export_checkpoint(qwen_clip, tmp_path / head, ExportConfig(awq4=True, lm_head=head, method="rtn"))
+        _assert_validated(h, ("ort",), 1e-2)
+        assert h.components["decoder.ort"].info["lm_head"] == head
+        nodes = onnx.load(str(tmp_path / head / "decoder.ort.onnx"), load_external_data=False).graph.node
+        (node,) = [nd for nd in nodes if nd.op_type == "MatMulNBits" and nd.name.startswith("lm_head")]
+        assert {a.name: a.i for a in node.attribute}["bits"] == bits
 
 
 # ---- errors, atomicity, CLI --------------------------------------------------------------------------
@@ -207,6 +236,10 @@ def test_refuses_non_empty_output_and_bad_options(trained, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="trt flavour needs group size 64 or 128"):
         export_checkpoint(trained, tmp_path / "x", ExportConfig(awq4=True, flavours=("trt",), group_size=32))
+    with pytest.raises(InputError, match="lm-head int8 is for ONNX Runtime graphs"):
+        export_checkpoint(trained, tmp_path / "x", ExportConfig(awq4=True, flavours=("ort", "trt"), lm_head="int8"))
+    with pytest.raises(InputError, match="add --awq4"):
+        export_checkpoint(trained, tmp_path / "x", ExportConfig(lm_head="int4"))
     with pytest.raises(InputError, match="inside the input checkpoint"):
         export_checkpoint(trained, trained / "engine", ExportConfig())
 
