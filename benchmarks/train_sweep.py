@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # name -> {"dims": ModelDims field overrides, "stages": {stage: StageConfig overrides}, "all_stages": {...},
-#          "data": {train.datasets module constant: value}}
+#          "data": {train.datasets module constant: value}, "config": {TrainConfig field: value}}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},  # the current tiny recipe
     # the previous recipe (before 2026-11-22): equally likely shape counts in SFT, reading-order captions only
@@ -43,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "counts123": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 2.0, 3.0)}},
     "counts111": {"data": {"SFT_COUNT_WEIGHTS": None}},  # equally likely counts, fact captions kept
     "nofacts": {"data": {"FACT_CAPTION_PROBABILITY": 0.0}},
+    "posinit1": {"config": {"vision_position_std": 1.0}},  # vision position embeddings at init: std 1, not 1/sqrt(width)
     "smoke": {"stages": {"align": {"steps": 2}, "pretrain": {"steps": 2}, "sft": {"steps": 4}}},  # checks this script
 }
 
@@ -67,7 +68,7 @@ def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per
         assert hasattr(datasets, name), name
         setattr(datasets, name, value)
     presets.PRESETS["tiny"] = dataclasses.replace(presets.PRESETS["tiny"], **change.get("dims", {}))
-    config = default_config("tiny", seed=seed, device=device, precision=precision)
+    config = default_config("tiny", seed=seed, device=device, precision=precision, **change.get("config", {}))
     config.eval_per_type = per_type
     config.checkpoint_every = 10**9  # only at the end of each stage
     for stage in config.stages:

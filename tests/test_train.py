@@ -243,6 +243,16 @@ def test_init_from_existing_llm_and_vision_folders(tmp_path):
     assert load_checkpoint(tmp_path / "out").config.llm == source.config.llm | {"torch_dtype": "float32"}
 
 
+@pytest.mark.parametrize("std", [1.0, None])
+def test_vision_position_embeddings_start_at_the_configured_spread(tmp_path, std):
+    config = TrainConfig(preset="micro", eval_per_type=0, vision_position_std=std,
+                         stages=[StageConfig("align", 1, 1e-3, 2, ("mm_projector",), {"caption": 1.0})])
+    trainer = Trainer(config, tmp_path / "out")
+    positions = trainer.model.vision_tower.embeddings.position_embedding.weight
+    want = std if std is not None else positions.shape[1] ** -0.5  # transformers' SigLIP init otherwise
+    assert abs(float(positions.std()) - want) < 0.25 * want
+
+
 def test_vlm_eval_prints_and_saves_the_table(tmp_path, capsys):
     from vlm_edge.train.cli import eval_main
 

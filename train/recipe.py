@@ -57,6 +57,11 @@ class TrainConfig:
     image_folder: str | None = None
     init_llm: str | None = None  # start from an existing LLM folder (transformers layout + tokenizer)
     init_vision: str | None = None  # and/or an existing vision tower folder (+ preprocessor_config.json)
+    # Std of a from-scratch vision tower's position embeddings at init; None keeps transformers'
+    # SigLIP init (1/sqrt(width): 0.09 for the tiny tower, a tenth of the patch embeddings' spread).
+    # 1.0 makes each image token's cell linearly readable (100% vs 71%) but did not help position
+    # questions and cost colour and shape accuracy (docs/training.md), so it is off by default.
+    vision_position_std: float | None = None
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
 

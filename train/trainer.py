@@ -187,6 +187,11 @@ class Trainer:
         if config.init_vision:
             load_weights(model.vision_tower, Path(config.init_vision),
                          VISION_ARCHITECTURES[vila_config.vision_architecture].disk_prefix)
+        elif config.vision_position_std is not None:
+            positions = getattr(getattr(model.vision_tower, "embeddings", None), "position_embedding", None)
+            if positions is not None:  # SigLIP; CLIP towers keep their own init
+                with torch.no_grad():
+                    positions.weight.normal_(0.0, config.vision_position_std)
         return Checkpoint(model, tokenizer)
 
     def _resume(self) -> tuple[TrainConfig, TrainerState, Checkpoint]:
