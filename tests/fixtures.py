@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the project root, here and in CI
-PUBLISHED_CONFIG = SHARED / "fixtures" / "vila1.5-3b.config.json"
+PUBLISHED_CONFIG = Path(__file__).resolve().parent / "data" / "vila1.5-3b.config.json"  # the public release's, verbatim
 
 # Tiny widths (2 layers, 32-64 wide) replacing the published dimensions.
 TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
