@@ -25,6 +25,7 @@ EXTRAS = {
     "torch": TORCH,
     "serve": SERVE,
     "jetson": ["opencv-python-headless>=4.8"],
+    "calib": ["datasets>=2.14"],  # pile-val, the published AWQ calibration text, fetched online
     "gpu": ["tensorrt>=10", "cuda-python>=12"],
     # tests drive the server with the official client and fuzz it from its OpenAPI schema
     "dev": TORCH + SERVE + ["pytest>=8", "openai>=1.30", "httpx>=0.27", "schemathesis>=4"],

@@ -7,13 +7,21 @@ import time
 from typing import Callable
 
 from .errors import VlmEdgeError
+from .extras import missing_extra
 from .fsutil import atomic_write_json
 
 
 def run(prog: str, action: Callable[[], object]) -> int:
-    """Run `action`; a VlmEdgeError prints `prog: error: message` (no traceback) and returns 2."""
+    """Run `action`; a VlmEdgeError prints `prog: error: message` (no traceback) and returns 2, and
+    so does a missing optional dependency (the message names the extra that installs it)."""
     try:
-        action()
+        try:
+            action()
+        except ModuleNotFoundError as e:
+            err = missing_extra(e, prog)
+            if err is None:
+                raise
+            raise err from None
     except VlmEdgeError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -9,9 +9,21 @@ projector, vila (VilaModel: vision -> projector -> splice -> LLM), checkpoint (l
 generate (reference decoding), presets (new model shapes), cli (`vlm-model`).
 """
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .generate import GenerationConfig, GenerationResult, chat, generate
-from .vila import VilaModel
+try:
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .generate import GenerationConfig, GenerationResult, chat, generate
+    from .vila import VilaModel
+except ModuleNotFoundError as _missing:  # no torch: `vlm-model --help` and its one-line error still work
+    from vlm_edge.common.extras import missing_extra
+
+    _error = missing_extra(_missing, "vlm_edge.model")
+    if _error is None:
+        raise
+
+    def __getattr__(name: str):
+        if name in __all__:
+            raise _error
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Checkpoint",

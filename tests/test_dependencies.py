@@ -1,4 +1,4 @@
-"""The dependency direction of design.md section 2 holds, and the runtime starts without torch.
+"""The dependency direction of docs/architecture.md holds, and the runtime starts without torch.
 
 An AST scan of every module in each top-level folder (function-level imports included) checks
 that a package imports only the vlm_edge packages it may, and that the runtime side imports no
@@ -18,12 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# package -> the vlm_edge packages it may import (design.md section 2)
+# package -> the vlm_edge packages it may import (docs/architecture.md)
 ALLOWED = {
     "common": set(),
     "model": {"common"},
     "train": {"model", "common"},
-    "quant": {"model", "train", "common"},  # train: the held-out VQA yardstick (issue 3 asks for it)
+    "quant": {"model", "train", "common"},  # train: the held-out VQA yardstick (quantization is judged by it)
     "kernels": {"common"},
     "export": {"model", "quant", "train", "kernels", "common"},
     "edge": {"kernels", "common"},
