@@ -82,6 +82,11 @@ class ImageProcessorConfig:
         )
 
 
+def image_label(source: ImageInput, index: int, count: int) -> str:
+    """How an error names image `index` of `count`: its path, else its place in the request."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"{index + 1} of {count}"
+
+
 def load_image(source: ImageInput, *, name: str | None = None) -> Image.Image:
     """Decode a path, encoded bytes, an RGB/grey uint8 array or a PIL image into an RGB image."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__)
@@ -107,12 +112,20 @@ def load_image(source: ImageInput, *, name: str | None = None) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+# The encoded formats we decode (Pillow names). Pillow knows some 40 more; we keep to the ones
+# cameras and browsers produce, so that an odd file never reaches a rarely used decoder.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+FORMATS_TEXT = "PNG, JPEG, WebP or BMP"
+
+
 def _open(stream: io.BytesIO, label: str) -> Image.Image:
     try:
-        image = Image.open(stream)
+        image = Image.open(stream, formats=IMAGE_FORMATS)
         image.load()  # decode now so truncated files fail here, not later
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise InputError(f"image {label} could not be decoded ({e}); pass a PNG, JPEG, WebP or BMP file") from None
+    except UnidentifiedImageError:
+        raise InputError(f"image {label} could not be decoded: it is not a {FORMATS_TEXT} image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"image {label} could not be decoded ({e}); pass a {FORMATS_TEXT} image") from None
     return image
 
 
@@ -147,4 +160,5 @@ def preprocess_images(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -
     """Load and preprocess images in prompt order -> float32 [N, 3, H, W] (N may be 0)."""
     if not images:
         return np.zeros((0, 3, cfg.height, cfg.width), np.float32)
-    return np.stack([preprocess_image(load_image(img), cfg) for img in images])
+    return np.stack([preprocess_image(load_image(img, name=image_label(img, i, len(images))), cfg)
+                     for i, img in enumerate(images)])

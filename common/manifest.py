@@ -9,8 +9,10 @@
       tokenizer/             tokenizer.json (+ tokenizer_config.json): `tokenizers` only, no torch
       engines/               TensorRT plans, once built on the target (`vlm-build-engine`)
 
-Every component records its I/O names, shapes (ints, or names of dynamic axes), dtypes and the
-SHA-256 of each of its files, so a runtime can refuse a directory whose files do not match.
+Every component records its I/O names, shapes (ints, or names of dynamic axes), dtypes, and the
+size and SHA-256 of each of its files. Every load compares the sizes (a stat per file: a
+truncated or partly copied engine is refused before anything runs); `verify_files` compares the
+hashes too (`vlm-run --verify`, `load(..., verify=True)`), which reads every byte.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from .errors import CheckpointError
 from .fsutil import atomic_write_json, read_json, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files carry their size as well as their hash
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
@@ -37,10 +39,10 @@ class TensorSpec:
 
 @dataclass
 class Component:
-    """One graph or table of the engine: its files (relative paths -> sha256) and its I/O."""
+    """One graph or table of the engine: its files and its I/O."""
 
-    kind: str  # vision | decoder | embeddings
-    files: dict[str, str]
+    kind: str  # vision | decoder | embeddings | tokenizer
+    files: dict[str, dict[str, Any]]  # relative path -> {"sha256": hex digest, "bytes": size}
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     flavour: str | None = None  # decoders: fp | ort | trt
@@ -81,9 +83,16 @@ class Manifest:
                                    "outputs": [TensorSpec(**t) for t in c.get("outputs", [])]})
                 for name, c in d["components"].items()
             }
-            return cls(**{**d, "components": components})
+            manifest = cls(**{**d, "components": components})
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{where} is malformed ({e}); re-export the engine") from None
+        for name, component in manifest.components.items():
+            for rel, record in component.files.items():
+                if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                        and isinstance(record.get("bytes"), int)):
+                    raise CheckpointError(f"{where}: component {name}, file {rel}: expected "
+                                          '{"sha256": ..., "bytes": ...}; re-export the engine')
+        return manifest
 
     def write(self, engine_dir: str | Path) -> None:
         atomic_write_json(Path(engine_dir) / MANIFEST_FILE, self.to_dict())
@@ -97,19 +106,32 @@ class Manifest:
         return cls.from_dict(read_json(path, what="engine manifest", error=CheckpointError), str(path))
 
 
-def file_hashes(engine_dir: Path, names: list[str]) -> dict[str, str]:
-    """{relative path: sha256} for the files of one component, in the given order."""
-    return {name: sha256_file(engine_dir / name) for name in names}
+def file_records(engine_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{relative path: {"sha256", "bytes"}} for the files of one component, in the given order."""
+    return {name: {"sha256": sha256_file(engine_dir / name), "bytes": (engine_dir / name).stat().st_size}
+            for name in names}
 
 
-def verify_files(engine_dir: str | Path, manifest: Manifest, components: list[str] | None = None) -> None:
-    """Raise CheckpointError naming the first missing or changed file of the chosen components."""
+def check_files(engine_dir: str | Path, manifest: Manifest, components: list[str] | None = None, *,
+                hashes: bool = False) -> None:
+    """Raise CheckpointError naming the first missing, resized (or, with `hashes`, changed) file
+    of the chosen components (default: all)."""
     engine_dir = Path(engine_dir)
     for name in components or list(manifest.components):
-        for rel, digest in manifest.components[name].files.items():
+        for rel, record in manifest.components[name].files.items():
             path = engine_dir / rel
             if not path.is_file():
                 raise CheckpointError(f"{path} (component {name}) is missing; re-export the engine")
-            if sha256_file(path) != digest:
-                raise CheckpointError(f"{path} (component {name}) does not match the hash in {MANIFEST_FILE}; "
-                                      "the file changed after export; re-export the engine")
+            size = path.stat().st_size
+            if size != record["bytes"]:
+                raise CheckpointError(f"{path} (component {name}) is {size} bytes, but {MANIFEST_FILE} says "
+                                      f"{record['bytes']}: the file is truncated or was replaced; re-export the engine "
+                                      "or copy it again")
+            if hashes and sha256_file(path) != record["sha256"]:
+                raise CheckpointError(f"{path} (component {name}) does not match its SHA-256 in {MANIFEST_FILE}: "
+                                      "the file changed after export; re-export the engine or copy it again")
+
+
+def verify_files(engine_dir: str | Path, manifest: Manifest, components: list[str] | None = None) -> None:
+    """Sizes and SHA-256 of every file of the chosen components (reads every byte)."""
+    check_files(engine_dir, manifest, components, hashes=True)

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[], help="an extra stop string (repeatable)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--verify", action="store_true", help="check every engine file's SHA-256 against the manifest "
+                                                         "before answering (sizes are always checked)")
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -42,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
                             stop=tuple(args.stop))
 
     def ask() -> None:
+        from vlm_edge.common.image import load_image
+
         from .pipeline import Generation, load
 
-        pipe = load(args.engine, args.backend, threads=args.threads)
+        images = [load_image(path) for path in args.image]  # a bad file fails before the engine loads
+        pipe = load(args.engine, args.backend, threads=args.threads, verify=args.verify)
         messages = args.prompt
         if args.system is not None:
             text = args.prompt
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 text = "".join("<image>\n" for _ in args.image) + text
             messages = [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
         result = Generation([], "", "length", 0)
-        for piece in pipe.stream(messages, args.image, config, result=result):
+        for piece in pipe.stream(messages, images, config, result=result):
             print(piece, end="", flush=True)
         print()
         if args.stats:

@@ -24,9 +24,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from vlm_edge.common.errors import CheckpointError, InputError
-from vlm_edge.common.image import ImageInput, ImageProcessorConfig, load_image, preprocess_image
+from vlm_edge.common.image import ImageInput, ImageProcessorConfig, image_label, load_image, preprocess_image
 from vlm_edge.common.log import get_logger
-from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, verify_files
+from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import Message, get_template, render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
@@ -75,8 +75,6 @@ class Pipeline:
         if not self.dir.is_dir():
             raise InputError(f"engine directory {self.dir} does not exist; create one with vlm-export")
         self.manifest = Manifest.read(self.dir)
-        if verify:
-            verify_files(self.dir, self.manifest)
         components = self.manifest.components
         self.backend = resolve_backend(backend, self.dir / components["vision"].path if "vision" in components
                                        else self.dir, self.manifest.targets)
@@ -85,10 +83,8 @@ class Pipeline:
         if decoder_name is None or "vision" not in components or "embeddings" not in components:
             raise CheckpointError(f"{self.dir}/manifest.json lacks a {' or '.join(order)}, vision or embeddings "
                                   "component" + (" (export with --flavour trt)" if self.backend == "tensorrt" else ""))
-        for name in ("vision", "embeddings", decoder_name):
-            for rel in components[name].files:
-                if not (self.dir / rel).is_file():
-                    raise CheckpointError(f"{self.dir / rel} (component {name}) is missing; re-export the engine")
+        check_files(self.dir, self.manifest, [n for n in ("vision", "embeddings", decoder_name, "tokenizer")
+                                              if n in components], hashes=verify)
         self.model = self.manifest.model
         self.context = min(context or self.model["max_positions"], self.model["max_positions"])
         if self.context < 2:
@@ -124,7 +120,7 @@ class Pipeline:
     def _encode(self, images: Sequence[ImageInput], timings: dict[str, float] | None = None
                 ) -> tuple[np.ndarray, list[str]]:
         t0 = time.perf_counter()
-        pils = [load_image(img, name=f"#{i}") for i, img in enumerate(images)]
+        pils = [load_image(img, name=image_label(img, i, len(images))) for i, img in enumerate(images)]
         keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
         if timings is not None:
             timings["image_load"] = time.perf_counter() - t0

@@ -61,6 +61,7 @@ class ServerConfig:
     limits: ImageLimits = field(default_factory=ImageLimits)
     cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0  # seconds the running request gets to finish when the server stops
+    verify: bool = False  # check the engine files' SHA-256 when loading (sizes are always checked)
 
     @property
     def name(self) -> str:
@@ -96,7 +97,7 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
     def default_load():
         from vlm_edge.edge import load as edge_load
 
-        return edge_load(config.engine, config.backend, threads=config.threads)
+        return edge_load(config.engine, config.backend, threads=config.threads, verify=config.verify)
 
     worker = Worker(load or default_load, config.queue_size)
     metrics = Metrics(lambda: worker.admitted)

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs")
     p.add_argument("--cors-origin", action="append", default=[], help="allow browser requests from this origin "
                                                                       "(repeatable; default: CORS off)")
+    p.add_argument("--verify", action="store_true", help="check every engine file's SHA-256 against the manifest at "
+                                                         "start (sizes are always checked)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -48,15 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     def serve() -> None:
         from pathlib import Path
 
-        import uvicorn
-
         from vlm_edge.common.errors import InputError
+        from vlm_edge.common.extras import require
+        from vlm_edge.common.manifest import Manifest, check_files
+
+        require("fastapi", "vlm-serve")
+        require("uvicorn", "vlm-serve")
+        import uvicorn
 
         from .app import ServerConfig, create_app
         from .images import ImageLimits
 
         if not (Path(args.engine) / "manifest.json").is_file():
             raise InputError(f"{args.engine} is not an engine directory (no manifest.json); create one with vlm-export")
+        check_files(args.engine, Manifest.read(args.engine), hashes=args.verify)  # a broken engine: one line, exit 2
         if args.queue_size < 1 or args.max_images < 0 or args.timeout <= 0 or args.max_tokens < 1:
             raise InputError("--queue-size and --max-tokens must be >= 1, --max-images >= 0, --timeout > 0")
         limits = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vlm_edge.common.image import FORMATS_TEXT, IMAGE_FORMATS
+
 
 class ImageRejected(Exception):
     """An image part the server will not take; `status` is the HTTP status to answer with."""
@@ -86,7 +88,7 @@ def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise ImageRejected(f"{label}: {width}x{height} pixels is over the server's limit of "
@@ -97,6 +99,8 @@ def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected(f"{label}: the image declares more pixels than the server decodes", 413,
                             "image_too_large") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageRejected(f"{label}: the image could not be decoded ({e}); send a PNG, JPEG, WebP or BMP") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(f"{label}: the image could not be decoded: it is not a {FORMATS_TEXT} image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected(f"{label}: the image could not be decoded ({e}); send a {FORMATS_TEXT} image") from None
     return image if image.mode == "RGB" else image.convert("RGB")
