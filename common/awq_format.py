@@ -1,8 +1,9 @@
 """The AutoAWQ "GEMM" layout of a 4-bit linear layer, in numpy: pack, unpack, dequantize.
 
-This is the canonical artifact `vlm-quant` writes (design.md section 4). The PyTorch reference
-(`vlm_edge.model`) reads it to dequantize on the fly, and the exporter re-packs it for a kernel
-(ONNX Runtime MatMulNBits, TensorRT int4), so it lives here where every stage can reach it.
+This is the canonical artifact `vlm-quant` writes (AutoAWQ's "GEMM" version, which vLLM and
+transformers load). The PyTorch reference (`vlm_edge.model`) reads it to dequantize on the fly,
+and the exporter re-packs it for a kernel (ONNX Runtime MatMulNBits, TensorRT int4), so it lives
+here where every stage can reach it.
 
 For a linear layer y = x @ W.T with W of shape [N out, K in], and groups of G along K:
 

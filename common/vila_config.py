@@ -1,6 +1,6 @@
 """The VILA1.5 checkpoint config: a typed view over the JSON files of a checkpoint directory.
 
-On-disk layout (design.md section 3):
+On-disk layout (the VILA1.5 releases):
 
     ckpt/
       config.json                     top level: llava_llama, llm_cfg / vision_tower_cfg /
@@ -44,7 +44,8 @@ VISION_ARCHITECTURES = ("SiglipVisionModel", "CLIPVisionModel")
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp_downsample", "mlp_downsample_2x2_fix")
 TOKEN_ORDERS = ("column_major", "row_major")
-# What a checkpoint that does not record the order was trained with (design.md section 3).
+# What a checkpoint that does not record the order was trained with (VILA1.5-era code emits
+# column-major tokens, NVILA-era code row-major).
 DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix": "row_major"}
 SELECT_FEATURES = ("patch", "cls_patch")
 ASPECT_RATIOS = ("resize", "pad")

@@ -24,13 +24,13 @@ import torch
 from vlm_edge.common.errors import InputError, VlmEdgeError
 from vlm_edge.common.fsutil import atomic_directory, sha256_file
 from vlm_edge.common.log import get_logger
-from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_hashes
+from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_records
 from vlm_edge.common.vila_config import LLM_DIR, VilaConfig
 from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, load_checkpoint
 from vlm_edge.quant.api import is_quantized, quantize_checkpoint
-from vlm_edge.quant.config import QuantConfig
+from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
 
-from .config import ExportConfig, auto_group_size
+from .config import ExportConfig
 from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize
@@ -67,13 +67,6 @@ def checkpoint_hash(directory: Path) -> str:
 
 def _specs(io: list[tuple]) -> list[TensorSpec]:
     return [TensorSpec(name, dtype, list(shape)) for name, dtype, shape in io]
-
-
-def _linear_input_widths(config: VilaConfig) -> list[int]:
-    llm = config.llm
-    heads = llm["num_attention_heads"]
-    head_dim = llm.get("head_dim") or llm["hidden_size"] // heads
-    return [llm["hidden_size"], heads * head_dim, llm["intermediate_size"]]
 
 
 def export_checkpoint(source: str | Path, output: str | Path, config: ExportConfig, *, overwrite: bool = False,
@@ -124,7 +117,7 @@ def _quantized_source(source: Path, tmp: Path, vila_config: VilaConfig, config: 
                              "quantize the original checkpoint with --symmetric (or export only --flavour ort)")
         log.info("%s is already AWQ-quantized (group %d): exporting its integers as they are", source, group)
         return source, {**quant, "quantized_by": "input checkpoint"}
-    group = config.group_size or auto_group_size(_linear_input_widths(vila_config), trt)
+    group = config.group_size or auto_group_size(linear_input_widths(vila_config.llm), trt)
     qconfig = QuantConfig(method=config.method, group_size=group, symmetric=config.wants_symmetric(),
                           calib=config.calib, samples=config.calib_samples, seq_len=config.calib_len,
                           device=config.device)
@@ -143,11 +136,11 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
 
     checkpoint.tokenizer.save(tmp / TOKENIZER_DIR)
     tok_files = sorted(f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir())
-    components["tokenizer"] = Component("tokenizer", file_hashes(tmp, tok_files))
+    components["tokenizer"] = Component("tokenizer", file_records(tmp, tok_files))
 
     table = model.llm.get_input_embeddings().weight.detach().float().numpy()
     np.save(tmp / EMBEDDINGS_FILE, table)
-    components["embeddings"] = Component("embeddings", file_hashes(tmp, [EMBEDDINGS_FILE]),
+    components["embeddings"] = Component("embeddings", file_records(tmp, [EMBEDDINGS_FILE]),
                                          outputs=[TensorSpec("embeddings", "float32", list(table.shape))])
 
     log.info("vision graph")
@@ -155,7 +148,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     g = GraphBuilder("vision", tmp / VISION_FILE)
     build_vision(g, vila, state(model.vision_tower), state(model.mm_projector))
     v_in, v_out = vision_io(vila)
-    components["vision"] = Component("vision", file_hashes(tmp, g.save()), _specs(v_in), _specs(v_out))
+    components["vision"] = Component("vision", file_records(tmp, g.save()), _specs(v_in), _specs(v_out))
 
     spec = DecoderSpec.from_llm(model.llm)
     group = awq_group_size(vila.llm, work / LLM_DIR)
@@ -190,7 +183,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
             if problems:
                 raise VlmEdgeError(f"the trt graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
             info["tensorrt_check"] = "passed"
-        components[f"decoder.{flavour}"] = Component("decoder", file_hashes(tmp, files), _specs(d_in), _specs(d_out),
+        components[f"decoder.{flavour}"] = Component("decoder", file_records(tmp, files), _specs(d_in), _specs(d_out),
                                                      flavour=flavour, info=info)
 
     validation: dict = {}

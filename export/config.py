@@ -8,9 +8,7 @@ from typing import Any
 
 from vlm_edge.common.errors import InputError
 
-from .linear import TRT_BLOCKS
-
-GROUP_SIZES = (128, 64, 32)
+from vlm_edge.quant.config import GROUP_SIZES, TRT_BLOCKS
 LM_HEADS = ("float", "int8", "int4")
 
 
@@ -78,12 +76,3 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def auto_group_size(widths: list[int], trt: bool) -> int:
-    """The largest supported group size that divides every quantized linear's input width."""
-    for g in GROUP_SIZES:
-        if (not trt or g in TRT_BLOCKS) and all(w % g == 0 for w in widths):
-            return g
-    raise InputError(f"no supported group size divides the LLM's linear input widths {sorted(set(widths))}; "
-                     f"4-bit export needs widths divisible by {'64' if trt else '32'}")

@@ -26,11 +26,11 @@ from onnx import TensorProto
 
 from vlm_edge.common import awq_format
 from vlm_edge.common.errors import UnsupportedFeatureError
+from vlm_edge.quant.config import TRT_BLOCKS
 
 from .graph import MS_DOMAIN, GraphBuilder
 
 FLAVOURS = ("fp", "ort", "trt")
-TRT_BLOCKS = (64, 128)  # block sizes TensorRT's int4 weight-only path accepts
 
 
 @dataclass

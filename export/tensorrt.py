@@ -29,7 +29,7 @@ from vlm_edge.common.errors import UnsupportedFeatureError, VlmEdgeError
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import ENGINES_DIR
 
-from .linear import TRT_BLOCKS
+from vlm_edge.quant.config import TRT_BLOCKS
 
 log = get_logger(__name__)
 

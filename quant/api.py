@@ -2,7 +2,7 @@
 
     ckpt-awq/
       config.json, vision_tower/, mm_projector/     copied unchanged (16/32-bit)
-      llm/config.json                                + quantization_config (AutoAWQ, design.md section 4)
+      llm/config.json                                + quantization_config (AutoAWQ's GEMM layout)
       llm/model.safetensors                          <linear>.qweight/.qzeros/.scales for every quantized
                                                      linear; embeddings, norms (with AWQ's folded scales)
                                                      and lm_head in float16
@@ -33,7 +33,7 @@ from vlm_edge.common.vila_config import LLM_DIR, PROJECTOR_DIR, VISION_DIR, Vila
 from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint
 
 from .awq import QuantResult, quantize_llm
-from .calibration import CALIBRATION_DIR, calibration_embeds, load_calibration
+from .calibration import CALIBRATION_DIR, CalibrationSet, calibration_embeds, load_calibration
 from .config import FORMAT_VERSION, QUANT_CONFIG_FILE, QUANT_DIR, SEARCH_FILE, QuantConfig
 from .mappings import family
 
@@ -54,14 +54,17 @@ def is_quantized(checkpoint_dir: str | Path) -> bool:
     return isinstance(config.llm.get("quantization_config"), dict)
 
 
-def quantize_model(checkpoint: Checkpoint, config: QuantConfig, checkpoint_dir: str | Path, *, progress=None) -> QuantResult:
-    """Quantize `checkpoint.model.llm` in place (its weights become their dequantized values)."""
+def quantize_model(checkpoint: Checkpoint, config: QuantConfig, checkpoint_dir: str | Path, *, progress=None,
+                   calib: CalibrationSet | None = None) -> QuantResult:
+    """Quantize `checkpoint.model.llm` in place (its weights become their dequantized values).
+    `calib`: the calibration set when already loaded (default: `load_calibration` of the config)."""
+    config = config.for_llm(checkpoint.config.llm)
     config.validate()
     fam = family(checkpoint.config.llm_architecture)
     device = pick_device(config.device)
     embeds = None
     if config.method == "awq":
-        calib = load_calibration(config.calib, checkpoint_dir)
+        calib = calib if calib is not None else load_calibration(config.calib, checkpoint_dir)
         if config.text_only:
             calib = calib.text_only()
         embeds = calibration_embeds(calib, checkpoint, samples=config.samples, seq_len=config.seq_len)
@@ -82,9 +85,11 @@ def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantCon
                          "use it as it is")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise InputError(f"output directory {output} is not empty; pass --force to replace it")
+    config = config.for_llm(VilaConfig.read(source).llm)  # a group size that cannot work fails here
     start = time.time()
+    calib = load_calibration(config.calib, source) if config.method == "awq" else None  # fails before the load
     checkpoint = load_checkpoint(source)
-    result = quantize_model(checkpoint, config, source, progress=progress)
+    result = quantize_model(checkpoint, config, source, progress=progress, calib=calib)
     seconds = time.time() - start
     with atomic_directory(output, overwrite=overwrite) as tmp:
         write_quantized(checkpoint, result, config, source, tmp, seconds=seconds)

@@ -1,6 +1,6 @@
 """AWQ (activation-aware weight quantization) and RTN over a transformers decoder LLM.
 
-The LLM is processed one decoder layer at a time (design.md section 4):
+The LLM is processed one decoder layer at a time (the published AWQ recipe):
 
     inputs of layer 0  <- captured from one forward pass over the calibration embeddings
     for each layer:

@@ -100,7 +100,8 @@ def _public_text() -> CalibrationSet:
     try:
         import datasets  # optional
     except ImportError:
-        raise InputError(f"this checkpoint carries no calibration set and the `datasets` library is not installed; {hint}") from None
+        raise InputError("this checkpoint carries no calibration set and the `datasets` library (pile-val, "
+                         f"pip install \"vlm-edge[calib]\") is not installed; {hint}") from None
     try:
         rows = datasets.load_dataset("mit-han-lab/pile-val-backup", split="validation")
     except Exception as e:  # offline, hub errors: all mean the same to the user

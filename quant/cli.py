@@ -1,6 +1,6 @@
 """`vlm-quant`: 4-bit AWQ / RTN quantization of a checkpoint's LLM, and the quality report.
 
-    vlm-quant --awq4 ckpt/ -o ckpt-awq/              AWQ, 4-bit, group 128, zero point
+    vlm-quant --awq4 ckpt/ -o ckpt-awq/              AWQ, 4-bit, zero point, group 128 where it fits
     vlm-quant --awq4 ckpt/ -o ckpt-awq/ --symmetric  for TensorRT's native int4
     vlm-quant --rtn ckpt/ -o ckpt-rtn/               round-to-nearest baseline, same format
     vlm-quant eval ckpt/ [--json report.json]        FP vs RTN vs AWQ on the held-out yardstick
@@ -18,7 +18,9 @@ from .config import QuantConfig
 
 
 def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group-size", type=int, default=128, help="input channels per scale (128 default; 64, 32)")
+    p.add_argument("--group-size", type=int, choices=(128, 64, 32),
+                   help="input channels per scale (default: the largest of 128, 64, 32 that divides every "
+                        "linear's input width; 64 for the tiny model)")
     p.add_argument("--symmetric", action="store_true",
                    help="no zero point: q in [-8, 7] (what TensorRT's native int4 needs); default asymmetric")
     p.add_argument("--calib", help="calibration data: .txt, .jsonl ({\"text\": ...}) or LLaVA conversation .json with "

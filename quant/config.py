@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm_edge.common.errors import InputError
 
-from .quantize import QuantFormat
+if TYPE_CHECKING:  # quantize imports torch; this module is read by CLIs before torch is needed
+    from .quantize import QuantFormat
 
 QUANT_DIR = "quant"  # inside a quantized checkpoint: quant_config.json, awq_search.safetensors
 QUANT_CONFIG_FILE = "quant_config.json"
 SEARCH_FILE = "awq_search.safetensors"
 FORMAT_VERSION = 1
 METHODS = ("awq", "rtn")
+GROUP_SIZES = (128, 64, 32)  # input channels per scale, largest first
 
 
 @dataclass
 class QuantConfig:
     method: str = "awq"  # awq | rtn
     bits: int = 4
-    group_size: int = 128
+    group_size: int | None = None  # None: the largest of GROUP_SIZES that divides every linear's input width
     symmetric: bool = False  # True: q in [-8, 7], zero point 0 (TensorRT's native int4 needs it)
     calib: str | None = None  # None: the checkpoint's own calibration set, else pile-val when online
     samples: int = 128  # calibration blocks
@@ -32,16 +34,34 @@ class QuantConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     @property
-    def format(self) -> QuantFormat:
+    def format(self) -> "QuantFormat":
+        from .quantize import QuantFormat
+
+        if self.group_size is None:
+            raise ValueError("resolve the group size first (QuantConfig.for_llm)")
         return QuantFormat(self.bits, self.group_size, self.symmetric)
+
+    def for_llm(self, llm_config: dict[str, Any], *, trt: bool = False) -> "QuantConfig":
+        """This config with the group size chosen for the LLM when it is None (`auto_group_size`);
+        a given group size must divide every quantized linear's input width."""
+        widths = linear_input_widths(llm_config)
+        if self.group_size is None:
+            return dataclasses.replace(self, group_size=auto_group_size(widths, trt))
+        bad = sorted({w for w in widths if w % self.group_size})
+        if bad:
+            raise InputError(f"the LLM's linear input size {bad[0]} is not divisible by the group size "
+                             f"{self.group_size}; --group-size {auto_group_size(widths, trt)} works (or leave it out: the largest that "
+                             "fits is chosen)")
+        return self
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"quantization method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
         if self.bits != 4:
             raise InputError(f"{self.bits}-bit weights are not supported; the AWQ GEMM layout is 4-bit")
-        if self.group_size not in (32, 64, 128):
-            raise InputError(f"group size {self.group_size} is not supported; choose 128 (default), 64 or 32")
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise InputError(f"group size {self.group_size} is not supported; choose 128, 64 or 32 "
+                             "(or leave it out to pick the largest that fits the model)")
         if self.samples < 1 or self.seq_len < 1 or self.n_grid < 2:
             raise InputError("calibration samples and length must be >= 1, and the grid >= 2")
 
@@ -52,3 +72,22 @@ class QuantConfig:
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+TRT_BLOCKS = (64, 128)  # block sizes TensorRT's int4 weight-only path accepts
+
+
+def linear_input_widths(llm_config: dict[str, Any]) -> list[int]:
+    """Input widths of the LLM's quantized linears (q/k/v/gate/up: hidden; o: heads x head_dim; down)."""
+    heads = llm_config["num_attention_heads"]
+    head_dim = llm_config.get("head_dim") or llm_config["hidden_size"] // heads
+    return [llm_config["hidden_size"], heads * head_dim, llm_config["intermediate_size"]]
+
+
+def auto_group_size(widths: list[int], trt: bool = False) -> int:
+    """The largest supported group size that divides every width (TensorRT: 64 or 128 only)."""
+    for g in GROUP_SIZES:
+        if (not trt or g in TRT_BLOCKS) and all(w % g == 0 for w in widths):
+            return g
+    raise InputError(f"no supported group size divides the LLM's linear input widths {sorted(set(widths))}; "
+                     f"4-bit quantization needs widths divisible by {'64' if trt else '32'}")

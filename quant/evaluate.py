@@ -18,6 +18,7 @@ from typing import Any
 
 from vlm_edge.common.errors import InputError
 from vlm_edge.common.log import get_logger
+from vlm_edge.common.vila_config import VilaConfig
 from vlm_edge.model.checkpoint import load_checkpoint
 from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData
 from vlm_edge.train.evaluate import evaluate, training_seed
@@ -35,6 +36,7 @@ def quality_report(checkpoint_dir: str | Path, config: QuantConfig, *, per_type:
     if seed is None:
         raise InputError(f"{checkpoint_dir} was not written by vlm-train (no training/train_config.json), so it has no "
                          "held-out VQA set to measure with")
+    config = config.for_llm(VilaConfig.read(checkpoint_dir).llm)
     variants: dict[str, QuantConfig | None] = {"fp": None, "rtn": dataclasses.replace(config, method="rtn"),
                                                "awq": dataclasses.replace(config, method="awq", text_only=False)}
     calib = load_calibration(config.calib, checkpoint_dir)

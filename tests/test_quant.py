@@ -18,7 +18,7 @@ import torch
 
 from fixtures import train_micro
 from vlm_edge.common import awq_format
-from vlm_edge.common.errors import InputError, UnsupportedFeatureError
+from vlm_edge.common.errors import InputError
 from vlm_edge.model import load_checkpoint
 from vlm_edge.quant.awq import _fold
 from vlm_edge.quant.api import quantize_checkpoint, quantize_model
@@ -187,7 +187,7 @@ def test_vlm_quant_writes_an_awq_checkpoint_that_loads(trained, tmp_path):
 
 
 def test_group_size_that_does_not_divide_k_is_a_clear_error(trained, tmp_path):
-    with pytest.raises(UnsupportedFeatureError, match="not divisible by the group size 64.*--group-size 32"):
+    with pytest.raises(InputError, match="not divisible by the group size 64.*--group-size 32"):
         quantize_checkpoint(trained, tmp_path / "out", QuantConfig(method="rtn", group_size=64))
     assert not (tmp_path / "out").exists()
 
