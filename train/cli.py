@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace):
         raise VlmEdgeError(f"--steps names unknown stages {sorted(set(args.steps) - {s.name for s in config.stages})}")
     if args.checkpoint_every:
         config.checkpoint_every = args.checkpoint_every
-    if args.eval_per_type:
+    if args.eval_per_type is not None:
         config.eval_per_type = args.eval_per_type
     config.user_data, config.image_folder = args.data, args.image_folder
     config.init_llm, config.init_vision = args.init_llm, args.init_vision

@@ -189,7 +189,7 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
 
 
 MAX_TURNS = 4
-# Object counts of SFT conversation scenes, 1:2:3. A question that names an object by its shape only
+# Object counts of SFT conversation scenes, 1:2:2. A question that names an object by its shape only
 # teaches retrieval by shape when the scene holds other objects to choose from: with one object,
 # "the colour of any object" is the right answer. Evaluation keeps equally likely counts.
 SFT_COUNT_WEIGHTS = (1.0, 2.0, 2.0)

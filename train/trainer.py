@@ -45,7 +45,7 @@ from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint, load_tokenize
 from vlm_edge.model.presets import PRESETS, ModelDims, preset_config
 from vlm_edge.model.vila import VilaModel
 
-from .batching import collate
+from .batching import by_length, collate
 from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
 from .recipe import StageConfig, TrainConfig
@@ -245,15 +245,20 @@ class Trainer:
             targets = torch.tensor(float(batch.num_targets), device=self.device)
             if self.par.world > 1:
                 dist.all_reduce(targets)
-            pixels = torch.from_numpy(batch.pixel_values).to(self.device)
-            with autocast:
-                out = wrapped(batch.input_ids, pixels, batch.labels, num_items_in_batch=targets / self.par.world)
-            out.loss.backward()
+            micro = by_length(batch, image_tokens)
+            loss = torch.zeros((), device=self.device)
+            for k, part in enumerate(micro):  # gradients add up; DDP syncs on the last backward only
+                sync = wrapped.no_sync() if self.par.world > 1 and k < len(micro) - 1 else contextlib.nullcontext()
+                pixels = torch.from_numpy(part.pixel_values).to(self.device)
+                with sync:
+                    with autocast:
+                        out = wrapped(part.input_ids, pixels, part.labels, num_items_in_batch=targets / self.par.world)
+                    out.loss.backward()
+                loss += out.loss.detach()
             if self.config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss = out.loss.detach()
             if self.par.world > 1:
                 dist.all_reduce(loss)
                 loss /= self.par.world
