@@ -4,8 +4,8 @@
 
 Writes the checkpoint once (`vlm-model init --preset vila1.5-3b`, float32, ~11 GB), then runs the
 export in a child process and samples its peak resident set (VmHWM from /proc) and wall time.
-Prints a table: the float32 model size, the peak RSS, the ratio, and the times. The design target
-(issue 5): the export fits in 24 GB of RAM, holding at most one float32 copy of the model.
+Prints a table: the float32 model size, the peak RSS, the ratio, and the times. The target: the
+export fits in 24 GB of RAM, holding at most one float32 copy of the model.
 RTN is the default method here because AWQ's calibration pass over a 3B model takes hours on 2
 CPU cores; the export path after quantization is the same.
 """

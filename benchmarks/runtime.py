@@ -1,4 +1,4 @@
-"""The runtime benchmark (issue 6): our runtime against PyTorch eager and onnxruntime-genai, one machine.
+"""The runtime benchmark: our runtime against PyTorch eager and onnxruntime-genai, one machine.
 
     python benchmarks/runtime.py --work /tmp/bench [--new-tokens 64] [--runs 3] [--frames 20] [--json out.json]
 

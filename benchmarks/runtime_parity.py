@@ -1,4 +1,4 @@
-"""Greedy parity of the runtime with the PyTorch reference on a trained checkpoint (issue 6).
+"""Greedy parity of the runtime with the PyTorch reference on a trained checkpoint.
 
     python benchmarks/runtime_parity.py ckpt/ --work /tmp/parity [--prompts 10] [--new-tokens 32]
 

@@ -63,7 +63,7 @@ PRESETS: dict[str, ModelDims] = {
         image_size=384, patch_size=14, vision_hidden=1152, vision_intermediate=4304, vision_layers=27, vision_heads=16,
         chat_template="vicuna_v1",
     ),
-    "bench-qwen0.5b": ModelDims(  # the runtime benchmark (issue 6): Qwen2.5-0.5B's LLM, VILA1.5-3b's SigLIP
+    "bench-qwen0.5b": ModelDims(  # the runtime benchmark: Qwen2.5-0.5B's LLM, VILA1.5-3b's SigLIP
         hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, max_positions=4096,
         image_size=384, patch_size=14, vision_hidden=1152, vision_intermediate=4304, vision_layers=27, vision_heads=16,
         chat_template="vicuna_v1", llm_family="qwen2", vocab=151936, tie_embeddings=True, rope_theta=1000000.0,

@@ -1,6 +1,6 @@
 """Projector math against an independent numpy reference, in both token orders.
 
-The reference is written as loops straight from design.md section 3 (pad a zero row, then a
+The reference is written as loops straight from VILA's DownSample definition (pad a zero row, then a
 zero column; token (i, j) = [x(2i,2j), x(2i,2j+1), x(2i+1,2j), x(2i+1,2j+1)]; t = j*half + i
 column-major, t = i*half + j row-major), so it shares no code or reshaping trick with the module.
 """
