@@ -86,12 +86,7 @@ class Manifest:
             manifest = cls(**{**d, "components": components})
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{where} is malformed ({e}); re-export the engine") from None
-        for name, component in manifest.components.items():
-            for rel, record in component.files.items():
-                if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
-                        and isinstance(record.get("bytes"), int)):
-                    raise CheckpointError(f"{where}: component {name}, file {rel}: expected "
-                                          '{"sha256": ..., "bytes": ...}; re-export the engine')
+        validate(manifest, where)
         return manifest
 
     def write(self, engine_dir: str | Path) -> None:
@@ -106,6 +101,110 @@ class Manifest:
         return cls.from_dict(read_json(path, what="engine manifest", error=CheckpointError), str(path))
 
 
+# An engine is untrusted input (it may come from anywhere): every field the runtime sizes memory
+# or indexes with is checked for type and range before anything is allocated.
+MODEL_INTS = {  # field -> (least, most)
+    "hidden_size": (1, 1 << 16), "layers": (1, 1024), "heads": (1, 1024), "kv_heads": (1, 1024),
+    "head_dim": (1, 4096), "vocab_size": (2, 1 << 21), "intermediate_size": (1, 1 << 18),
+    "max_positions": (2, 1 << 22), "image_size": (1, 1 << 14), "num_image_tokens": (1, 1 << 16),
+}
+KINDS = ("vision", "decoder", "embeddings", "tokenizer")  # a component named "decoder.ort" is of kind decoder
+PREPROCESSING_INTS = {"height": (1, 1 << 14), "width": (1, 1 << 14)}
+
+
+def _int_field(d: dict[str, Any], key: str, bounds: tuple[int, int], where: str) -> int:
+    value = d.get(key)
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise CheckpointError(f"{where}: {key}={value!r} must be an integer from {lo} to {hi}; re-export the engine")
+    return value
+
+
+def validate(manifest: Manifest, where: str = "manifest") -> None:
+    """Raise CheckpointError naming the first field of `manifest` that is missing, of the wrong
+    type, out of range, inconsistent with the model dims, or a file path leaving the directory."""
+    model = manifest.model
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{where}: model must be an object; re-export the engine")
+    dims = {key: _int_field(model, key, bounds, f"{where}: model") for key, bounds in MODEL_INTS.items()}
+    vocab = dims["vocab_size"]
+    stops = model.get("stop_token_ids")
+    if not (isinstance(stops, list) and stops and all(isinstance(t, int) and 0 <= t < vocab for t in stops)):
+        raise CheckpointError(f"{where}: model.stop_token_ids={stops!r} must be a non-empty list of token ids "
+                              f"below vocab_size {vocab}; re-export the engine")
+    pre = manifest.preprocessing
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{where}: preprocessing must be an object; re-export the engine")
+    for key, bounds in PREPROCESSING_INTS.items():
+        _int_field(pre, key, bounds, f"{where}: preprocessing")
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
+                and (key == "mean" or all(v > 0 for v in values))):
+            raise CheckpointError(f"{where}: preprocessing.{key}={values!r} must be 3 numbers"
+                                  f"{' above 0' if key == 'std' else ''}; re-export the engine")
+    for name, component in manifest.components.items():
+        kind = name.split(".")[0]
+        if kind in KINDS and component.kind != kind:
+            raise CheckpointError(f"{where}: component {name} has kind {component.kind!r}, expected {kind!r}; "
+                                  "re-export the engine")
+        if not component.files:
+            raise CheckpointError(f"{where}: component {name} lists no files; re-export the engine")
+        for rel, record in component.files.items():
+            parts = Path(rel).parts
+            if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+                raise CheckpointError(f"{where}: component {name} names the file {rel!r}, which is not a plain path "
+                                      "inside the engine directory; this engine cannot be trusted")
+            if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                    and isinstance(record.get("bytes"), int) and record["bytes"] >= 0):
+                raise CheckpointError(f"{where}: component {name}, file {rel}: expected "
+                                      '{"sha256": ..., "bytes": ...}; re-export the engine')
+        _check_specs(name, component, dims, where)
+
+
+def _check_specs(name: str, component: Component, dims: dict[str, int], where: str) -> None:
+    """The I/O shapes a component records agree with the model dims (int axes only)."""
+    want: dict[str, list[int | None]] = {}  # tensor -> expected axes (None: any)
+    if component.kind == "vision":
+        want["image_embeds"] = [None, dims["num_image_tokens"], dims["hidden_size"]]
+    elif component.kind == "embeddings":
+        want["embeddings"] = [dims["vocab_size"], dims["hidden_size"]]
+    elif component.kind == "decoder":
+        want["inputs_embeds"] = [None, None, dims["hidden_size"]]
+        want["logits"] = [None, dims["vocab_size"]]
+        kv = [None, dims["kv_heads"], None, dims["head_dim"]]
+        keys = [t.name for t in component.inputs if t.name.startswith("past_key_values.")]
+        if keys and len(keys) != 2 * dims["layers"]:
+            raise CheckpointError(f"{where}: component {name} has {len(keys) // 2} layers of KV cache inputs, but "
+                                  f"model.layers is {dims['layers']}; re-export the engine")
+        want.update({k: kv for k in keys})
+    for spec in component.inputs + component.outputs:
+        expected = want.get(spec.name)
+        if expected is None:
+            continue
+        shape = list(spec.shape)
+        if len(shape) != len(expected) or any(e is not None and isinstance(a, int) and a != e
+                                              for a, e in zip(shape, expected)):
+            raise CheckpointError(f"{where}: component {name}, tensor {spec.name} has shape {shape}, which does not "
+                                  f"fit the model dims (expected {['*' if e is None else e for e in expected]}); "
+                                  "re-export the engine")
+
+
+def check_graph(component: Component, name: str, args: dict[str, list[Any]], where: str) -> None:
+    """The graph's own inputs and outputs (`args`: tensor name -> shape as the runtime reports it,
+    an int or a name/None for a dynamic axis) hold every tensor the manifest records, with the same
+    int axes: a manifest edited to other dims than its graph is refused before any allocation."""
+    for spec in component.inputs + component.outputs:
+        if spec.name not in args:
+            raise CheckpointError(f"{where}: component {name}: the graph has no tensor {spec.name!r} that the "
+                                  "manifest records; re-export the engine")
+        actual = args[spec.name]
+        if len(actual) != len(spec.shape) or any(isinstance(a, int) and isinstance(m, int) and a != m
+                                                 for a, m in zip(actual, spec.shape)):
+            raise CheckpointError(f"{where}: component {name}: tensor {spec.name} is {list(actual)} in the graph but "
+                                  f"{spec.shape} in the manifest; re-export the engine")
+
+
 def file_records(engine_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """{relative path: {"sha256", "bytes"}} for the files of one component, in the given order."""
     return {name: {"sha256": sha256_file(engine_dir / name), "bytes": (engine_dir / name).stat().st_size}
@@ -117,9 +216,13 @@ def check_files(engine_dir: str | Path, manifest: Manifest, components: list[str
     """Raise CheckpointError naming the first missing, resized (or, with `hashes`, changed) file
     of the chosen components (default: all)."""
     engine_dir = Path(engine_dir)
+    root = engine_dir.resolve()
     for name in components or list(manifest.components):
         for rel, record in manifest.components[name].files.items():
             path = engine_dir / rel
+            if not path.resolve().is_relative_to(root):  # a symlink that leaves the directory
+                raise CheckpointError(f"{path} (component {name}) leads outside the engine directory {engine_dir}; "
+                                      "this engine cannot be trusted")
             if not path.is_file():
                 raise CheckpointError(f"{path} (component {name}) is missing; re-export the engine")
             size = path.stat().st_size

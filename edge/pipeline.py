@@ -15,6 +15,7 @@ stop string is held back until the next token decides it.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 from vlm_edge.common.errors import CheckpointError, InputError
 from vlm_edge.common.image import ImageInput, ImageProcessorConfig, image_label, load_image, preprocess_image
 from vlm_edge.common.log import get_logger
-from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files
+from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check_graph
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import Message, get_template, render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
@@ -64,6 +65,26 @@ class FrameAnswer:
     dropped: int = 0
 
 
+def check_session(session, component, name: str, engine_dir: Path) -> None:
+    """The ONNX graph's I/O agrees with what the manifest records (names and int axes)."""
+    args = {a.name: list(a.shape) for a in list(session.get_inputs()) + list(session.get_outputs())}
+    check_graph(component, name, args, str(engine_dir / "manifest.json"))
+
+
+def check_cache_memory(model: dict, context: int, engine_dir: Path) -> None:
+    """Refuse a KV cache (float32, every layer, `context` positions) larger than this machine's RAM
+    before allocating it: a manifest's max_positions is not trusted to fit."""
+    need = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * context * 4
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > ram:
+        raise InputError(f"{engine_dir}: a KV cache of {context} positions needs {need / 2**30:.1f} GiB, more than "
+                         f"this machine's {ram / 2**30:.1f} GiB; load it with a smaller context "
+                         f"(load(..., context=N))")
+
+
 class Pipeline:
     def __init__(self, engine_dir: str | Path, backend: str = "auto", *, threads: int | None = None,
                  vision_threads: int | None = None, verify: bool = False, context: int | None = None,
@@ -95,14 +116,21 @@ class Pipeline:
 
             self.vision, self.decoder = open_tensorrt(self.dir, self.manifest, self.context)
         else:
+            check_cache_memory(self.model, self.context, self.dir)
             self.vision = open_session(self.dir / components["vision"].path, self.backend, vision_threads or threads)
+            check_session(self.vision, components["vision"], "vision", self.dir)
             device = "cuda" if self.backend == "ort-cuda" else "cpu"
-            self.decoder = open_decoder(open_session(self.dir / components[decoder_name].path, self.backend, threads),
-                                        self.model, self.context, device)
+            session = open_session(self.dir / components[decoder_name].path, self.backend, threads)
+            check_session(session, components[decoder_name], decoder_name, self.dir)
+            self.decoder = open_decoder(session, self.model, self.context, device)
         self.reuse_prefix = reuse_prefix
         self._cached: list = []  # what each cached position holds: a token id or (image hash, index)
         self.decoder_name = decoder_name
         self.table = np.load(self.dir / components["embeddings"].path, mmap_mode="r")
+        if self.table.shape != (self.model["vocab_size"], self.model["hidden_size"]):
+            raise CheckpointError(f"{self.dir / components['embeddings'].path} is {list(self.table.shape)}, but "
+                                  f"manifest.json says vocab_size {self.model['vocab_size']} x hidden_size "
+                                  f"{self.model['hidden_size']}; re-export the engine")
         self.tokenizer = TextTokenizer.from_dir(self.dir / TOKENIZER_DIR)
         self.template = get_template(self.manifest.chat_template)
         pre = dict(self.manifest.preprocessing)

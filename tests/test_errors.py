@@ -131,3 +131,98 @@ def test_vlm_quant_chooses_the_group_size_like_vlm_export(micro_engine, tmp_path
     assert config["quantization_config"]["group_size"] == 32  # the micro LLM is 32 wide: 128 and 64 do not fit
     wrong = _run(["vlm-quant", "--awq4", str(micro_engine / "ckpt"), "-o", str(tmp_path / "g64"), "--group-size", "64"])
     _one_line_error(wrong, "is not divisible by the group size 64", "--group-size 32 works")
+
+
+# An engine is untrusted input: a manifest edited by hand or by an attacker is refused, in one line
+# that names the field, before any graph runs or any cache is allocated.
+def _edit(key_path: str, value):
+    def edit(manifest: dict, directory: Path) -> None:
+        *parents, last = key_path.split("/")
+        node = manifest
+        for key in parents:
+            node = node[key]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return edit
+
+
+_DELETE = object()
+
+
+def _rename_file(component: str, new: str):
+    def edit(manifest: dict, directory: Path) -> None:
+        files = manifest["components"][component]["files"]
+        first = next(iter(files))
+        manifest["components"][component]["files"] = {new: files[first], **{k: v for k, v in files.items()
+                                                                            if k != first}}
+    return edit
+
+
+def _symlink_outside(manifest: dict, directory: Path) -> None:
+    target = directory.parent / f"outside-{directory.name}.onnx"
+    shutil.copy2(directory / "vision.onnx", target)  # same size and bytes: only the place is wrong
+    (directory / "vision.onnx").unlink()
+    (directory / "vision.onnx").symlink_to(target)
+
+
+def _double_hidden_everywhere(manifest: dict, directory: Path) -> None:
+    hidden = manifest["model"]["hidden_size"]
+    manifest["model"]["hidden_size"] = 2 * hidden
+    for component in manifest["components"].values():
+        for spec in component["inputs"] + component["outputs"]:
+            spec["shape"] = [2 * hidden if (d == hidden and spec["name"] in ("image_embeds", "embeddings",
+                                                                             "inputs_embeds")) else d
+                             for d in spec["shape"]]
+
+
+def _drop_kv_layer(manifest: dict, directory: Path) -> None:
+    inputs = manifest["components"]["decoder.ort"]["inputs"]
+    manifest["components"]["decoder.ort"]["inputs"] = [t for t in inputs if not t["name"].startswith(
+        "past_key_values.0.")]
+
+
+HOSTILE_MANIFESTS = {
+    "a path that leaves the directory": (_rename_file("vision", "../../../../etc/passwd"),
+                                         ["'../../../../etc/passwd'", "not a plain path inside the engine directory"]),
+    "an absolute path": (_rename_file("vision", "/etc/passwd"), ["'/etc/passwd'", "not a plain path"]),
+    "a symlink out of the directory": (_symlink_outside, ["vision.onnx", "leads outside the engine directory"]),
+    "max_positions 10**9": (_edit("model/max_positions", 10**9), ["max_positions=1000000000",
+                                                                 "must be an integer from 2 to"]),
+    "max_positions a string": (_edit("model/max_positions", "1024"), ["max_positions='1024'"]),
+    "no num_image_tokens": (_edit("model/num_image_tokens", _DELETE), ["num_image_tokens=None"]),
+    "preprocessing height 0": (_edit("preprocessing/height", 0), ["preprocessing: height=0"]),
+    "preprocessing std 0": (_edit("preprocessing/std", [0.5, 0, 0.5]), ["preprocessing.std", "above 0"]),
+    "a stop token outside the vocabulary": (_edit("model/stop_token_ids", [10**6]), ["stop_token_ids=[1000000]"]),
+    "a component without files": (_edit("components/vision/files", {}), ["component vision lists no files"]),
+    "a component of the wrong kind": (_edit("components/vision/kind", "decoder"), ["component vision has kind"]),
+    "a component without a kind": (_edit("components/vision/kind", _DELETE), ["is malformed", "kind"]),
+    "hidden_size doubled": (lambda m, d: m["model"].update(hidden_size=2 * m["model"]["hidden_size"]), ["has shape",
+                                                             "does not fit the model dims"]),
+    "hidden_size doubled with every shape": (_double_hidden_everywhere, ["component vision: tensor image_embeds",
+                                                                         "in the graph but"]),
+    "a KV cache layer missing": (_drop_kv_layer, ["layers of KV cache inputs, but model.layers is"]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MANIFESTS))
+def test_a_hostile_manifest_is_refused_before_any_work(case, micro_engine, picture, tmp_path):
+    edit, phrases = HOSTILE_MANIFESTS[case]
+    directory = tmp_path / "engine"
+    shutil.copytree(micro_engine / "engine", directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest, directory)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    result = _run(["vlm-run", str(directory), "--image", str(picture), "--prompt", "Describe the image."])
+    _one_line_error(result, *phrases)
+
+
+def test_a_kv_cache_larger_than_the_machine_is_refused_before_allocation():
+    from vlm_edge.common.errors import InputError
+    from vlm_edge.edge.pipeline import check_cache_memory
+
+    model = {"layers": 32, "kv_heads": 32, "head_dim": 128}
+    with pytest.raises(InputError, match=r"a KV cache of 4194304 positions needs 4096.0 GiB.*smaller context"):
+        check_cache_memory(model, 1 << 22, Path("engine"))
+    check_cache_memory(model, 1024, Path("engine"))  # 1 GiB: fits
