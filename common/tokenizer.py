@@ -11,6 +11,8 @@ each `<image>` becomes IMAGE_TOKEN_INDEX (-200), later replaced by that image's 
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -50,6 +52,13 @@ class TextTokenizer:
         self.bos_id = self.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_id = self.token_to_id(self.eos_token) if self.eos_token else None
         self.pad_id = self.token_to_id(self.pad_token) if self.pad_token else None
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The longest vocabulary entry in UTF-8 bytes: a text of B bytes has at least
+        B / (this x 4) tokens (x 4: normalization may shorten a text, never by more), a bound
+        that refuses an over-long prompt without tokenizing it."""
+        return max((len(t.encode("utf-8", "replace")) for t in self.tokenizer.get_vocab()), default=1) or 1
 
     # ---- files ---------------------------------------------------------------------------
     @classmethod

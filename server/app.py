@@ -255,12 +255,46 @@ class Guard:
                     error = APIError(401, "a valid API key is needed: Authorization: Bearer <key>",
                                      type_="authentication_error", code="invalid_api_key")
                     return await error.response()(scope, receive, send)
+            limit = self.config.max_body_bytes
+            too_large = APIError(413, f"the request body is over the server's limit of {limit} bytes",
+                                 code="request_too_large")
             length = headers.get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.config.max_body_bytes:
-                error = APIError(413, f"the request body is over the server's limit of {self.config.max_body_bytes} "
-                                 "bytes", code="request_too_large")
-                return await error.response()(scope, receive, send)
+            if length.isdigit() and int(length) > limit:
+                return await too_large.response()(scope, receive, send)
+            if b"transfer-encoding" in headers or not length.isdigit():  # chunked: count what arrives
+                body = await _read_body(receive, limit)
+                if body is None:
+                    return await too_large.response()(scope, receive, send)
+                receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as more than `limit` bytes have arrived."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks)
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that hands the app `body` in one message, then the real channel (disconnects)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
 
 
 def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -> tuple[list, list, Any]:
@@ -268,6 +302,7 @@ def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -
     part of the request cannot be served. Runs in a thread pool (image decoding is CPU work)."""
     from vlm_edge.edge import SamplingConfig
 
+    check_text(body, worker.pipe)
     messages, images = [], []
     for i, message in enumerate(body.messages):
         if isinstance(message.content, str):
@@ -315,6 +350,36 @@ def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -
         code = "context_length_exceeded" if "context" in str(e) else None
         raise APIError(400, str(e), param="messages", code=code) from None
     return messages, images, sampling
+
+
+def _utf8_bytes(text: str, param: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:  # a lone surrogate ("\\ud800"): JSON allows it, UTF-8 does not
+        raise APIError(400, f"{param} is not valid Unicode text (a lone surrogate at character {e.start}); "
+                       "send UTF-8 text", param=param, code="invalid_text") from None
+
+
+def check_text(body: ChatCompletionRequest, pipe) -> None:
+    """Every text of the request is valid Unicode, and all of it together could fit the context:
+    a text of B bytes holds at least B / (4 x the longest token) tokens, so a prompt far over the
+    context is refused at once, before any tokenizing."""
+    total = 0
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            total += _utf8_bytes(message.content, f"messages.{i}.content")
+        else:
+            for j, part in enumerate(message.content):
+                if part.type == "text":
+                    total += _utf8_bytes(part.text, f"messages.{i}.content.{j}.text")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    for k, stop in enumerate(stops):
+        _utf8_bytes(stop, f"stop.{k}" if not isinstance(body.stop, str) else "stop")
+    budget = pipe.context * 4 * pipe.tokenizer.max_token_bytes
+    if total > budget:
+        raise APIError(400, f"the messages hold {total} bytes of text, more than {pipe.context} tokens of context can "
+                       f"hold (at most {budget} bytes with this tokenizer); send a shorter prompt", param="messages",
+                       code="context_length_exceeded")
 
 
 def status_for(error: BaseException, metrics: Metrics) -> APIError:

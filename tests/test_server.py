@@ -326,6 +326,12 @@ BAD_INPUTS = [
     ("prompt over the context", {"model": "micro", "messages": [{"role": "user", "content": "word " * 3000}]}, 400,
      "context_length_exceeded"),
     ("max_tokens over the context", {**OK, "max_tokens": 100_000}, 400, "context_length_exceeded"),
+    ("lone surrogate in a message", {"model": "micro", "messages": [{"role": "user", "content": "hi \ud800"}]},
+     400, "invalid_text"),
+    ("lone surrogate in a text part", _user({"type": "text", "text": "\udfff"}), 400, "messages.0.content.0.text"),
+    ("lone surrogate in stop", {**OK, "stop": ["\ud800"]}, 400, "invalid_text"),
+    ("a megabyte of text (refused before tokenizing)", {"model": "micro", "messages": [
+        {"role": "user", "content": "word " * 200_000}]}, 400, "bytes of text, more than"),
     ("two user turns in a row", {"model": "micro", "messages": [{"role": "user", "content": "a"},
                                                                 {"role": "user", "content": "b"}]}, 400, None),
 ]
@@ -359,6 +365,24 @@ def test_an_oversized_body_is_refused_before_it_is_read(strict):
                                                                         .max_body_bytes + 1),
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 413
+
+
+def test_a_chunked_body_is_held_to_the_same_limit(strict):
+    limit = strict.server.config.app.state.config.max_body_bytes
+    sent = []
+
+    def chunks():  # no Content-Length: httpx sends Transfer-Encoding: chunked
+        for _ in range(limit // 65536 + 8):
+            sent.append(65536)
+            yield b" " * 65536
+
+    r = httpx.post(f"{strict.url}/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    body = json.dumps({**OK, "max_tokens": 2}).encode()
+    r = httpx.post(f"{strict.url}/v1/chat/completions", content=iter([body[:10], body[10:]]),
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text  # a small chunked body is served as usual
 
 
 # ---- fuzzing from the OpenAPI schema ----------------------------------------------------------------
