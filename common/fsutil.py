@@ -1,17 +1,19 @@
 """Atomic writes: a crash never leaves a half-written artifact that looks complete.
 
 Files are written to a temporary sibling and renamed into place; directories are built in a
-temporary sibling directory and renamed into place when complete. Renames within one
-filesystem are atomic on POSIX.
+temporary sibling directory and swapped into place when complete (one atomic exchange on Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,11 +57,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `path` only if the block finishes.
 
-    An existing non-empty `path` is refused unless `overwrite` is set; then it is replaced
-    only after the new directory is complete (old -> backup, new -> path, backup removed).
-    On an exception the temporary directory is removed and `path` is left untouched.
+    An existing non-empty `path` is refused unless `overwrite` is set; then it is replaced only
+    after the new directory is complete, in one atomic exchange of the two names where the
+    system has one (Linux renameat2), so `path` is always either the old or the new directory.
+    Elsewhere the swap is two renames through a backup that the next call (`recover_directory`)
+    puts back if a crash came between them. On an exception the temporary directory is removed
+    and `path` is left untouched; temporaries of killed runs are removed by the next one.
     """
     path = Path(path)
+    recover_directory(path)
     if path.exists() and not path.is_dir():
         raise VlmEdgeError(f"output path {path} exists and is not a directory; choose another path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -67,21 +73,70 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
             f"output directory {path} exists and is not empty; choose another path or overwrite it (--force, or overwrite=True in Python)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".partial"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    backup = None
+    if path.exists() and _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+        return
+    backup = _backup_of(path)
     if path.exists():
-        backup = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-        os.rmdir(backup)
         os.replace(path, backup)
     os.replace(tmp, path)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _backup_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_directory(path: str | os.PathLike) -> None:
+    """Finish what a killed `atomic_directory` left: put a backup back where the swap did not
+    complete, and remove the temporaries of runs that are no longer alive."""
+    path = Path(path)
+    backup = _backup_of(path)
+    if backup.is_dir():
+        if path.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # another process (a DDP rank) got there first
+                os.replace(backup, path)
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # ENOSYS, EINVAL (a filesystem without it): the two-rename fallback
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from vlm_edge.common.errors import InputError
-from vlm_edge.common.fsutil import atomic_directory
+from vlm_edge.common.fsutil import atomic_directory, recover_directory
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import get_template, render
 from vlm_edge.common.fsutil import read_json
@@ -195,6 +195,7 @@ class Trainer:
         return Checkpoint(model, tokenizer)
 
     def _resume(self) -> tuple[TrainConfig, TrainerState, Checkpoint]:
+        recover_directory(self.output)  # a checkpoint swap a kill interrupted (systems without an atomic exchange)
         state_dir = self.output / TRAINING_DIR
         if not (state_dir / "trainer_state.json").is_file():
             raise InputError(f"{self.output} holds no training state to resume (no {TRAINING_DIR}/trainer_state.json)")
