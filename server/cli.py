@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("engine", help="an engine directory written by vlm-export")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/ requests")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/ requests (visible in ps: prefer "
+                                     "--api-key-file or the VLM_SERVE_API_KEY environment variable)")
+    p.add_argument("--api-key-file", help="read the API key from this file (its first line)")
     p.add_argument("--model-name", help="the model id clients send (default: the engine directory's name)")
     p.add_argument("--backend", default="auto", choices=("auto", "ort-cpu", "ort-cuda", "tensorrt"))
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
@@ -37,8 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size per image (default 20 MB)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                    help="pixels per image, checked before decoding (default 16.7 M)")
-    p.add_argument("--allow-local-images", action="store_true", help="let image_url name files on this machine")
-    p.add_argument("--allow-remote-images", action="store_true", help="let the server fetch http(s) image URLs")
+    p.add_argument("--allow-local-images", action="store_true",
+                   help="let image_url name files on this machine, under --image-root only")
+    p.add_argument("--image-root", default=".", help="with --allow-local-images: the folder image paths must lie "
+                                                     "in (default: the current folder)")
+    p.add_argument("--allow-remote-images", action="store_true",
+                   help="let the server fetch http(s) image URLs (public addresses only)")
+    p.add_argument("--allow-private-image-hosts", action="store_true",
+                   help="with --allow-remote-images: also loopback and private (LAN) hosts, e.g. an IP camera; "
+                        "link-local addresses (cloud metadata) stay refused")
     p.add_argument("--cors-origin", action="append", default=[], help="allow browser requests from this origin "
                                                                       "(repeatable; default: CORS off)")
     p.add_argument("--verify", action="store_true", help="check every engine file's SHA-256 against the manifest at "
@@ -66,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         check_files(args.engine, Manifest.read(args.engine), hashes=args.verify)  # a broken engine: one line, exit 2
         if args.queue_size < 1 or args.max_images < 0 or args.timeout <= 0 or args.max_tokens < 1:
             raise InputError("--queue-size and --max-tokens must be >= 1, --max-images >= 0, --timeout > 0")
+        if args.allow_local_images and not Path(args.image_root).is_dir():
+            raise InputError(f"--image-root {args.image_root}: not a directory")
+        if args.allow_private_image_hosts and not args.allow_remote_images:
+            raise InputError("--allow-private-image-hosts needs --allow-remote-images")
         limits = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,
-                             allow_local=args.allow_local_images, allow_remote=args.allow_remote_images)
+                             local_root=args.image_root if args.allow_local_images else None,
+                             allow_remote=args.allow_remote_images, allow_private_hosts=args.allow_private_image_hosts)
+        api_key = api_key_from(args)
+        if api_key is None and not _is_loopback(args.host):
+            print(f"vlm-serve: warning: {args.host} is reachable from the network and no API key is set; anyone who "
+                  "can reach it can use the model (set --api-key-file or VLM_SERVE_API_KEY)", file=sys.stderr)
         config = ServerConfig(args.engine, backend=args.backend, threads=args.threads, model_name=args.model_name,
-                              api_key=args.api_key, queue_size=args.queue_size, timeout=args.timeout,
+                              api_key=api_key, queue_size=args.queue_size, timeout=args.timeout,
                               default_max_tokens=args.max_tokens, max_images=args.max_images, limits=limits,
                               cors_origins=tuple(args.cors_origin))
         print(f"serving {config.name!r} at http://{args.host}:{args.port}/v1 (health: /health, docs: /docs)",
@@ -78,6 +96,41 @@ def main(argv: list[str] | None = None) -> int:
                     timeout_graceful_shutdown=int(config.shutdown_grace) + 5)
 
     return run("vlm-serve", serve)
+
+
+def api_key_from(args) -> str | None:
+    """--api-key, else the first line of --api-key-file, else $VLM_SERVE_API_KEY; None: no key."""
+    import os
+    from pathlib import Path
+
+    from vlm_edge.common.errors import InputError
+
+    given = [name for name, value in (("--api-key", args.api_key), ("--api-key-file", args.api_key_file))
+             if value is not None]
+    if len(given) > 1:
+        raise InputError("give the API key once: --api-key or --api-key-file")
+    key = args.api_key
+    if args.api_key_file is not None:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError):
+            raise InputError(f"--api-key-file {args.api_key_file}: cannot read a key from it (one line of text)") from None
+    if key is None:
+        key = os.environ.get("VLM_SERVE_API_KEY") or None
+    if key is not None and not key:
+        raise InputError("the API key is empty")
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

@@ -3,14 +3,24 @@
 Limits are checked before any pixel is decoded: the encoded size (bytes) first, then the
 dimensions the header declares (a decompression bomb is a small file that declares a huge
 canvas), then the full decode, so truncated files fail here with the part's index.
+
+Local paths must resolve (symlinks followed) inside the allowed root. Remote URLs are fetched
+from the address their host resolved to, after checking it: loopback, private, link-local
+(cloud metadata at 169.254.169.254), multicast and reserved addresses are refused (private and
+loopback ones can be allowed for cameras on a LAN; link-local never), and every redirect is
+checked the same way. Fetch errors are reported by kind, not with the library's message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
-import urllib.request
+import ipaddress
+import socket
+import ssl
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +42,15 @@ class ImageRejected(Exception):
 class ImageLimits:
     max_bytes: int = 20 << 20
     max_pixels: int = 4096 * 4096
-    allow_local: bool = False
+    local_root: str | None = None  # image paths allowed under this directory; None: no local paths
     allow_remote: bool = False
+    allow_private_hosts: bool = False  # remote: also loopback and private (LAN) addresses
     remote_timeout: float = 10.0
+    max_redirects: int = 3
+
+    @property
+    def allow_local(self) -> bool:
+        return self.local_root is not None
 
 
 def fetch_image(url: str, limits: ImageLimits, label: str) -> Image.Image:
@@ -59,7 +75,11 @@ def fetch_image(url: str, limits: ImageLimits, label: str) -> Image.Image:
         path = Path(url[len("file://"):] if url.startswith("file://") else url)
         if not limits.allow_local:
             raise ImageRejected(f"{label}: local image paths are off on this server; send the image as a data URL "
-                                "(or start vlm-serve with --allow-local-images)")
+                                "(or start vlm-serve with --allow-local-images DIR)")
+        root = Path(limits.local_root).resolve()
+        path = (root / path).resolve()  # a relative path is taken under the root
+        if not path.is_relative_to(root):
+            raise ImageRejected(f"{label}: image paths must lie under the server's image folder {root}")
         if not path.is_file():
             raise ImageRejected(f"{label}: {path} is not a file on the server")
         if path.stat().st_size > limits.max_bytes:
@@ -69,16 +89,90 @@ def fetch_image(url: str, limits: ImageLimits, label: str) -> Image.Image:
     return decode_image(data, limits, label)
 
 
-def _download(url: str, limits: ImageLimits, label: str) -> bytes:
+def check_address(address: str, limits: ImageLimits) -> str | None:
+    """Why the server must not connect to `address` (an IP literal), or None when it may."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast or ip.is_unspecified:
+        return "a multicast or unspecified address"
+    if not ip.is_global and not limits.allow_private_hosts:  # loopback, private, shared (100.64/10), reserved
+        return "a loopback or private address (start vlm-serve with --allow-private-image-hosts for a LAN camera)"
+    return None
+
+
+def _resolve(host: str, port: int, limits: ImageLimits, label: str, url: str) -> str:
+    """The first address of `host` the server may connect to; ImageRejected if any address it resolves to is refused."""
     try:
-        with urllib.request.urlopen(url, timeout=limits.remote_timeout) as response:  # noqa: S310 (scheme checked)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise ImageRejected(f"{label}: could not fetch {url} (the host name does not resolve)") from None
+    addresses = [info[4][0] for info in infos]
+    for address in addresses:
+        reason = check_address(address, limits)
+        if reason is not None:
+            raise ImageRejected(f"{label}: {url} resolves to {reason}; the server does not fetch from there")
+    return addresses[0]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address, not to whatever the name resolves to a moment later."""
+
+    def __init__(self, host: str, address: str, **kw):
+        super().__init__(host, **kw)
+        self._address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, address: str, **kw):
+        super().__init__(host, context=ssl.create_default_context(), **kw)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # the name's certificate
+
+
+def _download(url: str, limits: ImageLimits, label: str) -> bytes:
+    for _ in range(limits.max_redirects + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImageRejected(f"{label}: {url} is not an http(s) URL")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ImageRejected(f"{label}: {url} has an invalid port") from None
+        address = _resolve(parts.hostname, port, limits, label, url)
+        kind = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+        connection = kind(parts.hostname, address, port=port, timeout=limits.remote_timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            connection.request("GET", path, headers={"User-Agent": "vlm-serve", "Accept": "image/*"})
+            response = connection.getresponse()
+            if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+                url = urllib.parse.urljoin(url, response.getheader("Location"))
+                continue
+            if response.status != 200:
+                raise ImageRejected(f"{label}: could not fetch {url} (HTTP {response.status})")
             data = response.read(limits.max_bytes + 1)
-    except OSError as e:
-        raise ImageRejected(f"{label}: could not fetch {url} ({e})") from None
-    if len(data) > limits.max_bytes:
-        raise ImageRejected(f"{label}: {url} is over the server's limit of {limits.max_bytes} bytes", 413,
-                            "image_too_large")
-    return data
+        except socket.timeout:
+            raise ImageRejected(f"{label}: could not fetch {url} (timed out after {limits.remote_timeout:g} s)") from None
+        except ssl.SSLError:
+            raise ImageRejected(f"{label}: could not fetch {url} (TLS failed)") from None
+        except (OSError, http.client.HTTPException):
+            raise ImageRejected(f"{label}: could not fetch {url} (the connection failed)") from None
+        finally:
+            connection.close()
+        if len(data) > limits.max_bytes:
+            raise ImageRejected(f"{label}: {url} is over the server's limit of {limits.max_bytes} bytes", 413,
+                                "image_too_large")
+        return data
+    raise ImageRejected(f"{label}: {url} redirects more than {limits.max_redirects} times")
 
 
 def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:

@@ -416,3 +416,135 @@ def test_fuzzing_the_openapi_schema_finds_no_5xx_and_no_hang(served):
     print("fuzz statuses:", dict(sorted(statuses.items())))
     assert sum(statuses.values()) >= 100 and statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0
     assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+# ---- where images may come from ------------------------------------------------------------------
+class _ImageHost:
+    """A real HTTP server on loopback: /img.png is a PNG, /to-metadata redirects to 169.254.169.254,
+    /missing is a 404."""
+
+    def __init__(self, png: bytes):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/img.png":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(png)))
+                    self.end_headers()
+                    self.wfile.write(png)
+                elif self.path == "/to-metadata":
+                    self.send_response(302)
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                    self.end_headers()
+                elif self.path == "/to-self":
+                    self.send_response(302)
+                    self.send_header("Location", "/img.png")
+                    self.end_headers()
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def _post(served, body):
+    return httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=30)
+
+
+def test_remote_images_come_only_from_public_addresses_unless_allowed(engine):
+    host = _ImageHost(_png())
+    public_only = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro",
+                                                 limits=ImageLimits(allow_remote=True))))
+    lan = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro",
+                                         limits=ImageLimits(allow_remote=True, allow_private_hosts=True))))
+    try:
+        public_only.wait_ready()
+        lan.wait_ready()
+        refused = {
+            f"{host.url}/img.png": "loopback or private address",
+            f"http://localhost:{host.url.rsplit(':', 1)[1]}/img.png": "loopback or private address",  # after DNS
+            "http://169.254.169.254/latest/meta-data/": "link-local",
+            "http://10.1.2.3/cam.jpg": "loopback or private address",
+            "http://[::1]/x.png": "loopback or private address",
+        }
+        for url, phrase in refused.items():
+            r = _post(public_only, _user(_image(url), TEXT))
+            assert r.status_code == 400 and phrase in r.json()["error"]["message"], (url, r.text)
+        assert _post(lan, _user(_image(f"{host.url}/img.png"), TEXT)).status_code == 200
+        assert _post(lan, _user(_image(f"{host.url}/to-self"), TEXT)).status_code == 200
+        r = _post(lan, _user(_image(f"{host.url}/to-metadata"), TEXT))  # the redirect is checked too
+        assert r.status_code == 400 and "link-local" in r.json()["error"]["message"], r.text
+        r = _post(lan, _user(_image(f"{host.url}/missing"), TEXT))
+        assert r.status_code == 400 and r.json()["error"]["message"].endswith("(HTTP 404)"), r.text
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        r = _post(lan, _user(_image(f"http://127.0.0.1:{port}/x.png"), TEXT))
+        assert r.status_code == 400 and "(the connection failed)" in r.json()["error"]["message"], r.text
+    finally:
+        public_only.stop()
+        lan.stop()
+        host.close()
+
+
+def test_local_images_only_under_the_image_root(engine, tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "ok.png").write_bytes(_png())
+    (tmp_path / "secret.png").write_bytes(_png())
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    s = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro",
+                                       limits=ImageLimits(local_root=str(root)))))
+    try:
+        s.wait_ready()
+        assert _post(s, _user(_image(str(root / "ok.png")), TEXT)).status_code == 200
+        assert _post(s, _user(_image("ok.png"), TEXT)).status_code == 200  # relative: under the root
+        for url in (str(tmp_path / "secret.png"), "../secret.png", str(root / "link.png"), "/etc/hostname"):
+            r = _post(s, _user(_image(url), TEXT))
+            assert r.status_code == 400 and "must lie under" in r.json()["error"]["message"], (url, r.text)
+    finally:
+        s.stop()
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    import argparse
+
+    from vlm_edge.common.errors import InputError
+    from vlm_edge.server.cli import api_key_from
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    ns = lambda **kw: argparse.Namespace(**{"api_key": None, "api_key_file": None, **kw})  # noqa: E731
+    monkeypatch.delenv("VLM_SERVE_API_KEY", raising=False)
+    assert api_key_from(ns()) is None
+    assert api_key_from(ns(api_key_file=str(key_file))) == "s3cret"
+    monkeypatch.setenv("VLM_SERVE_API_KEY", "from-env")
+    assert api_key_from(ns()) == "from-env"
+    assert api_key_from(ns(api_key="given")) == "given"
+    with pytest.raises(InputError, match="cannot read a key"):
+        api_key_from(ns(api_key_file=str(tmp_path / "none")))
+
+
+def test_an_open_bind_without_a_key_is_warned_about(engine):
+    import shutil
+    import subprocess
+
+    proc = subprocess.Popen([shutil.which("vlm-serve"), str(engine), "--host", "0.0.0.0", "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env={**__import__("os").environ,
+                                                                    "VLM_SERVE_API_KEY": ""})
+    try:
+        first = proc.stderr.readline()
+        assert "warning: 0.0.0.0 is reachable from the network and no API key is set" in first, first
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
