@@ -140,13 +140,25 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     return canvas
 
 
-def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarray:
-    """One RGB image -> float32 [3, H, W]."""
+def fit_image(image: Image.Image, cfg: ImageProcessorConfig) -> Image.Image:
+    """The Pillow part of preprocessing: pad (when the processor pads) and resize to the processor
+    size. When `refits(cfg)` is False a fitted image preprocesses to the same pixels as the
+    original, so a server can drop a large decoded image at once and keep only the fitted one."""
     if cfg.pad_to_square:
         image = pad_to_square(image, tuple(int(m * 255) for m in cfg.mean))  # type: ignore[arg-type]
-    if cfg.do_resize:
+    if cfg.do_resize and image.size != (cfg.width, cfg.height):
         image = image.resize((cfg.width, cfg.height), resample=cfg.resample)
-    pixels = np.asarray(image)  # uint8 [H, W, 3]
+    return image
+
+
+def refits(cfg: ImageProcessorConfig) -> bool:
+    """Whether fitting a fitted image changes it again (padding to a square, then a non-square size)."""
+    return cfg.pad_to_square and cfg.do_resize and cfg.width != cfg.height
+
+
+def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarray:
+    """One RGB image -> float32 [3, H, W]."""
+    pixels = np.asarray(fit_image(image, cfg))  # uint8 [H, W, 3]
     if cfg.do_rescale:
         pixels = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 import uuid
@@ -31,15 +32,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlm_edge.common.errors import InputError, VlmEdgeError
+from vlm_edge.common.image import fit_image, refits
 from vlm_edge.common.log import get_logger
 
-from .images import ImageLimits, ImageRejected, fetch_image
+from .images import (DecodeBudget, ImageLimits, ImageRejected, fetch_image, release_freed_memory,
+                     use_mmap_for_large_blocks)
 from .metrics import Metrics
 from .schema import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from .worker import Busy, Job, NotReady, Worker
@@ -62,6 +66,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0  # seconds the running request gets to finish when the server stops
     verify: bool = False  # check the engine files' SHA-256 when loading (sizes are always checked)
+    max_memory: int | None = None  # bytes of images being decoded, all requests together; None: default_max_memory()
 
     @property
     def name(self) -> str:
@@ -70,6 +75,16 @@ class ServerConfig:
     @property
     def max_body_bytes(self) -> int:  # base64 images + the text around them
         return self.max_images * (self.limits.max_bytes * 4 // 3 + 1024) + (1 << 20)
+
+
+def default_max_memory() -> int:
+    """Image decoding memory when none is given: an eighth of the machine's RAM, at most 1 GiB
+    (a 4096 x 4096 image costs about 80 MiB while it is decoded)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+    return max(128 << 20, min(1 << 30, ram // 8))
 
 
 class APIError(Exception):
@@ -100,7 +115,9 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
         return edge_load(config.engine, config.backend, threads=config.threads, verify=config.verify)
 
     worker = Worker(load or default_load, config.queue_size)
-    metrics = Metrics(lambda: worker.admitted)
+    budget = DecodeBudget(config.max_memory or default_max_memory(), wait=min(30.0, config.timeout))
+    use_mmap_for_large_blocks()  # a freed decode goes back to the system, not to the heap
+    metrics = Metrics(lambda: worker.admitted, budget)
     created = int(time.time())
 
     @asynccontextmanager
@@ -170,15 +187,20 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
         return {"object": "list", "data": [{"id": config.name, "object": "model", "created": created,
                                             "owned_by": "vlm-edge"}]}
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERROR_RESPONSES)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    # The body is read here and parsed in the thread pool (a 10 MB JSON body takes the event loop
+    # tens of milliseconds to parse, and /health would wait); the schema is documented as usual.
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERROR_RESPONSES,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}})
+    async def chat_completions(request: Request):
+        body = await run_in_threadpool(parse_request, await request.body())
         if body.model != config.name:
             raise APIError(404, f"model {body.model!r} is not served here; GET /v1/models lists {config.name!r}",
                            param="model", code="model_not_found")
         if worker.error is not None or not worker.ready.is_set() or worker.closing:
             raise APIError(503, "the engine is loading" if worker.error is None and not worker.closing
                            else "the server cannot take requests now", type_="server_error")
-        messages, images, sampling = await run_in_threadpool(prepare, body, config, worker)
+        messages, images, sampling = await run_in_threadpool(prepare, body, config, worker, budget)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -236,7 +258,33 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
                              "finish_reason": result.finish_reason}],
                 "usage": usage(result)}
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()  # FastAPI keeps it in app.openapi_schema
+            request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["ChatCompletionRequest"] = request_schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def parse_request(raw: bytes) -> ChatCompletionRequest:
+    """The request body as FastAPI would parse it, with the same validation errors."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        error = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(e, "pos", 0)),
+                                       "msg": "JSON decode error", "ctx": {"error": error}}]) from None
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
 class Guard:
@@ -297,12 +345,25 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -> tuple[list, list, Any]:
+def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
+            budget: DecodeBudget | None = None) -> tuple[list, list, Any]:
     """Messages with <image> placeholders, decoded images and the sampling config; APIError when a
-    part of the request cannot be served. Runs in a thread pool (image decoding is CPU work)."""
+    part of the request cannot be served. Runs in a thread pool (image decoding is CPU work).
+    Each image is fitted to the vision tower's input size as soon as it is decoded, so a request
+    holds its full-size pixels one image at a time, within `budget`."""
+    try:
+        return _prepare(body, config, worker, budget)
+    finally:
+        release_freed_memory()
+
+
+def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
+             budget: DecodeBudget | None) -> tuple[list, list, Any]:
     from vlm_edge.edge import SamplingConfig
 
     check_text(body, worker.pipe)
+    pre = worker.pipe.preprocess
+    fit = None if refits(pre) else (lambda image: fit_image(image, pre))
     messages, images = [], []
     for i, message in enumerate(body.messages):
         if isinstance(message.content, str):
@@ -326,7 +387,7 @@ def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker) -
                 raise APIError(400, f"more than {config.max_images} images in one request; send fewer",
                                param="messages", code="too_many_images")
             try:
-                images.append(fetch_image(part.image_url.url, config.limits, label))
+                images.append(fetch_image(part.image_url.url, config.limits, label, budget=budget, fit=fit))
             except ImageRejected as e:
                 raise APIError(e.status, str(e), param=f"messages.{i}.content.{j}.image_url", code=e.code) from None
             pieces.append("<image>\n")

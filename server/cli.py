@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         "link-local addresses (cloud metadata) stay refused")
     p.add_argument("--cors-origin", action="append", default=[], help="allow browser requests from this origin "
                                                                       "(repeatable; default: CORS off)")
+    p.add_argument("--max-memory", type=float, metavar="MB",
+                   help="memory for images being decoded, all requests together; more waits, and one image that "
+                        "needs more is refused with 413 (default: an eighth of RAM, at most 1024 MB)")
     p.add_argument("--verify", action="store_true", help="check every engine file's SHA-256 against the manifest at "
                                                          "start (sizes are always checked)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(args.engine) / "manifest.json").is_file():
             raise InputError(f"{args.engine} is not an engine directory (no manifest.json); create one with vlm-export")
         check_files(args.engine, Manifest.read(args.engine), hashes=args.verify)  # a broken engine: one line, exit 2
+        if args.max_memory is not None and args.max_memory <= 0:
+            raise InputError("--max-memory must be > 0 (MB)")
         if args.queue_size < 1 or args.max_images < 0 or args.timeout <= 0 or args.max_tokens < 1:
             raise InputError("--queue-size and --max-tokens must be >= 1, --max-images >= 0, --timeout > 0")
         if args.allow_local_images and not Path(args.image_root).is_dir():
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig(args.engine, backend=args.backend, threads=args.threads, model_name=args.model_name,
                               api_key=api_key, queue_size=args.queue_size, timeout=args.timeout,
                               default_max_tokens=args.max_tokens, max_images=args.max_images, limits=limits,
-                              cors_origins=tuple(args.cors_origin))
+                              cors_origins=tuple(args.cors_origin),
+                              max_memory=None if args.max_memory is None else int(args.max_memory * (1 << 20)))
         print(f"serving {config.name!r} at http://{args.host}:{args.port}/v1 (health: /health, docs: /docs)",
               file=sys.stderr)
         uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import ctypes
 import http.client
 import io
 import ipaddress
 import socket
 import ssl
+import sys
+import threading
 import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -53,8 +58,10 @@ class ImageLimits:
         return self.local_root is not None
 
 
-def fetch_image(url: str, limits: ImageLimits, label: str) -> Image.Image:
-    """The RGB image an image_url points at, or ImageRejected saying why not."""
+def fetch_image(url: str, limits: ImageLimits, label: str, *, budget: DecodeBudget | None = None,
+                fit: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
+    """The RGB image an image_url points at (passed through `fit` while its decode memory is
+    reserved from `budget`), or ImageRejected saying why not."""
     if url.startswith("data:"):
         head, _, payload = url.partition(",")
         if not head.startswith("data:image/") or ";base64" not in head:
@@ -86,7 +93,76 @@ def fetch_image(url: str, limits: ImageLimits, label: str) -> Image.Image:
             raise ImageRejected(f"{label}: {path} is over the server's limit of {limits.max_bytes} bytes", 413,
                                 "image_too_large")
         data = path.read_bytes()
-    return decode_image(data, limits, label)
+    return decode_image(data, limits, label, budget=budget, fit=fit)
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels all requests together may hold at once. A decode reserves what the
+    image will cost (its declared pixels x 5 bytes: the decoded bands and the RGB copy) before any
+    pixel is decoded, and returns it once the image is fitted to the vision tower's size; a decode
+    that does not fit waits for others to finish (up to `wait` seconds, then 503), and one image
+    larger than the whole budget is refused (413)."""
+
+    def __init__(self, limit_bytes: int, wait: float = 30.0):
+        self.limit, self.wait = int(limit_bytes), wait
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def cost(width: int, height: int) -> int:
+        return width * height * BYTES_PER_DECODED_PIXEL
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int, label: str):
+        if nbytes > self.limit:
+            raise ImageRejected(f"{label}: decoding this image needs {nbytes >> 20} MiB, more than the server's image "
+                                f"memory of {self.limit >> 20} MiB (vlm-serve --max-memory); send a smaller image",
+                                413, "image_too_large")
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + nbytes <= self.limit, timeout=self.wait):
+                raise ImageRejected(f"{label}: the server is decoding other images and its image memory "
+                                    f"({self.limit >> 20} MiB) stayed full for {self.wait:g} s; retry shortly", 503,
+                                    "server_busy")
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+BYTES_PER_DECODED_PIXEL = 5  # a decoded single-band image (1) and its RGB copy (Pillow keeps 4 bytes a pixel)
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc malloc_trim); a no-op elsewhere."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):  # not glibc (musl)
+        return None
+
+
+_LIBC = _glibc()
+
+
+def use_mmap_for_large_blocks(threshold: int = 1 << 20) -> None:
+    """Allocate blocks over `threshold` bytes with mmap, so freeing a decoded image returns its
+    memory at once (glibc otherwise raises the threshold after the first large free and keeps
+    such blocks in the heap, where they stay resident)."""
+    if _LIBC is not None:
+        m_mmap_threshold = -3
+        _LIBC.mallopt(m_mmap_threshold, threshold)
 
 
 def check_address(address: str, limits: ImageLimits) -> str | None:
@@ -175,7 +251,8 @@ def _download(url: str, limits: ImageLimits, label: str) -> bytes:
     raise ImageRejected(f"{label}: {url} redirects more than {limits.max_redirects} times")
 
 
-def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
+def decode_image(data: bytes, limits: ImageLimits, label: str, *, budget: DecodeBudget | None = None,
+                 fit: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageRejected(f"{label}: the image is over the server's limit of {limits.max_bytes} bytes", 413,
                             "image_too_large")
@@ -187,7 +264,11 @@ def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
             if width * height > limits.max_pixels:
                 raise ImageRejected(f"{label}: {width}x{height} pixels is over the server's limit of "
                                     f"{limits.max_pixels} pixels", 413, "image_too_large")
-            image.load()
+            with budget.reserve(budget.cost(width, height), label) if budget else contextlib.nullcontext():
+                image.load()
+                image = image if image.mode == "RGB" else image.convert("RGB")
+                if fit is not None:
+                    image = fit(image)  # the full-size decode is dropped here, inside the reservation
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -197,4 +278,4 @@ def decode_image(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
         raise ImageRejected(f"{label}: the image could not be decoded: it is not a {FORMATS_TEXT} image") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageRejected(f"{label}: the image could not be decoded ({e}); send a {FORMATS_TEXT} image") from None
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image

@@ -8,6 +8,7 @@
                                               disconnect, cancelled, error
     vlm_edge_prompt_tokens_total, vlm_edge_generation_tokens_total   counters
     vlm_edge_process_resident_memory_bytes    gauge (the device gauge on CPU machines)
+    vlm_edge_image_memory_limit_bytes, vlm_edge_image_memory_used_bytes   gauges: the decode budget
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _rss_bytes() -> float:
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, queue_depth: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], budget=None):
         self.registry = r = CollectorRegistry()
         self.ttft = Histogram("vlm_edge_time_to_first_token_seconds", "request start to the first text piece",
                               buckets=_LATENCY, registry=r)
@@ -48,6 +49,11 @@ class Metrics:
             lambda: float(queue_depth()))
         Gauge("vlm_edge_process_resident_memory_bytes", "resident memory of the server", registry=r).set_function(
             _rss_bytes)
+        if budget is not None:
+            Gauge("vlm_edge_image_memory_limit_bytes", "memory for images being decoded (--max-memory)",
+                  registry=r).set(budget.limit)
+            Gauge("vlm_edge_image_memory_used_bytes", "memory reserved by images being decoded now",
+                  registry=r).set_function(lambda: float(budget.used))
 
     def request(self, status: str) -> None:
         self.requests.labels(status=status).inc()

@@ -94,3 +94,17 @@ def test_truncated_png_fails_clearly(rng):
     _image(rng).save(buffer, format="PNG")
     with pytest.raises(InputError, match="could not be decoded"):
         load_image(buffer.getvalue()[:200])
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_a_fitted_image_preprocesses_to_the_same_pixels(pad):
+    """The server keeps only the image fitted to the tower's size: it must give the same input."""
+    from vlm_edge.common.image import fit_image, preprocess_image, refits
+
+    rng = np.random.default_rng(0)
+    cfg = ImageProcessorConfig(height=28, width=28, mean=(0.5, 0.4, 0.3), std=(0.5, 0.5, 0.5), pad_to_square=pad)
+    assert not refits(cfg)
+    for w, h in ((640, 480), (97, 300), (28, 28), (20, 20)):
+        image = _image(rng, w, h)
+        np.testing.assert_array_equal(preprocess_image(fit_image(image, cfg), cfg), preprocess_image(image, cfg))
+    assert refits(ImageProcessorConfig(height=28, width=56, mean=(0.5,) * 3, std=(0.5,) * 3, pad_to_square=True))  # not fitted ahead

@@ -548,3 +548,27 @@ def test_an_open_bind_without_a_key_is_warned_about(engine):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_image_memory_is_budgeted_and_reported(engine):
+    from vlm_edge.server.images import DecodeBudget
+
+    big = _png((1024, 1024))  # 1 MP: reserves 5 MiB while decoded
+    s = Served(create_app(ServerConfig(str(engine), backend="ort-cpu", model_name="micro", max_memory=4 << 20)))
+    try:
+        s.wait_ready()
+        r = _post(s, _user(_image(data_url(big)), TEXT))
+        assert r.status_code == 413 and "more than the server's image memory of 4 MiB" in r.json()["error"]["message"]
+        assert _post(s, _user(_image(data_url(_png((512, 512)))), TEXT)).status_code == 200
+        text = httpx.get(f"{s.url}/metrics").text
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("vlm_")}
+        assert values["vlm_edge_image_memory_limit_bytes"] == 4 << 20
+        assert values["vlm_edge_image_memory_used_bytes"] == 0
+    finally:
+        s.stop()
+    budget = DecodeBudget(10, wait=0.05)  # a decode that does not fit waits, then is refused with 503
+    with budget.reserve(8, "a"):
+        with pytest.raises(Exception, match="stayed full"):
+            with budget.reserve(4, "b"):
+                pass
+    assert budget.used == 0
