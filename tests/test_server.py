@@ -282,6 +282,12 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _png_as(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
 def _user(*parts):
     return {"model": "micro", "messages": [{"role": "user", "content": list(parts)}], "max_tokens": 4}
 
@@ -332,6 +338,8 @@ BAD_INPUTS = [
     ("lone surrogate in stop", {**OK, "stop": ["\ud800"]}, 400, "invalid_text"),
     ("a megabyte of text (refused before tokenizing)", {"model": "micro", "messages": [
         {"role": "user", "content": "word " * 200_000}]}, 400, "bytes of text, more than"),
+    ("a GIF (not a format we decode)", _user(_image(data_url(_png_as("GIF"))), TEXT), 400, "PNG, JPEG, WebP or BMP"),
+    ("a TIFF", _user(_image(data_url(_png_as("TIFF"))), TEXT), 400, "PNG, JPEG, WebP or BMP"),
     ("two user turns in a row", {"model": "micro", "messages": [{"role": "user", "content": "a"},
                                                                 {"role": "user", "content": "b"}]}, 400, None),
 ]
@@ -383,6 +391,24 @@ def test_a_chunked_body_is_held_to_the_same_limit(strict):
     r = httpx.post(f"{strict.url}/v1/chat/completions", content=iter([body[:10], body[10:]]),
                    headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 200, r.text  # a small chunked body is served as usual
+
+
+def test_content_length_with_transfer_encoding_is_not_a_way_around_the_limit(strict):
+    limit = strict.server.config.app.state.config.max_body_bytes
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b" " * 65536
+        try:
+            for _ in range(limit // len(chunk) + 8):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection: refused before the whole body
+            pass
+        reply = sock.recv(4096)
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1") else None
+    assert status in (400, 413), reply[:200]
+    assert httpx.get(f"{strict.url}/health").status_code == 200
 
 
 # ---- fuzzing from the OpenAPI schema ----------------------------------------------------------------
