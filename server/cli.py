@@ -96,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                               default_max_tokens=args.max_tokens, max_images=args.max_images, limits=limits,
                               cors_origins=tuple(args.cors_origin),
                               max_memory=None if args.max_memory is None else int(args.max_memory * (1 << 20)))
+        from vlm_edge.edge import load
+
+        # Loaded before the port is bound: a broken engine is one line and exit code 2, not a 503 later.
+        pipe = load(config.engine, config.backend, threads=config.threads)
         print(f"serving {config.name!r} at http://{args.host}:{args.port}/v1 (health: /health, docs: /docs)",
               file=sys.stderr)
-        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+        uvicorn.run(create_app(config, load=lambda: pipe), host=args.host, port=args.port,
+                    log_level="info" if args.verbose else "warning",
                     timeout_graceful_shutdown=int(config.shutdown_grace) + 5)
 
     return run("vlm-serve", serve)

@@ -218,6 +218,17 @@ def test_a_hostile_manifest_is_refused_before_any_work(case, micro_engine, pictu
     _one_line_error(result, *phrases)
 
 
+@pytest.mark.parametrize("case", ["hidden_size doubled with every shape", "a path that leaves the directory"])
+def test_vlm_serve_refuses_a_hostile_engine_before_it_binds(case, micro_engine, tmp_path):
+    edit, phrases = HOSTILE_MANIFESTS[case]
+    directory = tmp_path / "engine"
+    shutil.copytree(micro_engine / "engine", directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest, directory)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    _one_line_error(_run(["vlm-serve", str(directory), "--port", "0"]), *phrases)
+
+
 def test_a_kv_cache_larger_than_the_machine_is_refused_before_allocation():
     from vlm_edge.common.errors import InputError
     from vlm_edge.edge.pipeline import check_cache_memory
