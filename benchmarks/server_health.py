@@ -12,27 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-
-def post(url: str, data: bytes, stream: bool = False) -> int:
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            while response.read(65536 if stream else -1):
-                if not stream:
-                    break
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
+from served import post, served  # benchmarks/served.py
 
 
 def main() -> None:
@@ -44,25 +30,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     args = p.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["vlm-serve", args.engine, "--port", str(port), "--queue-size", str(args.streams + 4)],
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     model = Path(args.engine).resolve().name
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                sys.exit("the server did not become healthy")
-            time.sleep(0.2)
+    with served(args.engine, "--queue-size", str(args.streams + 4)) as (base, server):
         stream_body = json.dumps({"model": model, "stream": True, "max_tokens": 32, "messages": [
             {"role": "user", "content": "Repeat after me: red cat"}]}).encode()
         big_body = json.dumps({"model": model, "messages": [
@@ -72,7 +41,7 @@ def main() -> None:
 
         def loop(kind: str, body: bytes):
             while not stop.is_set():
-                statuses[kind][post(f"{base}/v1/chat/completions", body, stream=kind == "stream")] += 1
+                statuses[kind][post(f"{base}/v1/chat/completions", body, stream=kind == "stream", timeout=300)] += 1
 
         threads = [threading.Thread(target=loop, args=("stream", stream_body)) for _ in range(args.streams)]
         threads += [threading.Thread(target=loop, args=("big", big_body)) for _ in range(args.big)]
@@ -90,9 +59,6 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     latencies.sort()
 
     def pct(q: float) -> float:

@@ -15,16 +15,13 @@ import argparse
 import base64
 import io
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
+from served import post, served  # benchmarks/served.py
 
 
 def rss_mib(pid: int) -> float:
@@ -40,16 +37,6 @@ def bomb_png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def post(url: str, body: dict, timeout: float = 600) -> int:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engine")
@@ -60,24 +47,7 @@ def main() -> None:
     p.add_argument("--serve-arg", action="append", default=[], help="extra vlm-serve argument (repeatable)")
     args = p.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["vlm-serve", args.engine, "--port", str(port), *args.serve_arg],
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                sys.exit("the server did not become healthy")
-            time.sleep(0.2)
+    with served(args.engine, *args.serve_arg) as (base, server):
         time.sleep(1.0)
         idle = rss_mib(server.pid)
         png = bomb_png(args.side)
@@ -97,15 +67,13 @@ def main() -> None:
         sampler.start()
         start = time.time()
         with ThreadPoolExecutor(args.clients) as pool:
-            statuses = list(pool.map(lambda _: post(f"{base}/v1/chat/completions", body), range(args.clients)))
+            data = json.dumps(body).encode()
+            statuses = list(pool.map(lambda _: post(f"{base}/v1/chat/completions", data), range(args.clients)))
         seconds = time.time() - start
         stop.set()
         sampler.join()
         time.sleep(args.after)
         after = rss_mib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(f"{args.clients} clients x {args.images} PNGs of {len(png)} bytes each, decoding to "
           f"{args.side}x{args.side}; {len(json.dumps(body)) / 1024:.0f} KiB per request")
     print(f"{'idle RSS':<28}{idle:>10.0f} MiB")

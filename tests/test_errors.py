@@ -206,26 +206,27 @@ HOSTILE_MANIFESTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(HOSTILE_MANIFESTS))
-def test_a_hostile_manifest_is_refused_before_any_work(case, micro_engine, picture, tmp_path):
+def _hostile_engine(case: str, micro_engine: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the micro engine with the case's manifest edit; the phrases its error must hold."""
     edit, phrases = HOSTILE_MANIFESTS[case]
     directory = tmp_path / "engine"
     shutil.copytree(micro_engine / "engine", directory)
     manifest = json.loads((directory / "manifest.json").read_text())
     edit(manifest, directory)
     (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory, phrases
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MANIFESTS))
+def test_a_hostile_manifest_is_refused_before_any_work(case, micro_engine, picture, tmp_path):
+    directory, phrases = _hostile_engine(case, micro_engine, tmp_path)
     result = _run(["vlm-run", str(directory), "--image", str(picture), "--prompt", "Describe the image."])
     _one_line_error(result, *phrases)
 
 
 @pytest.mark.parametrize("case", ["hidden_size doubled with every shape", "a path that leaves the directory"])
 def test_vlm_serve_refuses_a_hostile_engine_before_it_binds(case, micro_engine, tmp_path):
-    edit, phrases = HOSTILE_MANIFESTS[case]
-    directory = tmp_path / "engine"
-    shutil.copytree(micro_engine / "engine", directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    edit(manifest, directory)
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    directory, phrases = _hostile_engine(case, micro_engine, tmp_path)
     _one_line_error(_run(["vlm-serve", str(directory), "--port", "0"]), *phrases)
 
 
