@@ -31,6 +31,7 @@ from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 from vlm_edge.model.checkpoint import Checkpoint
+from vlm_edge.model.generate import cache_keyword
 
 from .decoder import DecoderSpec
 
@@ -131,9 +132,9 @@ class OrtDecoder:
 def _reference(model, embeds: torch.Tensor, steps: int, forced: list[int] | None = None) -> tuple[list[int], list[np.ndarray]]:
     """Greedy tokens and the logits before each, from the PyTorch LLM (KV-cached, as generate())."""
     llm, embed = model.llm, model.llm.get_input_embeddings()
-    cache = DynamicCache()
+    cache, cache_kw = DynamicCache(), cache_keyword(llm)
     with torch.no_grad():
-        out = llm(inputs_embeds=embeds[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = llm(inputs_embeds=embeds[None], **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
         tokens, logits = [], []
         for step in range(steps):
             row = out.logits[0, -1].float()
@@ -143,7 +144,7 @@ def _reference(model, embeds: torch.Tensor, steps: int, forced: list[int] | None
             if step + 1 == steps:
                 break
             position = torch.tensor([[embeds.shape[0] + step]])
-            out = llm(inputs_embeds=embed(torch.tensor([[token]])), past_key_values=cache, position_ids=position,
+            out = llm(inputs_embeds=embed(torch.tensor([[token]])), **{cache_kw: cache}, position_ids=position,
                       use_cache=True)
     return tokens, logits
 

@@ -14,6 +14,7 @@ top-k -> top-p (nucleus) -> sample with a seeded torch.Generator.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -83,6 +84,11 @@ def select_token(logits: torch.Tensor, history: Sequence[int], cfg: GenerationCo
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def cache_keyword(llm: torch.nn.Module) -> str:
+    """The LLM forward's name for the KV cache: `cache` from transformers 5.24, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(llm).forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(
     model: VilaModel,
@@ -109,7 +115,8 @@ def generate(
     llm = model.llm
     embed = llm.get_input_embeddings()
     cache = DynamicCache()
-    out = llm(inputs_embeds=inputs.inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache_kw = cache_keyword(llm)
+    out = llm(inputs_embeds=inputs.inputs_embeds, **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
     generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample and cfg.seed is not None else None
     history = [t for t in input_ids if t != IMAGE_TOKEN_INDEX]
     stops = set(int(t) for t in cfg.stop_token_ids)
@@ -129,7 +136,7 @@ def generate(
         position = torch.tensor([[prompt_len + step]], device=model.device)
         out = llm(
             inputs_embeds=embed(torch.tensor([[token]], device=model.device)),
-            past_key_values=cache,
+            **{cache_kw: cache},
             position_ids=position,
             use_cache=True,
         )
