@@ -133,11 +133,24 @@ class VilaModel(nn.Module):
         input_ids: Sequence[Sequence[int]],
         pixel_values: torch.Tensor | None = None,
         labels: Sequence[Sequence[int]] | None = None,
+        *,
+        loss_only: bool = False,
         **llm_kwargs,
     ):
-        """Full forward pass; returns the LLM's output (logits, and loss when labels are given)."""
+        """Full forward pass; returns the LLM's output (logits, and loss when labels are given).
+
+        `loss_only=True` (training) returns just the loss, with the LM head applied only where a
+        label follows: in SFT about one position in eight carries loss, and the head's matmul
+        over the rest is wasted. Same value as transformers' causal-LM loss: cross-entropy of
+        position t's logits against label t+1, summed over labelled positions and divided by
+        `num_items_in_batch` (or averaged when it is not given).
+        """
         image_embeds = self.encode_images(pixel_values) if pixel_values is not None and len(pixel_values) else None
         inputs = self.build_inputs(input_ids, image_embeds, labels)
+        if loss_only:
+            if inputs.labels is None:
+                raise ValueError("loss_only needs labels")
+            return self._loss(inputs, llm_kwargs.pop("num_items_in_batch", None))
         return self.llm(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -145,6 +158,22 @@ class VilaModel(nn.Module):
             labels=inputs.labels,
             **llm_kwargs,
         )
+
+    def _loss(self, inputs: MultimodalInputs, num_items_in_batch: torch.Tensor | float | None) -> "LossOutput":
+        body, head = self.llm.get_decoder(), self.llm.get_output_embeddings()
+        hidden = body(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                      position_ids=inputs.position_ids).last_hidden_state
+        targets = inputs.labels[:, 1:]  # type: ignore[index]
+        keep = targets != IGNORE_INDEX
+        logits = head(hidden[:, :-1][keep]).float()
+        if num_items_in_batch is None:
+            return LossOutput(nn.functional.cross_entropy(logits, targets[keep]))
+        return LossOutput(nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
 
 
 def _pad(samples: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> MultimodalInputs:

@@ -65,10 +65,15 @@ def test_fact_captions_and_sft_scene_sizes():
         assert len(shapes) == len(set(shapes))  # each fact names a shape the picture holds once
     rng = random.Random(0)
     weighted = [len(random_scene(rng, word_probability=0.0, count_weights=SFT_COUNT_WEIGHTS).objects) for _ in range(3000)]
-    assert abs(weighted.count(1) / 3000 - SFT_COUNT_WEIGHTS[0] / sum(SFT_COUNT_WEIGHTS)) < 0.03
+    for k, weight in enumerate(SFT_COUNT_WEIGHTS, start=1):
+        assert abs(weighted.count(k) / 3000 - weight / sum(SFT_COUNT_WEIGHTS)) < 0.03
+    full = [len(random_scene(rng, word_probability=0.0, count_weights=(0.0, 0.0, 0.0, 1.0)).objects) for _ in range(20)]
+    assert full == [4] * 20  # a fourth weight fills every cell (benchmarks/train_sweep.py's variants)
     heldout = [s.objects for s in heldout_vqa(data, 60) if s.question_type == "count"]
     share_one = heldout.count(1) / len(heldout)
-    assert 0.2 < share_one < 0.5  # evaluation keeps equally likely counts
+    assert 0.2 < share_one < 0.5 and max(heldout) == 3  # evaluation keeps 1-3, equally likely
+    with pytest.raises(ValueError, match="count_weights"):
+        random_scene(rng, word_probability=0.0, count_weights=(1.0,) * 5)
 
 
 def test_encoding_puts_loss_on_the_answer_only():
@@ -87,6 +92,32 @@ def test_encoding_puts_loss_on_the_answer_only():
     assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
     doc_ids, doc_labels = encode(data.sample("caption", 1), tokenizer, template)
     assert doc_labels[0] == IGNORE_INDEX and doc_ids[-1] == tokenizer.eos_id and doc_labels[-1] == tokenizer.eos_id
+
+
+def test_loss_on_target_positions_equals_the_full_loss(tmp_path):
+    """The trainer's loss (LM head only where a label follows) is transformers' causal-LM loss,
+    in value and in every gradient."""
+    from vlm_edge.train.batching import collate
+    from vlm_edge.train.recipe import default_config
+
+    trainer = Trainer(default_config("micro", eval_per_type=0, device="cpu"), tmp_path / "ckpt")
+    model, tokenizer = trainer.model, trainer.checkpoint.tokenizer
+    samples = [trainer.data.sample(kind, i) for i, kind in enumerate(["vqa", "describe", "text", "caption", "interleaved"])]
+    batch = collate(samples, tokenizer, trainer.checkpoint.template, model.image_processor_config)
+    pixels = torch.from_numpy(batch.pixel_values)
+    for items in (None, torch.tensor(7.0)):
+        kwargs = {} if items is None else {"num_items_in_batch": items}
+        model.zero_grad()
+        full = model(batch.input_ids, pixels, batch.labels, **kwargs).loss
+        full.backward()
+        reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        fast = model(batch.input_ids, pixels, batch.labels, loss_only=True, **kwargs).loss
+        fast.backward()
+        fast_value, full_value = fast.item(), full.item()
+        assert abs(fast_value - full_value) <= 1e-5 * max(1.0, abs(full_value))
+        for name, grad in reference.items():
+            assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-4), name
 
 
 # ---- freezing --------------------------------------------------------------------------------------

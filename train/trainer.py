@@ -226,7 +226,9 @@ class Trainer:
             getattr(model, name).requires_grad_(name in stage.train)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=self.config.weight_decay)
+        # fused: one kernel over all parameters instead of a loop of small ops (about 10% of a CPU step)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=self.config.weight_decay,
+                                      fused=True)
         if self.state.step:
             optimizer.load_state_dict(torch.load(self.output / TRAINING_DIR / "optimizer.pt", map_location=self.device))
         wrapped = model
@@ -253,7 +255,8 @@ class Trainer:
                 pixels = torch.from_numpy(part.pixel_values).to(self.device)
                 with sync:
                     with autocast:
-                        out = wrapped(part.input_ids, pixels, part.labels, num_items_in_batch=targets / self.par.world)
+                        out = wrapped(part.input_ids, pixels, part.labels, loss_only=True,
+                                      num_items_in_batch=targets / self.par.world)
                     out.loss.backward()
                 loss += out.loss.detach()
             if self.config.grad_clip:
