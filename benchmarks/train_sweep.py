@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 # name -> {"dims": ModelDims field overrides, "stages": {stage: StageConfig overrides}, "all_stages": {...},
-#          "data": {train.datasets module constant: value}, "config": {TrainConfig field: value}}
+#          "data": {train.datasets module constant: value}, "config": {TrainConfig field: value},
+#          "patch": a name in PATCHES (a function that changes the data generators)}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},  # the current tiny recipe
     # the previous recipe (before 2026-11-22): equally likely shape counts in SFT, reading-order captions only
@@ -45,7 +46,84 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nofacts": {"data": {"FACT_CAPTION_PROBABILITY": 0.0}},
     "posinit1": {"config": {"vision_position_std": 1.0}},  # vision position embeddings at init: std 1, not 1/sqrt(width)
     "smoke": {"stages": {"align": {"steps": 2}, "pretrain": {"steps": 2}, "sft": {"steps": 4}}},  # checks this script
+    # scenes that fill all four cells: SFT 1:2:2:2 or 1:1:2:4 shapes, and captions of 1-4 shapes
+    "sft1222": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 2.0, 2.0, 2.0)}},
+    "sft1124": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}},
+    "four": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0), "CAPTION_COUNT_WEIGHTS": (1.0, 1.0, 1.0, 1.0)}},
+    "posdefault": {"config": {"vision_position_std": None}},  # transformers' position-embedding init
+    "four-posdefault": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}, "config": {"vision_position_std": None}},
+    # generator changes (PATCHES below)
+    "grid": {"patch": "grid"},  # the board's centre cross drawn, so an object's cell shows in its pixels
+    "markers": {"patch": "markers"},  # multi-image prompts "Image 1: <image>\nImage 2: <image>\n..."
+    "multi3": {"patch": "multi3"},  # training multi-image questions name the object by colour, shape or both
+    "four-markers": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}, "patch": "markers"},
+    "four-multi3": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0), "CAPTION_COUNT_WEIGHTS": (1.0, 1.0, 1.0, 1.0)},
+                    "patch": "multi3"},
 }
+
+
+def _patch_grid(datasets: Any) -> None:
+    from PIL import ImageDraw
+
+    render = datasets.render
+
+    def with_grid(scene: Any, size: int, rng: Any) -> Any:
+        image = render(scene, size, rng)
+        if scene.word is None:
+            draw, half, grey = ImageDraw.Draw(image), size // 2, (scene.background - 90,) * 3
+            draw.rectangle((half - 1, 0, half, size - 1), fill=grey)
+            draw.rectangle((0, half - 1, size - 1, half), fill=grey)
+        return image
+
+    datasets.render = with_grid
+
+
+def _patch_markers(datasets: Any) -> None:
+    image, multi = datasets.IMAGE_TOKEN, datasets._multi_image
+
+    def labelled(data: Any, rng: Any, split: str, turns: int = 1) -> Any:
+        sample = multi(data, rng, split, turns)
+        text = sample.messages[0]["content"]
+        sample.messages[0]["content"] = f"Image 1: {image}\nImage 2: {image}\n" + text[2 * (len(image) + 1):]
+        return sample
+
+    def interleaved(data: Any, rng: Any, split: str) -> Any:
+        scenes = [data.scene(rng, split) for _ in range(rng.randint(2, 3))]
+        lines = [f"Image {i + 1}: {image}\nThe {('first', 'second', 'third')[i]} picture shows {datasets.describe(s)}."
+                 for i, s in enumerate(scenes)]
+        return datasets.Sample([data.image(s, rng) for s in scenes], text="\n".join(lines), kind="interleaved")
+
+    datasets._multi_image = labelled
+    datasets._BUILDERS["interleaved"] = interleaved
+
+
+def _patch_multi3(datasets: Any) -> None:
+    image = datasets.IMAGE_TOKEN
+
+    def multi(data: Any, rng: Any, split: str, turns: int = 1) -> Any:
+        while True:
+            scenes = [data.scene(rng, split, word_probability=0.0) for _ in range(2)]
+            pairs = [{(o.colour, o.shape) for o in s.objects} for s in scenes]
+            refs = [(f"a {c} {sh}", i) for i in range(2) for c, sh in sorted(pairs[i] - pairs[1 - i])]
+            if split == "train":
+                for attr, name in (("colour", "a {} object"), ("shape", "a {}")):
+                    values = [{getattr(o, attr) for o in s.objects} for s in scenes]
+                    refs += [(name.format(v), i) for i in range(2) for v in sorted(values[i] - values[1 - i])]
+            if refs:
+                break
+        rng.shuffle(refs)
+        messages = []
+        for k, (ref, target) in enumerate(refs[:turns]):
+            question = f"Which image has {ref}? Answer first or second."
+            messages += [{"role": "user", "content": f"{image}\n{image}\n{question}" if k == 0 else question},
+                         {"role": "assistant", "content": ("first", "second")[target]}]
+        return datasets.Sample([data.image(s, rng) for s in scenes], messages=messages, kind="vqa",
+                               question_type="multi_image", answer=messages[1]["content"])
+
+    datasets._multi_image = multi
+
+
+PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3}
 
 
 def _seeds(text: str) -> list[int]:
@@ -67,6 +145,8 @@ def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per
     for name, value in change.get("data", {}).items():  # module-level knobs of the synthetic data
         assert hasattr(datasets, name), name
         setattr(datasets, name, value)
+    if "patch" in change:
+        PATCHES[change["patch"]](datasets)
     presets.PRESETS["tiny"] = dataclasses.replace(presets.PRESETS["tiny"], **change.get("dims", {}))
     config = default_config("tiny", seed=seed, device=device, precision=precision, **change.get("config", {}))
     config.eval_per_type = per_type

@@ -103,8 +103,13 @@ def facts(scene: Scene, rng: random.Random) -> str | None:
     return " ".join(f"The {o.shape} is {o.size} and {o.colour}, at the {o.cell}." for o in unique)
 
 
+# Objects in a caption's scene: None draws 1-3, equally likely; a tuple weights 1..n objects, n <= 4
+# (scenes.random_scene). Four fill every cell; tried and not kept (docs/training.md, "Position questions").
+CAPTION_COUNT_WEIGHTS: tuple[float, ...] | None = None
+
+
 def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
-    scene = data.scene(rng, split)
+    scene = data.scene(rng, split, count_weights=CAPTION_COUNT_WEIGHTS)
     text = facts(scene, rng) if rng.random() < FACT_CAPTION_PROBABILITY else None
     if text is None:
         text = describe(scene)
@@ -191,8 +196,9 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
 MAX_TURNS = 4
 # Object counts of SFT conversation scenes, 1:2:2. A question that names an object by its shape only
 # teaches retrieval by shape when the scene holds other objects to choose from: with one object,
-# "the colour of any object" is the right answer. Evaluation keeps equally likely counts.
-SFT_COUNT_WEIGHTS = (1.0, 2.0, 2.0)
+# "the colour of any object" is the right answer. Evaluation keeps equally likely counts. A fourth
+# weight adds scenes that fill all four cells (tried, not kept: docs/training.md).
+SFT_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0)
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:

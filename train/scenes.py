@@ -1,7 +1,7 @@
 """Procedural scenes: coloured shapes and rendered words, deterministic by seed.
 
-A scene is 1-3 objects, each in its own cell of a 2x2 grid (so positions have names: "top left",
-...), or a single short word written in black. Rendering is plain Pillow drawing on a light
+A scene is 1-3 objects (training scenes up to 4), each in its own cell of a 2x2 grid (so positions
+have names: "top left", ...), or a single short word written in black. Rendering is plain Pillow drawing on a light
 background, anti-aliasing off, so the pixels are a pure function of the scene.
 
 Every question the datasets ask is answerable from the picture alone.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -54,13 +55,19 @@ class Scene:
 
 
 def random_scene(rng: random.Random, *, word_probability: float = 0.15,
-                 count_weights: tuple[float, float, float] | None = None) -> Scene:
-    """1-3 objects in distinct cells (equally likely counts, or weighted 1:2:3 by `count_weights`),
-    or a word."""
+                 count_weights: Sequence[float] | None = None) -> Scene:
+    """A word, or objects in distinct cells: 1-3 of them, equally likely (what evaluation asks
+    about), or with `count_weights` (w1, ..., wn), n <= 4, k objects with weight wk (training
+    scenes may fill all four cells)."""
     background = rng.randint(225, 255)
     if rng.random() < word_probability:
         return Scene(word=rng.choice(WORDS), background=background)
-    count = rng.randint(1, 3) if count_weights is None else rng.choices((1, 2, 3), count_weights)[0]
+    if count_weights is None:
+        count = rng.randint(1, 3)
+    elif 1 <= len(count_weights) <= len(CELLS):
+        count = rng.choices(range(1, len(count_weights) + 1), count_weights)[0]
+    else:
+        raise ValueError(f"count_weights {tuple(count_weights)} must weight 1 to {len(CELLS)} objects")
     cells = sorted(rng.sample(CELLS, count), key=CELLS.index)  # captions list objects in reading order
     objects = tuple(Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), cell) for cell in cells)
     return Scene(objects=objects, background=background)
