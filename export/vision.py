@@ -145,15 +145,26 @@ def _projector(g: GraphBuilder, x: str, config: VilaConfig, params: dict[str, np
         return dense(_gelu_erf(g, dense(x, "layers.0", params)), "layers.2", params)
     if kind not in ("mlp_downsample", "mlp_downsample_2x2_fix"):
         raise UnsupportedFeatureError(f"projector {kind!r} has no export recipe")
-    channels = config.mm_hidden_size
     side = config.image_size // config.patch_size
-    grid = g.op("Reshape", x, g.ints(0, side, side, channels), name="grid")  # [images, row, col, C]
-    if side % 2:  # one zero row below, one zero column right
-        grid = g.op("Pad", grid, g.ints(0, 0, 0, 0, 0, 1, 1, 0), name="pad_grid")
-        side += 1
-    half = side // 2
-    blocks = g.op("Reshape", grid, g.ints(0, half, 2, half, 2, channels))  # [images, i, a, j, b, C]
-    perm = [0, 1, 3, 2, 4, 5] if config.downsample_token_order == "row_major" else [0, 3, 1, 2, 4, 5]
-    x = g.op("Reshape", g.op("Transpose", blocks, perm=perm), g.ints(0, half * half, 4 * channels), name="downsample")
+    x = emit_space_to_depth(g, x, side, config.mm_hidden_size, 2, config.downsample_token_order)
     x = layer_norm(x, "layers.1", params, 1e-5)
     return dense(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params)
+
+
+def emit_space_to_depth(g: GraphBuilder, x: str, side: int, channels: int, ratio: int, order: str) -> str:
+    """The downsample in plain ONNX ops: [images, side*side, C] -> [images, (side'/r)^2, r*r*C].
+
+    Zero rows below and zero columns right up to a multiple of `ratio`, then each r x r block
+    becomes one token (channels a-major, b-minor), tokens column- or row-major. The math of
+    kernels/reference.py: space_to_depth; tests/test_kernels.py holds the two together.
+    """
+    grid = g.op("Reshape", x, g.ints(0, side, side, channels), name="grid")  # [images, row, col, C]
+    extra = -side % ratio
+    if extra:
+        grid = g.op("Pad", grid, g.ints(0, 0, 0, 0, 0, extra, extra, 0), name="pad_grid")
+        side += extra
+    half = side // ratio
+    blocks = g.op("Reshape", grid, g.ints(0, half, ratio, half, ratio, channels))  # [images, i, a, j, b, C]
+    perm = [0, 1, 3, 2, 4, 5] if order == "row_major" else [0, 3, 1, 2, 4, 5]
+    return g.op("Reshape", g.op("Transpose", blocks, perm=perm), g.ints(0, half * half, ratio * ratio * channels),
+                name="downsample")
