@@ -28,7 +28,8 @@ EXTRAS = {
     "calib": ["datasets>=2.14"],  # pile-val, the published AWQ calibration text, fetched online
     "gpu": ["tensorrt>=10", "cuda-python>=12"],
     # tests drive the server with the official client and fuzz it from its OpenAPI schema
-    "dev": TORCH + SERVE + ["pytest>=8", "openai>=1.30", "httpx>=0.27", "schemathesis>=4"],
+    # cuda-bindings: the kernel loader's no-GPU path is tested everywhere, its GPU path where one is
+    "dev": TORCH + SERVE + ["pytest>=8", "openai>=1.30", "httpx>=0.27", "schemathesis>=4", "cuda-bindings>=12.6"],
 }
 
 setup(
@@ -38,6 +39,8 @@ setup(
     python_requires=">=3.10",
     packages=["vlm_edge"] + [f"vlm_edge.{name}" for name in SUBPACKAGES],
     package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": name for name in SUBPACKAGES}},
+    # the kernel's and the plugin's sources: the device they run on builds them (kernels/build.py)
+    package_data={"vlm_edge.kernels": ["CMakeLists.txt", "cuda/*.cu", "cuda/*.cuh", "trt/*.cpp"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={
