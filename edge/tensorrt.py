@@ -213,10 +213,28 @@ class TrtDecoder:
         return self._logits[0]
 
 
+def load_plugins(trt, targets: list[dict], plans: dict[str, str]) -> None:
+    """Register the plugin library a chosen plan was built with (vision.trt.onnx's downsample) before loading it."""
+    from vlm_edge.kernels.build import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: PLC0415
+
+    libraries = {t["plugin_library"] for t in targets if t.get("file") in plans.values() and t.get("plugin_library")}
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        return  # registered already (this process built the plans)
+    for library in sorted(libraries):
+        if not Path(library).is_file():
+            raise CheckpointError(f"the TensorRT plans need the plugin library {library}, which is gone; run "
+                                  "vlm-build-engine ENGINE_DIR again (it rebuilds the library)")
+        if registry.load_library(library) is None:
+            raise CheckpointError(f"TensorRT could not load the plugin library {library}; run vlm-build-engine "
+                                  "ENGINE_DIR again")
+
+
 def open_tensorrt(engine_dir: Path, manifest, capacity: int) -> tuple[TrtSession, TrtDecoder]:
     """The vision session and the decoder for an engine directory's plans on this GPU."""
     device = _Device()
     plans = select_plans(manifest.targets, device.trt.__version__, device_sm(device.cudart), ("vision", "decoder.trt"))
+    load_plugins(device.trt, manifest.targets, plans)
     for rel in plans.values():
         if not (engine_dir / rel).is_file():
             raise CheckpointError(f"{engine_dir / rel} is listed in the manifest but missing; run vlm-build-engine again")

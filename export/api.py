@@ -34,6 +34,7 @@ from .config import ExportConfig
 from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize
+from .plugins import plugin_record, write_trt_vision
 from .tensorrt import build_engines, check_trt_graph, require_tensorrt
 from .validate import validate, validation_prompts
 from .vision import build_vision, vision_io
@@ -146,9 +147,11 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     log.info("vision graph")
     state = lambda module: {k: v.detach().float().numpy() for k, v in module.state_dict().items()}  # noqa: E731
     g = GraphBuilder("vision", tmp / VISION_FILE)
-    build_vision(g, vila, state(model.vision_tower), state(model.mm_projector))
+    site = build_vision(g, vila, state(model.vision_tower), state(model.mm_projector))
     v_in, v_out = vision_io(vila)
     components["vision"] = Component("vision", file_records(tmp, g.save()), _specs(v_in), _specs(v_out))
+    if "trt" in flavours:
+        components.update(_trt_vision(tmp, components["vision"], site, config.plugin))
 
     spec = DecoderSpec.from_llm(model.llm)
     group = awq_group_size(vila.llm, work / LLM_DIR)
@@ -202,9 +205,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
 
     targets: list[dict] = []
     if config.build_engine:
-        graphs = {name: {"file": c.path, "inputs": [dataclasses.asdict(t) for t in c.inputs]}
-                  for name, c in components.items() if name == "vision" or c.flavour == "trt"}
-        targets = build_engines(tmp, graphs)
+        targets = build_engines(tmp, trt_graphs(components))
 
     stops = checkpoint.tokenizer.stop_token_ids(checkpoint.template)
     model_info = {
@@ -225,16 +226,43 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
                     components=components, validation=validation, targets=targets)
 
 
-def build_engine_dir(engine_dir: str | Path) -> Manifest:
+def _trt_vision(tmp: Path, vision: Component, site, plugin: bool) -> dict[str, Component]:
+    """The vision graph TensorRT builds: with the plugin node where the projector downsamples, else vision.onnx."""
+    if site is None or not plugin:
+        problems = check_trt_graph(tmp / vision.path)
+        if problems:
+            raise VlmEdgeError(f"the vision graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
+        vision.info["tensorrt_check"] = "passed"
+        return {}
+    log.info("trt vision graph: the downsample + LayerNorm as one %s node", plugin_record()["op"])
+    name = write_trt_vision(tmp, vision.path, site)
+    problems = check_trt_graph(tmp / name)
+    if problems:
+        raise VlmEdgeError(f"the trt vision graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
+    files = {**file_records(tmp, [name]), **{rel: rec for rel, rec in vision.files.items() if rel != vision.path}}
+    info = {"plugin": plugin_record(), "plain_twin": vision.path, "tensorrt_check": "passed"}
+    return {"vision.trt": Component("vision", files, vision.inputs, vision.outputs, flavour="trt", info=info)}
+
+
+def trt_graphs(components: dict[str, Component]) -> dict[str, dict]:
+    """What TensorRT builds: the trt vision graph (or the plain one) as "vision", and the trt decoder."""
+    vision = components.get("vision.trt") or components["vision"]
+    graphs = {"vision": vision, **{name: c for name, c in components.items() if c.kind == "decoder" and c.flavour == "trt"}}
+    return {name: {"file": c.path, "inputs": [dataclasses.asdict(t) for t in c.inputs], "plugin": c.info.get("plugin")}
+            for name, c in graphs.items()}
+
+
+def build_engine_dir(engine_dir: str | Path, plugin_library: str | Path | None = None) -> Manifest:
     """`vlm-build-engine`: build TensorRT engines for an existing engine directory (on the target device)."""
     engine_dir = Path(engine_dir)
     manifest = Manifest.read(engine_dir)
-    graphs = {name: {"file": c.path, "inputs": [dataclasses.asdict(t) for t in c.inputs]}
-              for name, c in manifest.components.items() if name == "vision" or c.flavour == "trt"}
     if not any(c.flavour == "trt" for c in manifest.components.values()):
         raise InputError(f"{engine_dir} has no trt decoder graph; re-export with --awq4 --flavour trt "
                          "(or --build-engine)")
-    built = build_engines(engine_dir, graphs)
+    if plugin_library is not None and not Path(plugin_library).is_file():
+        raise InputError(f"--plugin-library {plugin_library} is not a file; build it with CMake (kernels/CMakeLists.txt) "
+                         "or leave the option out to let vlm-build-engine build it")
+    built = build_engines(engine_dir, trt_graphs(manifest.components), plugin_library=plugin_library)
     keys = {t["cache_key"] for t in built}
     manifest.targets = [t for t in manifest.targets if t.get("cache_key") not in keys] + built
     manifest.write(engine_dir)

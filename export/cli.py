@@ -2,7 +2,8 @@
 
     vlm-export --awq4 ckpt/ -o engine/                 AWQ 4-bit (zero point), ONNX Runtime graphs, validated
     vlm-export --awq4 ckpt/ -o engine/ --flavour ort --flavour trt
-                                                       + TensorRT's int4 graph (symmetric AWQ)
+                                                       + TensorRT's int4 graph (symmetric AWQ) and a vision
+                                                       graph with our downsample plugin (--no-plugin: plain ops)
     vlm-export --awq4 ckpt/ -o engine/ --build-engine  + TensorRT engines, on a machine with TensorRT and a GPU
     vlm-export ckpt/ -o engine/                        float32 graphs, no quantization
     vlm-build-engine engine/                           TensorRT engines for an exported directory, on the target
@@ -54,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=10, help="validation prompts (default 10)")
     p.add_argument("--build-engine", action="store_true",
                    help="also build TensorRT engines now (needs the tensorrt package and a GPU; adds the trt graph)")
+    p.add_argument("--no-plugin", dest="plugin", action="store_false",
+                   help="trt: keep the projector's downsample + LayerNorm as plain ONNX ops in vision.trt.onnx "
+                        "instead of one node for our TensorRT plugin (libvlm_edge_plugins.so)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="quantization device")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    config = ExportConfig(awq4=args.awq4, flavours=tuple(dict.fromkeys(args.flavour)), group_size=args.group_size,
+    config = ExportConfig(plugin=args.plugin, awq4=args.awq4, flavours=tuple(dict.fromkeys(args.flavour)), group_size=args.group_size,
                           symmetric=args.symmetric, method=args.method, calib=args.calib,
                           calib_samples=args.calib_samples, calib_len=args.calib_len, validate=args.validate,
                           prompts=args.prompts, accuracy_level=args.accuracy_level,
@@ -89,8 +93,13 @@ def summary(manifest) -> str:
 def build_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vlm-build-engine",
                                 description="Build TensorRT engines (fp16, one optimization profile per graph, a "
-                                            "timing cache) from an engine directory's trt graphs, on this machine.")
+                                            "timing cache) from an engine directory's trt graphs, on this machine. "
+                                            "A vision graph with our downsample plugin needs libvlm_edge_plugins.so: "
+                                            "it is built here once (nvcc, CMake and TensorRT's headers; set "
+                                            "TENSORRT_ROOT if they are not under /usr) and cached in "
+                                            "~/.cache/vlm-edge, or given with --plugin-library.")
     p.add_argument("engine", help="an engine directory written by vlm-export with a trt graph")
+    p.add_argument("--plugin-library", help="a prebuilt libvlm_edge_plugins.so (also: $VLM_EDGE_PLUGIN_LIBRARY)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -98,7 +107,7 @@ def build_main(argv: list[str] | None = None) -> int:
     def build() -> None:
         from .api import build_engine_dir
 
-        for target in build_engine_dir(args.engine).targets:
+        for target in build_engine_dir(args.engine, args.plugin_library).targets:
             print(f"{target['component']}: {target['file']} ({target['cache_key']})")
 
     return run("vlm-build-engine", build)

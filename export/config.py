@@ -29,6 +29,7 @@ class ExportConfig:
     lm_head: str = "float"  # float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes)
     accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
+    plugin: bool = True  # trt: the projector's downsample + LayerNorm as our TensorRT plugin (False: plain ops)
     device: str = "auto"  # quantization device
     extra: dict[str, Any] = field(default_factory=dict)
 

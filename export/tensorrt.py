@@ -6,12 +6,14 @@ without the library is checked by `check_trt_graph` (it runs in CI on every expo
   - default-domain opset >= 21 (int4 DequantizeLinear with block_size) and no other domain
     (no com.microsoft ops: TensorRT has no MatMulNBits);
   - every op in TRT_OPS, the ONNX operators TensorRT 10's parser documents as supported
-    (onnx-tensorrt docs/operators.md) that these graphs need;
+    (onnx-tensorrt docs/operators.md) that these graphs need, or our own plugin node
+    (vlm_edge.VlmEdgeDownsampleLayerNorm, kernels/schema.py: attributes, weight shapes);
   - every DequantizeLinear: an INT4 initializer input of rank 2, block_size 64 or 128 on axis 0,
     constant float scales of shape [K / block, N], no zero point (TensorRT's int4 is symmetric),
     feeding a MatMul as its weight (input 1): the W4A16 pattern TensorRT fuses.
 
-`build_engines` (lazy `import tensorrt`) parses each graph, sets fp16, one optimization profile
+`build_engines` (lazy `import tensorrt`) loads our plugin library first when a graph has the
+plugin node (built here once by kernels/build.py, or $VLM_EDGE_PLUGIN_LIBRARY), parses each graph, sets fp16, one optimization profile
 per graph (images; prompt length; KV length), a timing cache in the engine directory, and
 serializes plans to engines/ with a cache key (TensorRT version, SM, L4T release, precision).
 """
@@ -29,6 +31,7 @@ from vlm_edge.common.errors import UnsupportedFeatureError, VlmEdgeError
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import ENGINES_DIR
 
+from vlm_edge.kernels import schema
 from vlm_edge.quant.config import TRT_BLOCKS
 
 log = get_logger(__name__)
@@ -48,7 +51,10 @@ def check_trt_graph(path: str | Path) -> list[str]:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < MIN_OPSET:
             problems.append(f"opset {opset.version} < {MIN_OPSET} (int4 DequantizeLinear needs block_size)")
-        elif opset.domain not in ("", "ai.onnx"):
+        elif opset.domain == schema.DOMAIN and opset.version != schema.DOMAIN_VERSION:
+            problems.append(f"imports {schema.DOMAIN} version {opset.version}; this vlm-edge knows version "
+                            f"{schema.DOMAIN_VERSION}")
+        elif opset.domain not in ("", "ai.onnx", schema.DOMAIN):
             problems.append(f"imports domain {opset.domain!r}, which TensorRT does not parse")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -57,6 +63,9 @@ def check_trt_graph(path: str | Path) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     for node in graph.node:
+        if schema.is_plugin_node(node):
+            problems += schema.check_node(node, inits)
+            continue
         if node.domain not in ("", "ai.onnx") or node.op_type not in TRT_OPS:
             problems.append(f"node {node.name}: op {node.domain + '.' if node.domain else ''}{node.op_type} is not in "
                             "TensorRT's supported operator list")
@@ -127,14 +136,22 @@ def cache_key(trt_version: str, sm: str, l4t: str | None, precision: str) -> str
 
 
 def build_engines(engine_dir: Path, graphs: dict[str, dict], profile: Profile | None = None,
-                  precision: str = "fp16") -> list[dict]:
-    """Build a plan per graph (`graphs`: component name -> manifest entry with file and inputs).
+                  precision: str = "fp16", plugin_library: str | Path | None = None) -> list[dict]:
+    """Build a plan per graph (`graphs`: component name -> manifest entry with file, inputs and the
+    plugin it needs, if any). `plugin_library`: a prebuilt libvlm_edge_plugins.so (default: build
+    or find it, kernels/build.py).
 
     Returns the manifest's `targets` entries. Raises UnsupportedFeatureError without TensorRT.
     """
     trt = require_tensorrt()
     profile = profile or Profile()
     logger = trt.Logger(trt.Logger.WARNING)
+    library = None
+    if any(component.get("plugin") for component in graphs.values()):
+        from vlm_edge.kernels.build import plugin_library as find_library  # noqa: PLC0415
+
+        library = Path(plugin_library).resolve() if plugin_library else find_library()
+        load_plugin_library(trt, library)
     builder = trt.Builder(logger)
     sm = _sm()
     key = cache_key(trt.__version__, sm, l4t_release(), precision)
@@ -167,9 +184,21 @@ def build_engines(engine_dir: Path, graphs: dict[str, dict], profile: Profile | 
         tmp.replace(path)
         timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
         targets.append({"component": name, "file": str(path.relative_to(engine_dir)), "tensorrt": trt.__version__,
-                        "sm": sm, "l4t": l4t_release(), "precision": precision, "cache_key": key})
+                        "sm": sm, "l4t": l4t_release(), "precision": precision, "cache_key": key,
+                        **({"plugin_library": str(library)} if component.get("plugin") else {})})
         log.info("built %s", path)
     return targets
+
+
+def load_plugin_library(trt, library: str | Path) -> None:
+    """Register the creators of `library` with TensorRT (once per process)."""
+    from vlm_edge.kernels.build import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: PLC0415
+
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+        return
+    if not Path(library).is_file() or registry.load_library(str(library)) is None:
+        raise VlmEdgeError(f"TensorRT could not load the plugin library {library}; rebuild it with vlm-build-engine")
 
 
 def _bound(shape: list, profile: Profile, which: int) -> tuple[int, ...]:

@@ -69,8 +69,28 @@ def vision_io(config: VilaConfig) -> tuple[list[tuple], list[tuple]]:
             [("image_embeds", "float32", ["images", config.num_image_tokens, config.hidden_size])])
 
 
-def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarray], projector: dict[str, np.ndarray]) -> None:
-    """`tower` / `projector`: float32 state dicts (transformers 5 key names) of the two modules."""
+@dataclass(frozen=True)
+class DownsampleSite:
+    """Where the projector's downsample + LayerNorm sits in the vision graph (export/plugins.py fuses it).
+
+    `start` is the [images, side*side, channels] value it reads, `end` the LayerNorm's output.
+    """
+
+    start: str
+    end: str
+    side: int
+    channels: int
+    ratio: int
+    order: str
+    eps: float
+
+
+def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarray],
+                 projector: dict[str, np.ndarray]) -> DownsampleSite | None:
+    """`tower` / `projector`: float32 state dicts (transformers 5 key names) of the two modules.
+
+    Returns the downsample's place in the graph for projectors that have one, else None.
+    """
     arch = config.vision_architecture
     if arch not in VISION_FAMILIES:
         raise UnsupportedFeatureError(f"vision tower {arch} has no export recipe; supported: {', '.join(VISION_FAMILIES)}")
@@ -133,22 +153,26 @@ def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarra
     if config.select_feature == "patch":
         x = g.op("Slice", x, g.ints(1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="drop_first")
 
-    g.output(_projector(g, x, config, projector, dense, layer_norm), "image_embeds", np.float32,
-             vision_io(config)[1][0][2])
+    embeds, site = _projector(g, x, config, projector, dense, layer_norm)
+    g.output(embeds, "image_embeds", np.float32, vision_io(config)[1][0][2])
+    return site
 
 
-def _projector(g: GraphBuilder, x: str, config: VilaConfig, params: dict[str, np.ndarray], dense, layer_norm) -> str:
+def _projector(g: GraphBuilder, x: str, config: VilaConfig, params: dict[str, np.ndarray], dense,
+               layer_norm) -> tuple[str, DownsampleSite | None]:
     kind = config.projector_type
     if kind == "linear":
-        return dense(x, "layers", params)
+        return dense(x, "layers", params), None
     if kind == "mlp2x_gelu":
-        return dense(_gelu_erf(g, dense(x, "layers.0", params)), "layers.2", params)
+        return dense(_gelu_erf(g, dense(x, "layers.0", params)), "layers.2", params), None
     if kind not in ("mlp_downsample", "mlp_downsample_2x2_fix"):
         raise UnsupportedFeatureError(f"projector {kind!r} has no export recipe")
-    side = config.image_size // config.patch_size
+    side, eps = config.image_size // config.patch_size, 1e-5
+    start = x
     x = emit_space_to_depth(g, x, side, config.mm_hidden_size, 2, config.downsample_token_order)
-    x = layer_norm(x, "layers.1", params, 1e-5)
-    return dense(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params)
+    x = layer_norm(x, "layers.1", params, eps)
+    site = DownsampleSite(start, x, side, config.mm_hidden_size, 2, config.downsample_token_order, eps)
+    return dense(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params), site
 
 
 def emit_space_to_depth(g: GraphBuilder, x: str, side: int, channels: int, ratio: int, order: str) -> str:
