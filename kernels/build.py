@@ -48,6 +48,14 @@ def find_nvcc() -> str | None:
     return None
 
 
+def find_cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (cuda_runtime.h), beside nvcc or in the usual places."""
+    nvcc = find_nvcc()
+    candidates = ([Path(nvcc).resolve().parents[1] / "include"] if nvcc else []) + [
+        Path(p) / "include" for p in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if p]
+    return next((c for c in candidates if (c / "cuda_runtime.h").is_file()), None)
+
+
 def require_nvcc() -> str:
     nvcc = find_nvcc()
     if nvcc is None:

@@ -3,7 +3,8 @@
 The kernel compiles wherever nvcc is (CI's machines have it: CUDA 13); the fatbin must hold SASS
 for both archs. The plugin compiles where TensorRT's headers are (TENSORRT_ROOT, or /usr on a
 Jetson); it then must load with dlopen and hand out its one creator through getCreators, as
-TensorRT's IPluginRegistry::loadLibrary and trtexec --dynamicPlugins call it. Each skips with the
+TensorRT's IPluginRegistry::loadLibrary and trtexec --dynamicPlugins call it, and pass
+tests/native/trt_plugin_check.cpp: the builder's calls up to enqueue, with no libnvinfer or GPU. Each skips with the
 reason where its tool is absent. Running the kernel needs a GPU: tests/test_kernel_gpu.py.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from vlm_edge.kernels import build
 from vlm_edge.kernels.loader import kernel_name
 
+NATIVE = Path(__file__).parent / "native"
 nvcc = pytest.mark.skipif(build.find_nvcc() is None, reason="nvcc not found (install the CUDA toolkit or set CUDA_HOME)")
 
 
@@ -74,6 +77,18 @@ def test_plugin_library_builds_loads_and_hands_out_its_creator(tmp_path):
     count = ctypes.c_int32(0)
     creators = lib.getCreators(ctypes.byref(count))
     assert count.value == 1 and creators[0]
+
+    # the builder's side of the plugin, up to enqueue: tests/native/trt_plugin_check.cpp
+    check = tmp_path / "trt_plugin_check"
+    compiler = shutil.which("g++") or shutil.which("c++")
+    cuda_include = build.find_cuda_include()
+    assert cuda_include is not None, "nvcc is here but not cuda_runtime.h"
+    compiled = subprocess.run([compiler, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", str(include),
+                               "-isystem", str(cuda_include), str(NATIVE / "trt_plugin_check.cpp"), "-ldl", "-o",
+                               str(check)], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    result = subprocess.run([str(check), str(library)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout
 
 
 def test_loader_without_a_gpu_says_what_it_needs():
