@@ -1,6 +1,14 @@
-"""CUDA kernels, TensorRT plugins, ONNX op schemas and their numpy references.
+"""CUDA kernels, TensorRT plugins, ONNX op schemas and their numpy references (docs/kernels.md).
 
-So far: `reference.py`, the numpy ground truth of the fused visual-token downsample (space-to-depth
-with ratio 2 or 3, then the projector's LayerNorm), held equal to the exporter's plain-op graph.
-The CUDA kernel and the TensorRT plugin are not written yet.
+The fused visual-token downsample (space-to-depth with ratio 2 or 3, then the projector's
+LayerNorm), in the ladder the style guide asks for:
+
+    reference.py                 numpy ground truth
+    cuda/downsample.cu(h)        the CUDA kernel (fp32/fp16/bf16), no TensorRT in it
+    trt/downsample_plugin.cpp    the TensorRT 10 IPluginV3 plugin over the kernel
+    schema.py                    the ONNX op vlm_edge.VlmEdgeDownsampleLayerNorm (needs onnx)
+    loader.py                    the kernel through cuda-python (the runtime may import it)
+    build.py, CMakeLists.txt     nvcc / CMake builds, cached per sources
+
+Nothing is imported here: the runtime takes only what it needs.
 """
