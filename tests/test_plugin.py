@@ -175,6 +175,7 @@ def test_trt_export_writes_the_plugin_node(request, tmp_path, which):
     trt_graph = onnx.load(str(engine / TRT_VISION_FILE), load_external_data=False)
     plain = onnx.load(str(engine / "vision.onnx"), load_external_data=False)
     (node,) = _plugin_nodes(trt_graph)
+    onnx.checker.check_model(str(engine / TRT_VISION_FILE))
     assert check_trt_graph(engine / TRT_VISION_FILE) == []
     assert {(o.domain, o.version) for o in trt_graph.opset_import} >= {(schema.DOMAIN, 1)}
     order = manifest.model["downsample_token_order"]
