@@ -51,9 +51,13 @@ def fuse_downsample(model: onnx.ModelProto, site: DownsampleSite) -> onnx.ModelP
     if site.end not in producer or nodes[producer[site.end]].op_type != "LayerNormalization":
         raise VlmEdgeError(f"the vision graph has no LayerNormalization producing {site.end!r} to fuse")
     norm = nodes[producer[site.end]]
+    initializers = {t.name for t in graph.initializer}
+    if len(norm.input) != 3 or not set(norm.input[1:]) <= initializers:
+        raise VlmEdgeError(f"LayerNormalization {norm.name} needs weight and bias initializers to become the plugin's "
+                           "inputs; nothing was fused")
 
-    # the region: every node on a path from start to end (walk back from end, stop at start)
-    region, stack = set(), [producer[site.end]]
+    # the region: every node on a path from start to end (walk back from the LayerNorm's input, stop at start)
+    region, stack = {producer[site.end]}, [producer[norm.input[0]]] if norm.input[0] in producer else []
     while stack:
         i = stack.pop()
         if i in region:

@@ -75,6 +75,19 @@ class DownsampleKernel:
         self.module = self._check(driver.cuModuleLoadData(self._image), f"loading {path}")
         self._functions: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Unload the module and release the primary context."""
+        if getattr(self, "module", None) is not None:
+            self.cu.cuModuleUnload(self.module)
+            self.module = None
+            self.cu.cuDevicePrimaryCtxRelease(self.device)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the driver may be gone already
+            pass
+
     def _check(self, result, what: str):
         err, *values = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
@@ -89,8 +102,9 @@ class DownsampleKernel:
     def launch(self, x: int, weight: int, bias: int, y: int, *, batch: int, side: int, channels: int, dtype,
                ratio: int = 2, order: str = "column_major", eps: float = 1e-5, stream: int = 0) -> None:
         """Enqueue one call on `stream`; the pointers are device addresses (ints)."""
-        if ratio not in (2, 3) or order not in ORDERS or batch < 1 or side < 1 or channels < 1:
-            raise ValueError(f"ratio {ratio}, order {order!r}, batch {batch}, side {side}, channels {channels}")
+        if ratio not in (2, 3) or order not in ORDERS or not 1 <= batch <= 65535 or side < 1 or channels < 1:
+            raise ValueError(f"ratio {ratio} (2 or 3), order {order!r}, batch {batch} (1..65535), side {side}, "
+                             f"channels {channels}")
         aligned = all(int(p) % 16 == 0 for p in (x, weight, bias, y))
         func = self.function(kernel_name(dtype, channels, aligned))
         smem = shared_bytes(channels, ratio)
@@ -115,6 +129,9 @@ class DownsampleKernel:
         side = int(round(tokens ** 0.5))
         if side * side != tokens:
             raise ValueError(f"{tokens} tokens are not a square grid")
+        if weight.shape != (ratio * ratio * channels,) or bias.shape != weight.shape:
+            raise ValueError(f"weight and bias must be [{ratio * ratio * channels}] (ratio^2 * C), got "
+                             f"{list(weight.shape)} and {list(bias.shape)}")
         half = -(-side // ratio)
         out = np.empty((batch, half * half, ratio * ratio * channels), x.dtype)
         arrays = [np.ascontiguousarray(a, x.dtype) for a in (x, weight, bias)]

@@ -70,7 +70,7 @@ def test_plugin_library_builds_loads_and_hands_out_its_creator(tmp_path):
     assert library.name == build.PLUGIN_LIBRARY and not list(tmp_path.glob("*.partial"))
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
     exported = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
-    assert exported == {"getCreators"}, exported  # everything else is hidden
+    assert exported == {"getCreators", "setLoggerFinder"}, exported  # everything else is hidden
     lib = ctypes.CDLL(str(library))
     lib.getCreators.restype = ctypes.POINTER(ctypes.c_void_p)
     lib.getCreators.argtypes = [ctypes.POINTER(ctypes.c_int32)]

@@ -102,6 +102,11 @@ def test_fusion_refuses_a_site_it_does_not_recognise(tmp_path):
     model = onnx.load(str(path), load_external_data=False)
     with pytest.raises(VlmEdgeError, match="no LayerNormalization"):
         fuse_downsample(model, DownsampleSite(site.start, "x", 6, 4, 2, "column_major", 1e-5))
+    norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    model.graph.node.insert(0, helper.make_node("Identity", [norm.input[2]], ["computed_bias"]))
+    norm.input[2] = "computed_bias"  # a bias computed in the graph cannot be the plugin's constant input
+    with pytest.raises(VlmEdgeError, match="weight and bias initializers"):
+        fuse_downsample(model, site)
 
 
 @pytest.mark.parametrize("change,expected", [

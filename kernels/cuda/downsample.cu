@@ -49,6 +49,48 @@ struct alignas(sizeof(T) * V) Pack
     T v[V];
 };
 
+// Pack k of the fp32 row in shared memory: float4 accesses where V allows (fewer bank conflicts
+// than V scalar accesses V words apart).
+template <int V>
+__device__ __forceinline__ void storeRow(float* row, int k, float const (&v)[V])
+{
+    if constexpr (V % 4 == 0)
+    {
+#pragma unroll
+        for (int q = 0; q < V / 4; ++q)
+            reinterpret_cast<float4*>(row + k * V)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
+    else
+    {
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+            row[k * V + e] = v[e];
+    }
+}
+
+template <int V>
+__device__ __forceinline__ void loadRow(float const* row, int k, float (&v)[V])
+{
+    if constexpr (V % 4 == 0)
+    {
+#pragma unroll
+        for (int q = 0; q < V / 4; ++q)
+        {
+            float4 const f = reinterpret_cast<float4 const*>(row + k * V)[q];
+            v[4 * q] = f.x;
+            v[4 * q + 1] = f.y;
+            v[4 * q + 2] = f.z;
+            v[4 * q + 3] = f.w;
+        }
+    }
+    else
+    {
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+            v[e] = row[k * V + e];
+    }
+}
+
 // Sum over the block; every thread gets the total. blockDim.x is a multiple of 32.
 __device__ float blockSum(float v, float* scratch)
 {
@@ -71,7 +113,8 @@ template <typename T, int V>
 __device__ void downsampleLayerNormBody(T const* __restrict__ x, T const* __restrict__ weight,
     T const* __restrict__ bias, T* __restrict__ y, int side, int channels, int ratio, int order, float eps)
 {
-    extern __shared__ float shared[];
+    extern __shared__ float4 sharedAligned[];  // float4: the row is 16-byte aligned for vector access
+    float* shared = reinterpret_cast<float*>(sharedAligned);
     int const half = (side + ratio - 1) / ratio;
     int const width = ratio * ratio * channels;  // r*r*C
     float* row = shared;                         // [width]
@@ -101,34 +144,38 @@ __device__ void downsampleLayerNormBody(T const* __restrict__ x, T const* __rest
         else
             for (int e = 0; e < V; ++e)
                 p.v[e] = fromFloat<T>(0.0F);  // the zero padding is part of the row LayerNorm sees
+        float v[V];
 #pragma unroll
         for (int e = 0; e < V; ++e)
         {
-            float const v = toFloat(p.v[e]);
-            row[k * V + e] = v;
-            sum += v;
+            v[e] = toFloat(p.v[e]);
+            sum += v[e];
         }
+        storeRow<V>(row, k, v);
     }
     float const mean = blockSum(sum, scratch) / width;
 
     float squares = 0.0F;  // each thread reads back only the values it wrote: no barrier needed
     for (int k = threadIdx.x; k < packs; k += blockDim.x)
+    {
+        float v[V];
+        loadRow<V>(row, k, v);
 #pragma unroll
         for (int e = 0; e < V; ++e)
-        {
-            float const d = row[k * V + e] - mean;
-            squares += d * d;
-        }
+            squares += (v[e] - mean) * (v[e] - mean);
+    }
     float const rstd = rsqrtf(blockSum(squares, scratch) / width + eps);
 
     for (int k = threadIdx.x; k < packs; k += blockDim.x)
     {
         Pack<T, V> const w = reinterpret_cast<Pack<T, V> const*>(weight)[k];
         Pack<T, V> const b = reinterpret_cast<Pack<T, V> const*>(bias)[k];
+        float v[V];
+        loadRow<V>(row, k, v);
         Pack<T, V> out;
 #pragma unroll
         for (int e = 0; e < V; ++e)
-            out.v[e] = fromFloat<T>((row[k * V + e] - mean) * rstd * toFloat(w.v[e]) + toFloat(b.v[e]));
+            out.v[e] = fromFloat<T>((v[e] - mean) * rstd * toFloat(w.v[e]) + toFloat(b.v[e]));
         reinterpret_cast<Pack<T, V>*>(dst)[k] = out;
     }
 }
@@ -172,12 +219,27 @@ bool aligned16(void const* p)
 
 } // namespace
 
+bool downsampleFits(int channels, int ratio)
+{
+    int device = 0;
+    int limit = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    {
+        cudaGetLastError();  // no device to ask: leave the verdict to the launch
+        return true;
+    }
+    return downsampleSharedBytes(channels, ratio) <= static_cast<size_t>(limit);
+}
+
 cudaError_t downsampleLayerNorm(Dtype dtype, void const* x, void const* weight, void const* bias, void* y,
     DownsampleShape shape, TokenOrder order, float eps, cudaStream_t stream)
 {
-    if ((shape.ratio != 2 && shape.ratio != 3) || shape.batch <= 0 || shape.side <= 0 || shape.channels <= 0
+    if ((shape.ratio != 2 && shape.ratio != 3) || shape.batch < 0 || shape.side <= 0 || shape.channels <= 0
         || shape.batch > 65535)
         return cudaErrorInvalidValue;
+    if (shape.batch == 0)
+        return cudaSuccess;  // an empty batch: nothing to write
     int const elementBytes = dtype == Dtype::kFloat32 ? 4 : 2;
     int const vector = 16 / elementBytes;
     bool const wide = shape.channels % vector == 0 && aligned16(x) && aligned16(weight) && aligned16(bias)
@@ -193,10 +255,17 @@ cudaError_t downsampleLayerNorm(Dtype dtype, void const* x, void const* weight, 
     size_t const sharedBytes = downsampleSharedBytes(shape.channels, shape.ratio);
     if (sharedBytes > kDefaultSharedLimit)
     {
-        cudaError_t const err = cudaFuncSetAttribute(reinterpret_cast<void const*>(kernel),
-            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sharedBytes));
-        if (err != cudaSuccess)
-            return err;  // the row does not fit this GPU's shared memory
+        // opt in once per kernel and size (a race here only repeats the same call)
+        static size_t optedIn[6] = {};
+        int const slot = static_cast<int>(dtype) * 2 + (wide ? 1 : 0);
+        if (optedIn[slot] < sharedBytes)
+        {
+            cudaError_t const err = cudaFuncSetAttribute(reinterpret_cast<void const*>(kernel),
+                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sharedBytes));
+            if (err != cudaSuccess)
+                return err;  // the row does not fit this GPU's shared memory
+            optedIn[slot] = sharedBytes;
+        }
     }
     int const half = downsampleOutputSide(shape.side, shape.ratio);
     dim3 const grid(static_cast<unsigned>(half * half), static_cast<unsigned>(shape.batch));

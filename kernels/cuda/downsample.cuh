@@ -52,7 +52,12 @@ inline size_t downsampleSharedBytes(int channels, int ratio)
     return (static_cast<size_t>(ratio) * ratio * channels + 32) * sizeof(float);
 }
 
-// Launches the kernel on `stream`. Returns cudaErrorInvalidValue for a shape it does not take
+// Whether one block's row fits the current device's shared memory (it opts in above 48 KB); true
+// when no device can be asked (the launch then reports it):
+// r*r*C up to about 12,000 on Orin (163 KB per block), 14,000 on Hopper (227 KB).
+bool downsampleFits(int channels, int ratio);
+
+// Launches the kernel on `stream`; an empty batch launches nothing. Returns cudaErrorInvalidValue for a shape it does not take
 // (ratio not 2 or 3, a non-positive size, a row that does not fit in shared memory).
 cudaError_t downsampleLayerNorm(Dtype dtype, void const* x, void const* weight, void const* bias, void* y,
     DownsampleShape shape, TokenOrder order, float eps, cudaStream_t stream);

@@ -4,15 +4,16 @@
 // formats it takes, its fields, and enqueue. Written to what TensorRT 10.3 (JetPack 6.1/6.2)
 // has; nothing newer is used.
 //
-//   ONNX node  vlm_edge::DownsampleLayerNorm (kernels/schema.py), which TensorRT's ONNX parser
-//              maps to this plugin by name, version "1", empty namespace
+//   ONNX node  vlm_edge.VlmEdgeDownsampleLayerNorm (kernels/schema.py), which TensorRT's ONNX
+//              parser maps to this plugin by op type, version "1", empty namespace
 //   inputs     x [B, S, S, C], weight [r*r*C], bias [r*r*C]     (one dtype: fp32, fp16 or bf16)
 //   output     y [B, ceil(S/r)^2, r*r*C]
 //   fields     ratio (int32: 2 or 3), order (int32 0 column-major / 1 row-major, or the string
 //              "column_major" / "row_major"), eps (float32)
 //
-// The library exports getCreators(), so it loads with IPluginRegistry::loadLibrary and
-// `trtexec --dynamicPlugins=libvlm_edge_plugins.so`.
+// The library exports getCreators() and setLoggerFinder(), so it loads with
+// IPluginRegistry::loadLibrary and `trtexec --dynamicPlugins=libvlm_edge_plugins.so`; messages go
+// to TensorRT's logger once it hands one over, to stderr before.
 
 #include "../cuda/downsample.cuh"
 
@@ -36,9 +37,16 @@ constexpr char const* kPluginName = "VlmEdgeDownsampleLayerNorm";
 constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "";
 
+ILoggerFinder* gLoggerFinder = nullptr;  // set by TensorRT through setLoggerFinder()
+
 void report(char const* what)
 {
-    std::fprintf(stderr, "[vlm-edge] %s: %s\n", kPluginName, what);
+    ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
+    std::string const message = std::string(kPluginName) + ": " + what;
+    if (logger != nullptr)
+        logger->log(ILogger::Severity::kERROR, message.c_str());
+    else
+        std::fprintf(stderr, "[vlm-edge] %s\n", message.c_str());
 }
 
 struct Params
@@ -145,6 +153,11 @@ public:
         if (nbInputs != 3 || nbOutputs != 1 || in[0].desc.dims.nbDims != 4)
             return -1;
         Dims const& x = in[0].desc.dims;
+        if (x.d[3] >= 0 && !downsampleFits(static_cast<int>(x.d[3]), mParams.ratio))
+        {
+            report("ratio * ratio * C fp32 values do not fit one block's shared memory on this GPU");
+            return -1;
+        }
         if (x.d[1] >= 0 && x.d[2] >= 0 && x.d[1] != x.d[2])
         {
             report("x must be a square grid [B, S, S, C]");
@@ -177,6 +190,8 @@ public:
         Dtype dtype;
         if (!toDtype(inputDesc[0].type, dtype))
             return -1;
+        if (x.d[0] == 0)
+            return 0;  // an empty batch
         DownsampleShape const shape{static_cast<int>(x.d[0]), static_cast<int>(x.d[1]), static_cast<int>(x.d[3]),
             mParams.ratio};
         cudaError_t const err = downsampleLayerNorm(dtype, inputs[0], inputs[1], inputs[2], outputs[0], shape,
@@ -194,20 +209,20 @@ public:
         return clone();
     }
 
+    // The fields point into this object's parameters: valid while the plugin lives.
     PluginFieldCollection const* getFieldsToSerialize() noexcept override
     {
-        mFields.clear();
-        mFields.emplace_back("ratio", &mParams.ratio, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("order", &mParams.order, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("eps", &mParams.eps, PluginFieldType::kFLOAT32, 1);
-        mCollection.nbFields = static_cast<int32_t>(mFields.size());
-        mCollection.fields = mFields.data();
+        mFields[0] = PluginField("ratio", &mParams.ratio, PluginFieldType::kINT32, 1);
+        mFields[1] = PluginField("order", &mParams.order, PluginFieldType::kINT32, 1);
+        mFields[2] = PluginField("eps", &mParams.eps, PluginFieldType::kFLOAT32, 1);
+        mCollection.nbFields = 3;
+        mCollection.fields = mFields;
         return &mCollection;
     }
 
 private:
     Params mParams;
-    std::vector<PluginField> mFields;
+    PluginField mFields[3];
     PluginFieldCollection mCollection{};
 };
 
@@ -240,7 +255,7 @@ public:
     DownsamplePluginCreator()
     {
         mFieldNames.emplace_back("ratio", nullptr, PluginFieldType::kINT32, 1);
-        mFieldNames.emplace_back("order", nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.emplace_back("order", nullptr, PluginFieldType::kCHAR, 0);  // or kINT32 0 / 1
         mFieldNames.emplace_back("eps", nullptr, PluginFieldType::kFLOAT32, 1);
         mCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
         mCollection.fields = mFieldNames.data();
@@ -260,22 +275,34 @@ public:
             if (field.name == nullptr || field.data == nullptr)
                 continue;
             std::string const name(field.name);
-            if (name == "ratio" && field.type == PluginFieldType::kINT32 && field.length == 1)
-                params.ratio = *static_cast<int32_t const*>(field.data);
-            else if (name == "ratio" && field.type == PluginFieldType::kINT64 && field.length == 1)
-                params.ratio = static_cast<int32_t>(*static_cast<int64_t const*>(field.data));
+            if (name == "ratio")
+            {
+                if (field.type == PluginFieldType::kINT32 && field.length == 1)
+                    params.ratio = *static_cast<int32_t const*>(field.data);
+                else if (field.type == PluginFieldType::kINT64 && field.length == 1)
+                    params.ratio = static_cast<int32_t>(*static_cast<int64_t const*>(field.data));
+                else
+                    params.ratio = 0;  // refused below
+            }
             else if (name == "order" && !parseOrder(field, params.order))
             {
                 report("field order must be column_major (0) or row_major (1)");
                 return nullptr;
             }
-            else if (name == "eps" && field.type == PluginFieldType::kFLOAT32 && field.length == 1)
+            else if (name == "eps")
+            {
+                if (field.type != PluginFieldType::kFLOAT32 || field.length != 1)
+                {
+                    report("field eps must be one float32");
+                    return nullptr;
+                }
                 params.eps = *static_cast<float const*>(field.data);
+            }
             // other fields (the ONNX parser's plugin_version, plugin_namespace) carry no parameters
         }
         if (params.ratio != 2 && params.ratio != 3)
         {
-            report("field ratio must be 2 or 3");
+            report("field ratio must be one int32: 2 or 3");
             return nullptr;
         }
         if (!(params.eps > 0.0F))
@@ -295,7 +322,12 @@ private:
 } // namespace trt
 } // namespace vlm_edge
 
-// The entry point IPluginRegistry::loadLibrary and trtexec --dynamicPlugins look for.
+// The entry points IPluginRegistry::loadLibrary and trtexec --dynamicPlugins look for.
+extern "C" __attribute__((visibility("default"))) void setLoggerFinder(ILoggerFinder* finder)
+{
+    vlm_edge::trt::gLoggerFinder = finder;
+}
+
 extern "C" __attribute__((visibility("default"))) IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static vlm_edge::trt::DownsamplePluginCreator creator;

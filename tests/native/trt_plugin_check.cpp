@@ -180,6 +180,7 @@ int main(int argc, char** argv)
     expect(getCreators != nullptr, "getCreators is exported");
     if (getCreators == nullptr)
         return 1;
+    expect(dlsym(handle, "setLoggerFinder") != nullptr, "setLoggerFinder is exported");
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = getCreators(count);
     expect(count == 1, "one creator");
@@ -260,6 +261,18 @@ int main(int argc, char** argv)
     expect(creator->createPlugin("ds", diagonal.get(), TensorRTPhase::kBUILD) == nullptr, "an unknown order is refused");
     Fields zeroEps{2, "column_major", 0.0F};
     expect(creator->createPlugin("ds", zeroEps.get(), TensorRTPhase::kBUILD) == nullptr, "eps 0 is refused");
+    double wide = 1e-5;
+    PluginField doubleEps("eps", &wide, PluginFieldType::kFLOAT64, 1);
+    PluginFieldCollection doubleEpsFields{1, &doubleEps};
+    expect(creator->createPlugin("ds", &doubleEpsFields, TensorRTPhase::kBUILD) == nullptr,
+        "an eps of another type is refused, not defaulted");
+    int64_t ratio3 = 3;
+    PluginField ratio64("ratio", &ratio3, PluginFieldType::kINT64, 1);
+    PluginFieldCollection ratio64Fields{1, &ratio64};
+    IPluginV3* fromInt64 = creator->createPlugin("ds", &ratio64Fields, TensorRTPhase::kBUILD);
+    expect(fromInt64 != nullptr && outputShape(fromInt64, {1, 27, 27, 48}, 432) == std::vector<int64_t>{1, 81, 432},
+        "an int64 ratio is taken");
+    delete fromInt64;
 
     if (failures == 0)
         std::printf("ok\n");
