@@ -4,7 +4,9 @@ The kernel compiles wherever nvcc is (CI's machines have it: CUDA 13); the fatbi
 for both archs. The plugin compiles where TensorRT's headers are (TENSORRT_ROOT, or /usr on a
 Jetson); it then must load with dlopen and hand out its one creator through getCreators, as
 TensorRT's IPluginRegistry::loadLibrary and trtexec --dynamicPlugins call it, and pass
-tests/native/trt_plugin_check.cpp: the builder's calls up to enqueue, with no libnvinfer or GPU. Each skips with the
+tests/native/trt_plugin_check.cpp: the builder's calls up to enqueue, with no libnvinfer or GPU.
+And the kernels' own source runs on the CPU (tests/native/cuda_emulation.h: a thread per CUDA
+thread, barriers and shuffles emulated) against the numpy reference, every variant. Each skips with the
 reason where its tool is absent. Running the kernel needs a GPU: tests/test_kernel_gpu.py.
 """
 
@@ -102,3 +104,54 @@ def test_loader_without_a_gpu_says_what_it_needs():
         assert "NVIDIA GPU" in str(e)
     else:
         pytest.skip("a GPU is here: tests/test_kernel_gpu.py runs the kernel")
+
+
+# ---- the kernels' own source, run on the CPU (tests/native/cuda_emulation.h) ---------------------------
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    compiler = shutil.which("g++")
+    include = build.find_cuda_include()
+    if compiler is None or include is None:
+        pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_runtime.h, cuda_fp16.h)")
+    program = tmp_path_factory.mktemp("emulated") / "downsample_emulated"
+    compiled = subprocess.run([compiler, "-std=c++20", "-O1", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Werror",
+                               "-pthread", "-isystem", str(include), str(NATIVE / "downsample_emulated.cpp"), "-o",
+                               str(program)], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    return program
+
+
+# (kernel, dtype, B, S, C, r): every variant; odd and even grids; r = 2 and 3; C = 1152 gives each
+# thread several 16-byte packs, C = 6 and 12 force the narrow kernels
+EMULATED = [
+    ("vlm_downsample_ln_f32_v4", "float32", 2, 7, 8, 2), ("vlm_downsample_ln_f32_v4", "float32", 1, 5, 1152, 2),
+    ("vlm_downsample_ln_f32_v1", "float32", 2, 6, 6, 3), ("vlm_downsample_ln_f16_v8", "float16", 1, 9, 16, 3),
+    ("vlm_downsample_ln_f16_v8", "float16", 1, 4, 1152, 2), ("vlm_downsample_ln_f16_v1", "float16", 2, 7, 12, 2),
+    ("vlm_downsample_ln_bf16_v8", "bfloat16", 2, 8, 48, 2), ("vlm_downsample_ln_bf16_v1", "bfloat16", 1, 7, 6, 3),
+]
+
+
+@pytest.mark.parametrize("order", ["column_major", "row_major"])
+@pytest.mark.parametrize("name,dtype,batch,side,channels,ratio", EMULATED)
+def test_kernel_source_run_on_the_cpu_matches_the_reference(emulated, tmp_path, order, name, dtype, batch, side,
+                                                            channels, ratio):
+    """The same source nvcc compiles, with its barriers and shuffles emulated: the GPU tests' tolerances."""
+    from vlm_edge.kernels.reference import ORDERS, downsample_layernorm
+
+    t = _bfloat16() if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(side * 100 + channels + ratio)
+    width = ratio * ratio * channels
+    x = (rng.standard_normal((batch, side, side, channels)) * 1.5 + 0.3).astype(t)
+    weight, bias = rng.uniform(0.5, 1.5, width).astype(t), (rng.standard_normal(width) * 0.1).astype(t)
+    paths = [tmp_path / n for n in ("x", "w", "b", "y")]
+    for path, array in zip(paths, (x, weight, bias)):
+        path.write_bytes(array.tobytes())
+    result = subprocess.run([str(emulated), name, str(batch), str(side), str(channels), str(ratio),
+                             str(ORDERS.index(order)), "1e-5", *map(str, paths)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    half = -(-side // ratio)
+    got = np.frombuffer(paths[3].read_bytes(), t).reshape(batch, half * half, width)
+    want = downsample_layernorm(x.reshape(batch, side * side, channels).astype(np.float32), weight.astype(np.float32),
+                                bias.astype(np.float32), ratio=ratio, order=order, eps=1e-5)
+    err = np.abs(got.astype(np.float32) - want).max()
+    assert err <= (1e-5 if dtype == "float32" else 2e-2), err

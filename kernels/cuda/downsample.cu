@@ -199,6 +199,7 @@ VLM_DOWNSAMPLE_KERNEL(vlm_downsample_ln_bf16_v8, __nv_bfloat16, 8)
 VLM_DOWNSAMPLE_KERNEL(vlm_downsample_ln_bf16_v1, __nv_bfloat16, 1)
 
 // ---- host launcher (the TensorRT plugin) --------------------------------------------------------------
+#ifndef VLM_EDGE_CUDA_EMULATION  // tests/native/ runs the kernels above on the CPU, without this part
 namespace vlm_edge
 {
 namespace
@@ -278,3 +279,4 @@ cudaError_t downsampleLayerNorm(Dtype dtype, void const* x, void const* weight, 
 }
 
 } // namespace vlm_edge
+#endif // VLM_EDGE_CUDA_EMULATION
