@@ -14,6 +14,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -171,3 +172,70 @@ def train_micro(out: Path, steps: tuple[int, int, int] = (10, 50, 100)) -> Path:
         stage.steps = n
     Trainer(config, out).run()
     return out
+
+
+# ---- video for the camera sources: our own scene renderer, objects appearing and moving ------------------
+VIDEO_SEGMENTS = (("red", "circle"), ("blue", "square"), ("green", "triangle"))
+
+
+def scene_frames(segments=VIDEO_SEGMENTS, seconds: float = 2.0, fps: int = 10, size: int = 224, seed: int = 0):
+    """(frames, colours): one big shape per segment moving through the 2x2 cells, `seconds` each."""
+    import random
+
+    from vlm_edge.train.scenes import CELLS, Scene, Shape, render
+
+    rng = random.Random(seed)
+    frames, colours = [], []
+    for colour, shape in segments:
+        for i in range(int(seconds * fps)):
+            cell = CELLS[(i * len(CELLS)) // int(seconds * fps)]  # it moves: a cell per quarter of the segment
+            frames.append(np.asarray(render(Scene(objects=(Shape(shape, colour, "big", cell),), background=240),
+                                            size, rng)))
+            colours.append(colour)
+    return frames, colours
+
+
+def write_video(path: Path, frames, fps: int = 10) -> Path:
+    """An MPEG-4 file (OpenCV's mp4v encoder), as a phone or a camera recorder would leave one."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def train_colour_model(root: Path, steps: int = 400) -> Path:
+    """The micro preset trained by the training module on one question, "What colour is the shape?",
+    over one-shape scenes (seconds), then exported with 4-bit weights: root/engine."""
+    import json
+    import random
+
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.train.recipe import default_config
+    from vlm_edge.train.scenes import CELLS, COLOURS, SHAPES, Scene, Shape, render
+    from vlm_edge.train.trainer import Trainer
+
+    rng = random.Random(0)
+    images = root / "images"
+    images.mkdir(parents=True)
+    records = []
+    for i in range(600):
+        colour = rng.choice(list(COLOURS))
+        scene = Scene(objects=(Shape(rng.choice(SHAPES), colour, "big", rng.choice(CELLS)),),
+                      background=rng.randint(225, 255))
+        render(scene, 28, rng).save(images / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": colour}]})
+    (root / "colours.json").write_text(json.dumps(records))
+    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / "colours.json"),
+                            image_folder=str(images))
+    for stage, n in zip(config.stages, (10, 30, steps)):
+        stage.steps = n
+    config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
+    Trainer(config, root / "ckpt").run()
+    export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
+    return root / "engine"
