@@ -55,6 +55,7 @@ setup(
             "vlm-run = vlm_edge.edge.cli:main",
             "vlm-bench = vlm_edge.edge.bench:main",
             "vlm-serve = vlm_edge.server.cli:main",
+            "vlm-camera = vlm_edge.jetson.cli:camera_main",
         ]
     },
 )

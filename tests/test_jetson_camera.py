@@ -10,9 +10,11 @@ CSI and V4L2 need a camera: their GStreamer pipelines are checked as strings.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -192,3 +194,104 @@ def test_rtsp_stream_drops_reconnects_and_keeps_answering(pipe, video):
         assert all(r.latency > 0 for r in records)
     finally:
         server.stop()
+
+
+# ---- vlm-camera, the command -------------------------------------------------------------------------------
+def _camera(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vlm_edge.jetson.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_vlm_camera_prints_answers_and_logs_them(colour_engine, video, tmp_path):
+    path, _, _ = video
+    log_path, summary = tmp_path / "log.jsonl", tmp_path / "summary.json"
+    proc = _camera(str(colour_engine), "--source", f"file://{path}", "--prompt", PROMPT, "--fps", "1",
+                   "--log", str(log_path), "--summary", str(summary))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = [line for line in out.splitlines() if " frame " in line]
+    assert len(lines) == 6 and lines[0].endswith("ms)") and ": red " in lines[0] and ": blue " in lines[2]
+    assert json.loads(summary.read_text())["answers"] == 6 and len(log_path.read_text().splitlines()) == 6
+
+
+def test_vlm_camera_stops_cleanly_on_ctrl_c(colour_engine, video):
+    path, _, _ = video
+    proc = _camera(str(colour_engine), "--source", str(path), "--realtime", "--prompt", PROMPT)
+    first = proc.stdout.readline()  # an answer arrived: the stream is running
+    assert " frame " in first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "summary: " in out and "Traceback" not in err
+
+
+def test_vlm_camera_bad_input_is_one_line(colour_engine, tmp_path):
+    for args, phrase in ((["--source", str(tmp_path / "none.mp4")], "neither a video file"),
+                         (["--source", "http://x"], "unknown scheme"),
+                         (["--source", str(tmp_path), "--alert", "x"], "--alert needs"),
+                         (["--source", str(tmp_path), "--web", "nine"], "--web 'nine'")):
+        proc = _camera(str(colour_engine), "--prompt", PROMPT, *args)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and len(err.strip().splitlines()) == 1 and phrase in err, err
+
+
+# ---- the live page, in a real headless browser ------------------------------------------------------------
+def _browser():
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Chromium and ChromeDriver (Debian: apt install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,1100"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_web_page_shows_video_answers_and_takes_a_new_prompt(pipe, video, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from vlm_edge.jetson.web import WebView
+
+    path, _, _ = video
+    app = CameraApp(pipe, open_source(str(path), realtime=True), CameraConfig(PROMPT, max_new_tokens=4))
+    web = WebView(app, "127.0.0.1", 0).start()
+    assert web.host == "127.0.0.1"
+    records = []
+    worker = threading.Thread(target=lambda: records.extend(app.run()), daemon=True)
+    worker.start()
+    browser = _browser()
+    try:
+        browser.get(web.url)
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: int(b.find_element(By.ID, "frames").text) >= 5)  # video frames arrive
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#answers li"))  # an answer appears
+        first = browser.find_element(By.CSS_SELECTOR, "#answers li")
+        assert first.get_attribute("data-prompt") == PROMPT and first.get_attribute("data-answer")
+        assert browser.execute_script("return document.getElementById('video').naturalWidth") == 224
+        box = browser.find_element(By.ID, "prompt")
+        assert box.get_attribute("value") == PROMPT
+        box.clear()
+        box.send_keys("Describe the shape.")
+        browser.find_element(By.CSS_SELECTOR, "#ask button").click()
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#answers li").get_attribute("data-prompt")
+                   == "Describe the shape.")  # the next answers follow the new prompt
+        assert app.prompt == "Describe the shape."
+        shot = Path(__file__).resolve().parents[1] / "docs" / "images" / "vlm-camera.png"
+        if os.environ.get("VLM_EDGE_SCREENSHOT"):  # docs/jetson.md's picture: VLM_EDGE_SCREENSHOT=1 pytest -k web
+            shot.parent.mkdir(exist_ok=True)
+            browser.save_screenshot(str(shot))
+        else:
+            browser.save_screenshot(str(tmp_path / "vlm-camera.png"))
+    finally:
+        browser.quit()
+        app.stop()
+        worker.join(timeout=30)
+        web.stop()
+    assert records and {r.prompt for r in records} == {PROMPT, "Describe the shape."}

@@ -1,0 +1,103 @@
+"""`vlm-camera`: ask an engine about a live camera or a video, answer by answer.
+
+    vlm-camera engine/ --source csi://0 --prompt "Is the door open?"
+    vlm-camera engine/ --source rtsp://cam.local:8554/live --prompt "How many people?" --web :8080
+    vlm-camera engine/ --source file://clip.mp4 --prompt "What colour is the car?" --log answers.jsonl
+    vlm-camera engine/ --source v4l2:///dev/video0 --prompt "Is there smoke?" --alert "yes" \\
+               --alert-command "notify-send smoke" --alert-every 60
+
+Sources: file://clip.mp4 (or a plain path; --realtime plays it as a live camera), a folder of
+images, v4l2:///dev/video0 (USB), csi://0 (Jetson CSI, needs JetPack's OpenCV with GStreamer),
+rtsp://... (reconnects after a drop). Query options set the capture: csi://0?width=1920&height=1080.
+Each answer is printed with its frame's capture time, frame number and latency; --log appends it
+to a JSONL file. Ctrl-C stops cleanly and prints a summary (frames in, answers, dropped, latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from vlm_edge.common.cli import run
+from vlm_edge.common.log import setup_logging
+
+
+def camera_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vlm-camera", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("engine", help="an engine directory written by vlm-export")
+    p.add_argument("--source", required=True, help="file://, a folder, v4l2://, csi:// or rtsp:// (see above)")
+    p.add_argument("--prompt", required=True, help="what to ask about every frame")
+    p.add_argument("--fps", type=float, help="take at most this many frames per second from the source")
+    p.add_argument("--realtime", action="store_true", help="play a video file at its own speed, as a live camera "
+                                                           "(frames the model cannot keep up with are dropped)")
+    p.add_argument("--queue-size", type=int, default=2, help="frames waiting for the model (default 2; live sources "
+                                                             "drop the oldest)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer (default 16)")
+    p.add_argument("--log", help="append every answer to this JSONL file")
+    p.add_argument("--alert", help="a regular expression: when an answer matches it, run --alert-command and/or "
+                                   "post to --alert-webhook")
+    p.add_argument("--alert-command", help="command to run on a match ($VLM_ANSWER holds the answer; the answer "
+                                           "record comes as JSON on stdin)")
+    p.add_argument("--alert-webhook", help="URL to POST the answer record to (JSON) on a match")
+    p.add_argument("--alert-every", type=float, default=30.0, help="seconds between alerts at most (default 30)")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve a live page (video, answers, the prompt) here; "
+                                                      "a bare :PORT listens on 127.0.0.1")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--retry-for", type=float, help="seconds a dropped live source keeps reconnecting (default: "
+                                                   "until stopped)")
+    p.add_argument("--backend", default="auto", help="runtime backend: auto, ort-cpu, ort-cuda or tensorrt")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--summary", help="write the run's summary (JSON) here at the end")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> None:
+        from vlm_edge.edge import load
+
+        from .camera import CameraApp, CameraConfig
+        from .sources import open_source
+        from .web import WebView, parse_address
+
+        config = CameraConfig(args.prompt, max_new_tokens=args.max_new_tokens, queue_size=args.queue_size,
+                              log_path=args.log, alert=args.alert, alert_command=args.alert_command,
+                              alert_webhook=args.alert_webhook, alert_every=args.alert_every)
+        config.validate()
+        address = parse_address(args.web) if args.web else None
+        source = open_source(args.source, fps=args.fps, queue_size=args.queue_size, realtime=args.realtime,
+                             retry_for=args.retry_for)
+        pipe = load(args.engine, args.backend, **({"threads": args.threads} if args.threads else {}))
+        app = CameraApp(pipe, source, config)
+        web = WebView(app, *address).start() if address else None
+        if web:
+            print(f"live page: {web.url}", flush=True)
+        timer = threading.Timer(args.duration, app.stop) if args.duration else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        previous = signal.signal(signal.SIGINT, lambda *_: app.stop())  # Ctrl-C: finish the answer, then stop
+        try:
+            for record in app.run():
+                print(record.line(), flush=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if timer:
+                timer.cancel()
+            if web:
+                web.stop()
+        summary = app.stats.summary()
+        print("summary: " + json.dumps(summary), flush=True)
+        if args.summary:
+            from vlm_edge.common.fsutil import atomic_write_json
+
+            atomic_write_json(args.summary, summary)
+
+    return run("vlm-camera", go)
+
+
+if __name__ == "__main__":
+    sys.exit(camera_main())
