@@ -53,9 +53,10 @@ setup(
             "vlm-export = vlm_edge.export.cli:main",
             "vlm-build-engine = vlm_edge.export.cli:build_main",
             "vlm-run = vlm_edge.edge.cli:main",
-            "vlm-bench = vlm_edge.edge.bench:main",
+            "vlm-bench = vlm_edge.jetson.cli:bench_main",  # the runtime's benchmark, with Jetson power readings
             "vlm-serve = vlm_edge.server.cli:main",
             "vlm-camera = vlm_edge.jetson.cli:camera_main",
+            "vlm-jetson = vlm_edge.jetson.cli:jetson_main",
         ]
     },
 )

@@ -14,6 +14,8 @@ not counted. Figures:
     decode tokens/s       generated tokens after the first / decode time
     python overhead %     share of each decode step spent outside the decoder graph (sampling,
                           detokenizing, stop checks, binding inputs)
+    power W, J/token      with --power on a Jetson: mean power over the measured runs (the module
+                          input rail where there is one) and joules per generated token
     peak RSS MiB          the process's high-water mark (ru_maxrss) after all runs
 
 and a per-stage breakdown (ms) of the median run. The model memory figure it compares the peak
@@ -72,14 +74,21 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def bench(engine: str, images: list, prompt: str, new_tokens: int, runs: int, warmup: int, backend: str,
-          threads: int | None) -> dict:
+          threads: int | None, power_meter=None) -> dict:
+    """`power_meter`: a context manager factory (vlm_edge.jetson.telemetry.PowerMeter) whose
+    `watts`, `joules` and `source` cover the measured runs."""
+    import contextlib
+
     from .pipeline import load
 
     pipe = load(engine, backend, threads=threads)
     images = images or [builtin_image(pipe.model["image_size"])]
     config = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
     rows = []
+    meter, stack = None, contextlib.ExitStack()
     for i in range(warmup + runs):
+        if i == warmup and power_meter is not None:
+            meter = stack.enter_context(power_meter())
         pipe._image_cache.clear()
         pipe.decoder.truncate(0)
         pipe._cached = []
@@ -98,6 +107,13 @@ def bench(engine: str, images: list, prompt: str, new_tokens: int, runs: int, wa
                           "decode_python": (t["decode"] - t["decode_graph"]) * 1e3},
             "prompt_tokens": result.prompt_tokens, "new_tokens": len(result.token_ids),
         })
+    stack.close()
+    power = None
+    if meter is not None:
+        tokens = sum(r["new_tokens"] for r in rows)
+        power = {"source": meter.source, "watts": meter.watts, "joules": meter.joules,
+                 "joules_per_token": meter.joules / tokens if meter.joules is not None else None,
+                 "samples": len(meter.samples)}
     metrics = {k: summarize([r[k] for r in rows]) for k in
                ("first_token_ms", "vision_ms_per_image", "prefill_tokens_per_s", "decode_tokens_per_s",
                 "python_overhead_pct")}
@@ -112,7 +128,7 @@ def bench(engine: str, images: list, prompt: str, new_tokens: int, runs: int, wa
         "images": len(images), "prompt_tokens": rows[0]["prompt_tokens"], "new_tokens": new_tokens,
         "metrics": metrics, "stages_ms": median_run["stages_ms"], "peak_rss_bytes": peak,
         "model_memory_bytes": memory, "rss_over_model": peak / sum(memory.values()),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "power": power,
     }
 
 
@@ -131,9 +147,17 @@ def print_report(r: dict, out=sys.stdout) -> None:
           f"(weights {mem['weights'] / mib:.1f} + KV {mem['kv_cache'] / mib:.1f} + activations "
           f"{mem['activations'] / mib:.1f}): {r['rss_over_model']:.2f}x", file=out)
     print("stages of the median run (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()), file=out)
+    power = r.get("power")
+    if power is not None:
+        if power["watts"] is None:
+            print("power: no telemetry on this machine (no INA3221 monitors in sysfs, no tegrastats)", file=out)
+        else:
+            print(f"power: {power['watts']:.2f} W mean ({power['source']}, {power['samples']} samples), "
+                  f"{power['joules']:.1f} J, {power['joules_per_token']:.3f} J per generated token", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, power_meter=None) -> int:
+    """`power_meter`: what --power measures with (vlm-bench's console script passes the Jetson one)."""
     p = argparse.ArgumentParser(prog="vlm-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engine", help="an engine directory written by vlm-export")
@@ -145,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="runs before measuring (default 1)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--power", action="store_true", help="also measure power and energy per token (Jetson: INA3221 "
+                                                        "sysfs monitors or tegrastats)")
     p.add_argument("-o", "--output", help="also save the figures as JSON here")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -155,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.runs < 1 or args.new_tokens < 2 or args.warmup < 0:
             raise InputError("--runs must be >= 1, --new-tokens >= 2 and --warmup >= 0")
+        if args.power and power_meter is None:
+            raise InputError("--power needs vlm-edge's Jetson telemetry: run the vlm-bench command (not "
+                             "python -m vlm_edge.edge.bench)")
         result = bench(args.engine, args.image, args.prompt, args.new_tokens, args.runs, args.warmup, args.backend,
-                       args.threads)
+                       args.threads, power_meter if args.power else None)
         print_report(result)
         if args.output:
             atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")

@@ -99,5 +99,56 @@ def camera_main(argv: list[str] | None = None) -> int:
     return run("vlm-camera", go)
 
 
+def jetson_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vlm-jetson", description="What this Jetson is and whether an engine fits it: "
+                                "module, L4T and JetPack, power mode (nvpmodel), CUDA, TensorRT, onnxruntime and "
+                                "its providers, memory; with --engine, whether its TensorRT plans were built for this "
+                                "device and whether its weights fit in memory. On other machines the Jetson facts "
+                                "read 'unknown'.")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print the device's facts")
+    info.add_argument("--engine", help="an engine directory to check against this device")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--root", default="/", help="read the device files under this folder (a recorded tree)")
+    info.add_argument("--power", action="store_true", help="also read the power rails once (INA3221 in sysfs)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from .device import engine_fit, probe, report
+        from .telemetry import read_ina3221, total_watts
+
+        facts = probe(args.root, commands=args.root == "/")
+        fit = engine_fit(args.engine, facts) if args.engine else []
+        rails = read_ina3221(args.root) if args.power else {}
+        if args.json:
+            out = facts.to_dict()
+            if args.engine:
+                out["engine"] = fit
+            if args.power:
+                out["rails_w"] = {name: rail.watts for name, rail in rails.items()}
+                out["total_w"], out["total_source"] = total_watts(rails)
+            print(json.dumps(out, indent=2))
+            return
+        print(report(facts))
+        for line in fit:
+            print(f"{'engine':<12} {line}")
+        if args.power:
+            watts, source = total_watts(rails)
+            for name, rail in rails.items():
+                print(f"{'rail':<12} {name}: " + (f"{rail.watts:.2f} W" if rail.watts is not None else "not readable"))
+            print(f"{'power':<12} " + (f"{watts:.2f} W ({source})" if watts is not None else source))
+
+    return run("vlm-jetson", go)
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """vlm-bench with the Jetson power meter behind --power (the benchmark itself is vlm_edge.edge.bench)."""
+    from vlm_edge.edge.bench import main
+
+    from .telemetry import PowerMeter
+
+    return main(argv, power_meter=PowerMeter)
+
+
 if __name__ == "__main__":
     sys.exit(camera_main())
