@@ -30,7 +30,7 @@ EXTRAS = {
     # tests drive the server with the official client and fuzz it from its OpenAPI schema
     # cuda-bindings: the kernel loader's no-GPU path is tested everywhere, its GPU path where one is
     "dev": TORCH + SERVE + ["pytest>=8", "openai>=1.30", "httpx>=0.27", "schemathesis>=4", "cuda-bindings>=12.6",
-                            "opencv-python-headless>=4.8"],
+                            "opencv-python-headless>=4.8", "selenium>=4.20"],  # the camera page in headless Chromium
 }
 
 setup(
