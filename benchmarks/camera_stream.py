@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--prompt", default=PROMPT, help=f"the question (default {PROMPT!r}, the micro model's one)")
+    p.add_argument("--shape", help="draw only this shape (the tiny model asks about a shape by name: "
+                                   "--shape circle --prompt 'What colour is the circle?')")
     args = p.parse_args()
 
     from fixtures import scene_frames, train_colour_model, write_video
@@ -52,7 +55,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="camera-bench-"))
     engine = Path(args.engine) if args.engine else train_colour_model(work / "colour")
-    segments = tuple((c, s) for c, s in (("red", "circle"), ("blue", "square"), ("green", "triangle"),
+    segments = tuple((c, args.shape or s) for c, s in (("red", "circle"), ("blue", "square"), ("green", "triangle"),
                                          ("yellow", "circle"), ("purple", "square")))
     frames, _ = scene_frames(segments, seconds=2.0, fps=int(args.fps))
     server = None
@@ -64,7 +67,7 @@ def main() -> None:
     else:
         uri = str(write_video(work / "clip.mp4", frames * int(np.ceil(args.seconds / 10) + 1), fps=int(args.fps)))
     pipe = edge.load(str(engine), **({"threads": args.threads} if args.threads else {}))
-    app = CameraApp(pipe, open_source(uri, realtime=True, queue_size=2), CameraConfig(PROMPT, max_new_tokens=4))
+    app = CameraApp(pipe, open_source(uri, realtime=True, queue_size=2), CameraConfig(args.prompt, max_new_tokens=4))
     shown = {}
     app.listeners.append(lambda kind, v: shown.__setitem__(v.index, v.image) if kind == "frame" else None)
     records, start = [], None
