@@ -259,7 +259,8 @@ def test_web_page_shows_video_answers_and_takes_a_new_prompt(pipe, video, tmp_pa
 
     from vlm_edge.jetson.web import WebView
 
-    path, _, _ = video
+    _, frames, _ = video
+    path = write_video(tmp_path / "long.mp4", frames * 5)  # 30 s: the stream outlasts a slow browser start
     app = CameraApp(pipe, open_source(str(path), realtime=True), CameraConfig(PROMPT, max_new_tokens=4))
     web = WebView(app, "127.0.0.1", 0).start()
     assert web.host == "127.0.0.1"
@@ -269,7 +270,7 @@ def test_web_page_shows_video_answers_and_takes_a_new_prompt(pipe, video, tmp_pa
     browser = _browser()
     try:
         browser.get(web.url)
-        wait = WebDriverWait(browser, 30)
+        wait = WebDriverWait(browser, 60)
         wait.until(lambda b: int(b.find_element(By.ID, "frames").text) >= 5)  # video frames arrive
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#answers li"))  # an answer appears
         first = browser.find_element(By.CSS_SELECTOR, "#answers li")
