@@ -38,9 +38,17 @@ std::vector<char> readFile(char const* path)
 template <typename T>
 using Kernel = void (*)(T const*, T const*, T const*, T*, int, int, int, int, float);
 
-template <typename T>
-int run(Kernel<T> kernel, int batch, int side, int channels, int ratio, int order, float eps, char** files)
+struct Launch
 {
+    int batch, side, channels, ratio, order;
+    float eps;
+    char** files;  // X W B Y
+};
+
+template <typename T>
+int run(Kernel<T> kernel, Launch const& launch)
+{
+    auto const [batch, side, channels, ratio, order, eps, files] = launch;
     std::vector<char> const x = readFile(files[0]);
     std::vector<char> const w = readFile(files[1]);
     std::vector<char> const b = readFile(files[2]);
@@ -61,6 +69,28 @@ int run(Kernel<T> kernel, int batch, int side, int channels, int ratio, int orde
     return 0;
 }
 
+template <typename T, Kernel<T> K>
+int runKernel(Launch const& launch)
+{
+    return run<T>(K, launch);
+}
+
+struct Entry
+{
+    char const* name;
+    int (*runner)(Launch const&);
+};
+
+// every extern "C" kernel of downsample.cu, by the name kernels/loader.py asks for
+Entry const kKernels[] = {
+    {"vlm_downsample_ln_f32_v4", runKernel<float, vlm_downsample_ln_f32_v4>},
+    {"vlm_downsample_ln_f32_v1", runKernel<float, vlm_downsample_ln_f32_v1>},
+    {"vlm_downsample_ln_f16_v8", runKernel<__half, vlm_downsample_ln_f16_v8>},
+    {"vlm_downsample_ln_f16_v1", runKernel<__half, vlm_downsample_ln_f16_v1>},
+    {"vlm_downsample_ln_bf16_v8", runKernel<__nv_bfloat16, vlm_downsample_ln_bf16_v8>},
+    {"vlm_downsample_ln_bf16_v1", runKernel<__nv_bfloat16, vlm_downsample_ln_bf16_v1>},
+};
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -71,25 +101,11 @@ int main(int argc, char** argv)
         return 2;
     }
     std::string const name = argv[1];
-    int const batch = std::atoi(argv[2]);
-    int const side = std::atoi(argv[3]);
-    int const channels = std::atoi(argv[4]);
-    int const ratio = std::atoi(argv[5]);
-    int const order = std::atoi(argv[6]);
-    float const eps = std::strtof(argv[7], nullptr);
-    char** files = argv + 8;
-    if (name == "vlm_downsample_ln_f32_v4")
-        return run<float>(vlm_downsample_ln_f32_v4, batch, side, channels, ratio, order, eps, files);
-    if (name == "vlm_downsample_ln_f32_v1")
-        return run<float>(vlm_downsample_ln_f32_v1, batch, side, channels, ratio, order, eps, files);
-    if (name == "vlm_downsample_ln_f16_v8")
-        return run<__half>(vlm_downsample_ln_f16_v8, batch, side, channels, ratio, order, eps, files);
-    if (name == "vlm_downsample_ln_f16_v1")
-        return run<__half>(vlm_downsample_ln_f16_v1, batch, side, channels, ratio, order, eps, files);
-    if (name == "vlm_downsample_ln_bf16_v8")
-        return run<__nv_bfloat16>(vlm_downsample_ln_bf16_v8, batch, side, channels, ratio, order, eps, files);
-    if (name == "vlm_downsample_ln_bf16_v1")
-        return run<__nv_bfloat16>(vlm_downsample_ln_bf16_v1, batch, side, channels, ratio, order, eps, files);
+    Launch const launch{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
+        std::atoi(argv[6]), std::strtof(argv[7], nullptr), argv + 8};
+    for (Entry const& entry : kKernels)
+        if (name == entry.name)
+            return entry.runner(launch);
     std::fprintf(stderr, "unknown kernel %s\n", name.c_str());
     return 2;
 }
