@@ -36,7 +36,7 @@ from .graph import GraphBuilder
 from .linear import rtn_quantize
 from .plugins import plugin_record, write_trt_vision
 from .tensorrt import build_engines, check_trt_graph, require_tensorrt
-from .validate import validate, validation_prompts
+from .validate import run_vision, validate, validation_prompts, vision_figures, vision_images
 from .vision import build_vision, vision_io
 from .weights import ModuleWeights
 
@@ -144,15 +144,6 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     components["embeddings"] = Component("embeddings", file_records(tmp, [EMBEDDINGS_FILE]),
                                          outputs=[TensorSpec("embeddings", "float32", list(table.shape))])
 
-    log.info("vision graph")
-    state = lambda module: {k: v.detach().float().numpy() for k, v in module.state_dict().items()}  # noqa: E731
-    g = GraphBuilder("vision", tmp / VISION_FILE)
-    site = build_vision(g, vila, state(model.vision_tower), state(model.mm_projector))
-    v_in, v_out = vision_io(vila)
-    components["vision"] = Component("vision", file_records(tmp, g.save()), _specs(v_in), _specs(v_out))
-    if "trt" in flavours:
-        components.update(_trt_vision(tmp, components["vision"], site, config.plugin))
-
     spec = DecoderSpec.from_llm(model.llm)
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
@@ -189,19 +180,48 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         components[f"decoder.{flavour}"] = Component("decoder", file_records(tmp, files), _specs(d_in), _specs(d_out),
                                                      flavour=flavour, info=info)
 
+    # vision last: `auto` tries int8 first and keeps it only if the whole validation passes with it
     validation: dict = {}
-    if config.validate:
-        log.info("validating against the PyTorch reference (%d prompts)", config.prompts)
-        prompts = validation_prompts(checkpoint, work, config.prompts)
-        validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
-                              quantized=group is not None, decode_steps=config.decode_steps,
-                              greedy_steps=config.greedy_steps)
-        failed = [name for name, figures in validation.items() if not figures["passed"]]
-        if failed:
-            raise ExportValidationError(
-                f"validation failed for {', '.join(failed)}: {', '.join(f'{n}: {validation[n]}' for n in failed)}; "
-                "nothing was written. Report this with the checkpoint's config (or pass --no-validate to keep it)"
-            )
+    prompts = validation_prompts(checkpoint, work, config.prompts) if config.validate or config.vision == "auto" else []
+    candidates, rejected = config.vision_candidates(), {}
+    for precision in candidates:
+        log.info("vision graph (%s)", precision)
+        g = GraphBuilder("vision", tmp / VISION_FILE)
+        try:
+            site = build_vision(g, vila, _state(model.vision_tower), _state(model.mm_projector), precision)
+        except BaseException:
+            g.abort()
+            raise
+        vision_files = g.save()
+        last = precision == candidates[-1]
+        if config.validate:
+            log.info("validating against the PyTorch reference (%d prompts)", config.prompts)
+            validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
+                                  quantized=group is not None, decode_steps=config.decode_steps,
+                                  greedy_steps=config.greedy_steps, vision_precision=precision)
+            failed = [name for name, figures in validation.items() if not figures["passed"]]
+        elif not last:  # --no-validate with auto: the vision check alone decides
+            images = vision_images(checkpoint, prompts)
+            check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, images), precision)
+            failed = [] if check["passed"] else ["vision"]
+        else:
+            failed = []
+        if not failed or last:
+            break
+        rejected[precision] = failed
+        log.info("%s vision does not validate (%s): trying %s", precision, ", ".join(failed),
+                 candidates[candidates.index(precision) + 1])
+    if failed:
+        raise ExportValidationError(
+            f"validation failed for {', '.join(failed)}: {', '.join(f'{n}: {validation[n]}' for n in failed)}; "
+            "nothing was written. Report this with the checkpoint's config (or pass --no-validate to keep it)"
+        )
+    v_in, v_out = vision_io(vila)
+    components["vision"] = Component("vision", file_records(tmp, vision_files), _specs(v_in), _specs(v_out),
+                                     info={"precision": precision, "asked": config.vision,
+                                           **({"rejected": rejected} if rejected else {})})
+    if "trt" in flavours:
+        components.update(_trt_vision(tmp, components["vision"], site, config.plugin))
 
     targets: list[dict] = []
     if config.build_engine:
@@ -224,6 +244,10 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     return Manifest(source={}, model=model_info, quantization=None,
                     preprocessing=dataclasses.asdict(model.image_processor_config), chat_template=vila.chat_template,
                     components=components, validation=validation, targets=targets)
+
+
+def _state(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
 
 
 def _trt_vision(tmp: Path, vision: Component, site, plugin: bool) -> dict[str, Component]:

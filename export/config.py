@@ -10,6 +10,7 @@ from vlm_edge.common.errors import InputError
 
 from vlm_edge.quant.config import GROUP_SIZES, TRT_BLOCKS
 LM_HEADS = ("float", "int8", "int4")
+VISION_CHOICES = ("auto", "fp32", "int8", "fp16")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class ExportConfig:
     lm_head: str = "float"  # float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes)
     accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
+    # the vision tower's linears: auto = int8 when no trt graph is asked for and the int8 graph passes the
+    # vision check (else fp32); fp32; int8 (ONNX Runtime CPU graph); fp16 (half the file, for GPU builds)
+    vision: str = "auto"
     plugin: bool = True  # trt: the projector's downsample + LayerNorm as our TensorRT plugin (False: plain ops)
     device: str = "auto"  # quantization device
     extra: dict[str, Any] = field(default_factory=dict)
@@ -68,8 +72,19 @@ class ExportConfig:
             raise InputError(f"--lm-head {self.lm_head} is part of the 4-bit export; add --awq4")
         if self.lm_head == "int8" and "trt" in flavours:
             raise InputError("--lm-head int8 is for ONNX Runtime graphs (MatMulNBits); a trt graph takes float or int4")
+        if self.vision not in VISION_CHOICES:
+            raise InputError(f"--vision {self.vision!r}: choose {', '.join(VISION_CHOICES)}")
+        if self.vision == "int8" and "trt" in flavours:
+            raise InputError("--vision int8 writes ONNX Runtime's int8 CPU ops, which TensorRT does not read; use "
+                             "--vision fp16 or fp32 with the trt flavour")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError("--accuracy-level is 0 (float) .. 4 (int8 activations)")
+
+    def vision_candidates(self) -> tuple[str, ...]:
+        """Vision precisions to try in order: the first that passes the vision check is written."""
+        if self.vision != "auto":
+            return (self.vision,)
+        return ("fp32",) if "trt" in self.resolved_flavours() else ("int8", "fp32")
 
     @property
     def lm_head_bits(self) -> int | None:

@@ -9,8 +9,18 @@ select_feature "patch", and the projector maps to the LLM width:
     layer        x = x + attn(LayerNorm1(x)) ; x = x + fc2(act(fc1(LayerNorm2(x))))
     projector    linear | mlp2x_gelu | mlp_downsample (2x2 space-to-depth, see model/projector.py)
 
-Towers are rows of VISION_FAMILIES; activations are ACTIVATIONS. Everything stays float32: only
-the LLM is quantized.
+Towers are rows of VISION_FAMILIES; activations are ACTIVATIONS. The tower's and projector's
+linears take one of VISION_PRECISIONS:
+
+    fp32   MatMul + Add, float32 weights
+    int8   com.microsoft.DynamicQuantizeMatMul(x, W8, scale, zero, bias): weights int8 symmetric per
+           output channel (W.T[k, n] = W8[k, n] * scale[n], W8 in -127..127), activations quantized to
+           uint8 per tensor at run time; ONNX Runtime's CPU kernel runs it on the integer dot-product
+           units (AVX-512 VNNI / AVX-VNNI / AMX on x86, SDOT on Arm)
+    fp16   the same graph with float16 weights, each cast to float32 where it is used (half the file;
+           for GPU builds, where TensorRT runs it in fp16)
+
+Everything else (patch embedding, LayerNorms, attention, the downsample) stays float32.
 """
 
 from __future__ import annotations
@@ -19,11 +29,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto
 
 from vlm_edge.common.errors import UnsupportedFeatureError
 from vlm_edge.common.vila_config import VilaConfig
 
-from .graph import GraphBuilder
+from .graph import MS_DOMAIN, GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,31 @@ def _quick_gelu(g: GraphBuilder, x: str) -> str:
 
 
 ACTIVATIONS = {"gelu_pytorch_tanh": _gelu_tanh, "gelu": _gelu_erf, "quick_gelu": _quick_gelu}
+# the same activations as ONNX Runtime contrib ops (one kernel instead of 5-8 elementwise passes)
+FUSED_ACTIVATIONS = {"gelu_pytorch_tanh": ("FastGelu", {}), "gelu": ("Gelu", {}), "quick_gelu": ("QuickGelu", {"alpha": 1.702})}
+VISION_PRECISIONS = ("fp32", "int8", "fp16")
+INT8_MAX = 127
+
+
+def quantize_int8_per_channel(weight_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W.T [K, N] float -> (int8 [K, N], float32 scale [N]) with W.T ~= q * scale, symmetric, round to
+    nearest. The numpy twin of what DynamicQuantizeMatMul computes with is `int8_linear_reference`."""
+    w = np.asarray(weight_t, np.float32)
+    scale = np.maximum(np.abs(w).max(axis=0) / INT8_MAX, np.float32(1e-12)).astype(np.float32)
+    q = np.clip(np.round(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+def int8_linear_reference(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """DynamicQuantizeMatMul in numpy: x quantized to uint8 over its whole range (0 included), an
+    integer product, rescaled (DynamicQuantizeLinear's rounding: half to even, saturating)."""
+    x = np.asarray(x, np.float32)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    x_scale = np.float32((hi - lo) / 255 if hi > lo else 1.0)
+    zero = np.float32(np.clip(np.round(-lo / x_scale), 0, 255))
+    xq = np.clip(np.round(x / x_scale) + zero, 0, 255)
+    y = ((xq - zero).astype(np.float64) @ q.astype(np.float64)).astype(np.float32) * (x_scale * scale)
+    return y + bias if bias is not None else y
 
 
 def vision_io(config: VilaConfig) -> tuple[list[tuple], list[tuple]]:
@@ -86,11 +122,14 @@ class DownsampleSite:
 
 
 def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarray],
-                 projector: dict[str, np.ndarray]) -> DownsampleSite | None:
-    """`tower` / `projector`: float32 state dicts (transformers 5 key names) of the two modules.
+                 projector: dict[str, np.ndarray], precision: str = "fp32") -> DownsampleSite | None:
+    """`tower` / `projector`: float32 state dicts (transformers 5 key names) of the two modules;
+    `precision`: the linears' weights (VISION_PRECISIONS).
 
     Returns the downsample's place in the graph for projectors that have one, else None.
     """
+    if precision not in VISION_PRECISIONS:
+        raise UnsupportedFeatureError(f"vision precision {precision!r}: choose {', '.join(VISION_PRECISIONS)}")
     arch = config.vision_architecture
     if arch not in VISION_FAMILIES:
         raise UnsupportedFeatureError(f"vision tower {arch} has no export recipe; supported: {', '.join(VISION_FAMILIES)}")
@@ -113,8 +152,7 @@ def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarra
                     g.weight(f"{key}.bias", params[f"{key}.bias"]), axis=-1, epsilon=e, name="layernorm")
 
     def dense(x: str, key: str, params: dict[str, np.ndarray] = tower) -> str:
-        y = g.op("MatMul", x, g.weight(f"{key}.weight", params[f"{key}.weight"].T))
-        return g.op("Add", y, g.weight(f"{key}.bias", params[f"{key}.bias"])) if f"{key}.bias" in params else y
+        return emit_vision_linear(g, x, key, params[f"{key}.weight"].T, params.get(f"{key}.bias"), precision)
 
     # embeddings: [images, C, H/p, W/p] -> [images, P, C]
     patch = "embeddings.patch_embedding"
@@ -140,15 +178,28 @@ def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarra
     def split_heads(h: str) -> str:
         return g.op("Transpose", g.op("Reshape", h, g.ints(0, 0, heads, head_dim)), perm=[0, 2, 1, 3])
 
-    scale = g.const("vision_attn_scale", np.array(head_dim ** -0.5, np.float32))
+    fused = precision == "int8"  # the CPU graph: ONNX Runtime's fused contrib ops (TensorRT reads fp32 / fp16)
+    scale = None if fused else g.const("vision_attn_scale", np.array(head_dim ** -0.5, np.float32))
     for i in range(run):
         k = f"encoder.layers.{i}"
         h = layer_norm(x, f"{k}.layer_norm1")
-        q, kk, v = (split_heads(dense(h, f"{k}.self_attn.{n}_proj")) for n in ("q", "k", "v"))
-        probs = g.op("Softmax", g.op("Mul", g.op("MatMul", q, g.op("Transpose", kk, perm=[0, 1, 3, 2])), scale), axis=-1)
-        attn = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]), g.ints(0, 0, width))
+        if fused:  # one int8 product for q, k and v, then ONNX Runtime's MultiHeadAttention
+            names = [f"{k}.self_attn.{n}_proj" for n in ("q", "k", "v")]
+            biases = [tower.get(f"{n}.bias") for n in names]
+            qkv = emit_vision_linear(g, h, f"{k}.self_attn.qkv_proj",
+                                     np.concatenate([tower[f"{n}.weight"].T for n in names], axis=1),
+                                     None if any(b is None for b in biases) else np.concatenate(biases), precision)
+            q, kk, v = g.op("Split", qkv, g.ints(width, width, width), axis=-1, outputs=3)
+            attn = g.op("MultiHeadAttention", q, kk, v, domain=MS_DOMAIN, num_heads=heads, name="attention")
+        else:
+            q, kk, v = (split_heads(dense(h, f"{k}.self_attn.{n}_proj")) for n in ("q", "k", "v"))
+            probs = g.op("Softmax", g.op("Mul", g.op("MatMul", q, g.op("Transpose", kk, perm=[0, 1, 3, 2])), scale),
+                         axis=-1)
+            attn = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]), g.ints(0, 0, width))
         x = g.op("Add", x, dense(attn, f"{k}.self_attn.out_proj"), name="residual")
-        h = act(g, dense(layer_norm(x, f"{k}.layer_norm2"), f"{k}.mlp.fc1"))
+        h = dense(layer_norm(x, f"{k}.layer_norm2"), f"{k}.mlp.fc1")
+        h = g.op(FUSED_ACTIVATIONS[act_name][0], h, domain=MS_DOMAIN, **FUSED_ACTIVATIONS[act_name][1],
+                 name="activation") if fused else act(g, h)
         x = g.op("Add", x, dense(h, f"{k}.mlp.fc2"), name="residual")
     if config.select_feature == "patch":
         x = g.op("Slice", x, g.ints(1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="drop_first")
@@ -156,6 +207,25 @@ def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarra
     embeds, site = _projector(g, x, config, projector, dense, layer_norm)
     g.output(embeds, "image_embeds", np.float32, vision_io(config)[1][0][2])
     return site
+
+
+def emit_vision_linear(g: GraphBuilder, x: str, key: str, weight_t: np.ndarray, bias: np.ndarray | None,
+                       precision: str) -> str:
+    """y = x @ W.T (+ b) with the weights in `precision` (the module docstring)."""
+    if precision == "int8":
+        q, scale = quantize_int8_per_channel(weight_t)
+        inputs = [x, g.weight(f"{key}.weight_int8", q), g.weight(f"{key}.weight_scale", scale),
+                  g.weight(f"{key}.weight_zero", np.zeros(scale.shape, np.int8))]
+        if bias is not None:
+            inputs.append(g.weight(f"{key}.bias", np.asarray(bias, np.float32)))
+        g.ms_domain = True
+        return g.op("DynamicQuantizeMatMul", *inputs, domain=MS_DOMAIN, name="linear_int8")
+    if precision == "fp16":
+        w = g.op("Cast", g.weight(f"{key}.weight", np.asarray(weight_t, np.float16)), to=TensorProto.FLOAT)
+    else:
+        w = g.weight(f"{key}.weight", np.asarray(weight_t, np.float32))
+    y = g.op("MatMul", x, w)
+    return g.op("Add", y, g.weight(f"{key}.bias", np.asarray(bias, np.float32))) if bias is not None else y
 
 
 def _projector(g: GraphBuilder, x: str, config: VilaConfig, params: dict[str, np.ndarray], dense,
