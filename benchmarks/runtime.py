@@ -7,7 +7,9 @@
    speed does not depend on values).
 2. Engines: `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not speed, and
    takes far longer on 2 cores), accuracy_level 4 (int8 activations, what onnxruntime-genai's
-   CPU int4 models use), with the LM head in float32 (the default), int8 and int4 (--lm-head).
+   CPU int4 models use), with the LM head in float32 (the default), int8 and int4 (--lm-head),
+   the vision tower as `--vision auto` chooses (int8 when it passes its check); and the float32
+   export (`--vision fp32 --lm-head float`), the baseline for vision and first-token time.
 3. Each contender runs in its own process (clean peak RSS), on the same prompt (one image + a
    short question), decoding --new-tokens greedy tokens with end-of-sequence ignored:
      ours          vlm-bench (median of --runs)
@@ -226,12 +228,16 @@ def main() -> None:
     py = sys.executable
     if not (ckpt / "config.json").is_file():
         sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "-o", str(ckpt), "--force"])
-    heads = {"float32 head": "float", "int8 head": "int8", "int4 head": "int4"}  # label -> vlm-export --lm-head
-    engines = {"float32 head": work / "engine", "int8 head": work / "engine-head8", "int4 head": work / "engine-head4"}
+    # label -> (vlm-export --lm-head, --vision); "float32 export" is the export before the int8 vision tower
+    exports = {"float32 export": ("float", "fp32"), "float32 head": ("float", "auto"), "int8 head": ("int8", "auto"),
+               "int4 head": ("int4", "auto")}
+    engines = {"float32 export": work / "engine-fp32", "float32 head": work / "engine", "int8 head": work / "engine-head8",
+               "int4 head": work / "engine-head4"}
     for label, engine in engines.items():
         if not (engine / "manifest.json").is_file():
+            head, vision = exports[label]
             sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn",
-                "--accuracy-level", "4", "--no-validate", "--force", "--lm-head", heads[label]])
+                "--accuracy-level", "4", "--no-validate", "--force", "--lm-head", head, "--vision", vision])
 
     figures: dict = {"machine": {"cores": os.cpu_count()}, "new_tokens": args.new_tokens, "runs": args.runs}
     figures["bandwidth"] = child("bandwidth")
@@ -299,6 +305,15 @@ def report(f: dict) -> None:
         parts.append(f"python overhead {o['metrics']['python_overhead_pct']['median']:.1f}% of a step")
         parts.append(f"peak RSS {o['rss_over_model']:.2f}x the model's memory")
         print(f"  {label}: " + ", ".join(parts))
+    base = f.get("ours (float32 export)")
+    if base:
+        b = base["metrics"]
+        print("\nagainst the float32 export (vision fp32, float32 head)")
+        for label in ours_labels:
+            m = f[label]["metrics"]
+            print(f"  {label}: vision {b['vision_ms_per_image']['median'] / m['vision_ms_per_image']['median']:.2f}x "
+                  f"faster, first token {100 * m['first_token_ms']['median'] / b['first_token_ms']['median']:.0f}% "
+                  f"of its time, peak RSS {f[label]['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x")
     if "frames" in f:
         fr = f["frames"]
         print(f"\n{fr['frames']} frames, {fr['new_tokens']} new tokens each: one by one {fr['one_by_one_s']:.1f} s")
