@@ -171,7 +171,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         files = g.save()
         info = {"quantized_linears": len(weights.quantized_linears),
                 "kv_cache": "shared" if uses_gqa(flavour) else "concat",
-                "lm_head": config.lm_head if flavour in head_quant else "float32"}
+                "lm_head": config.resolved_lm_head if flavour in head_quant else "float32"}
         if flavour == "trt":
             problems = check_trt_graph(tmp / files[0])
             if problems:

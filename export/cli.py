@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", help="calibration data for AWQ (see vlm-quant --help; default: the checkpoint's own set)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per calibration block (default 512)")
-    p.add_argument("--lm-head", choices=("float", "int8", "int4"), default="float",
-                   help="the LM head's weights: float (default, as AWQ leaves it), int8 or int4 (round-to-nearest, "
-                        "per group). With a large vocabulary the head is most of the bytes a decode step reads: "
-                        "int8 is near-lossless (ONNX Runtime graphs only), int4 the fastest")
+    p.add_argument("--lm-head", choices=("auto", "float", "int8", "int4"), default="auto",
+                   help="the LM head's weights: float (as AWQ leaves it), int8 or int4 (round-to-nearest, per "
+                        "group). With a large vocabulary the head is most of the bytes a decode step reads: int8 is "
+                        "near-lossless (ONNX Runtime graphs only), int4 the fastest. auto (default): int8 with "
+                        "--awq4 and ONNX Runtime graphs only, else float")
     p.add_argument("--quantize-lm-head", dest="lm_head", action="store_const", const="int4",
                    help="the same as --lm-head int4")
     p.add_argument("--vision", choices=("auto", "fp32", "int8", "fp16"), default="auto",

@@ -9,7 +9,7 @@ from typing import Any
 from vlm_edge.common.errors import InputError
 
 from vlm_edge.quant.config import GROUP_SIZES, TRT_BLOCKS
-LM_HEADS = ("float", "int8", "int4")
+LM_HEADS = ("auto", "float", "int8", "int4")
 VISION_CHOICES = ("auto", "fp32", "int8", "fp16")
 
 
@@ -27,7 +27,9 @@ class ExportConfig:
     prompts: int = 10  # validation prompts (greedy check)
     decode_steps: int = 16
     greedy_steps: int = 32
-    lm_head: str = "float"  # float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes)
+    # auto | float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes). auto: int8
+    # for a 4-bit export with ONNX Runtime graphs only (validated like the rest), float otherwise
+    lm_head: str = "auto"
     accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
     # the vision tower's linears: auto = int8 when no trt graph is asked for and the int8 graph passes the
@@ -68,7 +70,7 @@ class ExportConfig:
             raise InputError("validation needs at least one prompt and one greedy step")
         if self.lm_head not in LM_HEADS:
             raise InputError(f"--lm-head {self.lm_head!r}: choose {', '.join(LM_HEADS)}")
-        if self.lm_head != "float" and not self.awq4:
+        if self.lm_head not in ("auto", "float") and not self.awq4:
             raise InputError(f"--lm-head {self.lm_head} is part of the 4-bit export; add --awq4")
         if self.lm_head == "int8" and "trt" in flavours:
             raise InputError("--lm-head int8 is for ONNX Runtime graphs (MatMulNBits); a trt graph takes float or int4")
@@ -87,8 +89,14 @@ class ExportConfig:
         return ("fp32",) if "trt" in self.resolved_flavours() else ("int8", "fp32")
 
     @property
+    def resolved_lm_head(self) -> str:
+        if self.lm_head != "auto":
+            return self.lm_head
+        return "int8" if self.awq4 and "trt" not in self.resolved_flavours() else "float"
+
+    @property
     def lm_head_bits(self) -> int | None:
-        return {"int8": 8, "int4": 4}.get(self.lm_head)
+        return {"int8": 8, "int4": 4}.get(self.resolved_lm_head)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -200,6 +200,7 @@ def test_trained_checkpoint_exports_in_both_precisions(trained, tmp_path):
     q = export_checkpoint(trained, tmp_path / "q", ExportConfig(awq4=True))
     _assert_validated(q, ("ort",), 1e-2)
     assert q.quantization["group_size"] == 32  # auto: micro widths 32 / 64
+    assert q.components["decoder.ort"].info["lm_head"] == "int8"  # the default head of a 4-bit ONNX Runtime export
     assert q.quantization["symmetric"] is False
     manifest = Manifest.read(tmp_path / "q")
     verify_files(tmp_path / "q", manifest)
@@ -364,6 +365,13 @@ def test_auto_vision_falls_back_to_float32_when_int8_does_not_validate(trained, 
     assert info["precision"] == "fp32" and info["rejected"] == {"int8": ["vision"]}
     explicit = export_checkpoint(trained, tmp_path / "i", ExportConfig(validate=False, vision="int8"))
     assert explicit.components["vision"].info["precision"] == "int8"  # asked for: written as asked
+
+
+def test_default_lm_head_is_int8_for_onnx_runtime_graphs():
+    assert ExportConfig(awq4=True).resolved_lm_head == "int8"
+    assert ExportConfig(awq4=True, flavours=("ort", "trt")).resolved_lm_head == "float"  # trt takes float or int4
+    assert ExportConfig().resolved_lm_head == "float"  # a float32 export quantizes nothing
+    assert ExportConfig(awq4=True, lm_head="float").lm_head_bits is None
 
 
 def test_vision_option_choices():
