@@ -200,6 +200,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
                                   quantized=group is not None, decode_steps=config.decode_steps,
                                   greedy_steps=config.greedy_steps, vision_precision=precision)
             failed = [name for name, figures in validation.items() if not figures["passed"]]
+            check = validation.get("vision", {})
         elif not last:  # --no-validate with auto: the vision check alone decides
             images = vision_images(checkpoint, prompts)
             check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, images), precision)
@@ -209,7 +210,9 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         if not failed or last:
             break
         rejected[precision] = failed
-        log.info("%s vision does not validate (%s): trying %s", precision, ", ".join(failed),
+        figures = (f"; image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}"
+                   if "cosine_threshold" in check else "")
+        log.info("%s vision does not validate (%s%s): trying %s", precision, ", ".join(failed), figures,
                  candidates[candidates.index(precision) + 1])
     if failed:
         raise ExportValidationError(

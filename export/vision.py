@@ -14,9 +14,10 @@ linears take one of VISION_PRECISIONS:
 
     fp32   MatMul + Add, float32 weights
     int8   com.microsoft.DynamicQuantizeMatMul(x, W8, scale, zero, bias): weights int8 symmetric per
-           output channel (W.T[k, n] = W8[k, n] * scale[n], W8 in -127..127), activations quantized to
-           uint8 per tensor at run time; ONNX Runtime's CPU kernel runs it on the integer dot-product
-           units (AVX-512 VNNI / AVX-VNNI / AMX on x86, SDOT on Arm)
+           output channel (W.T[k, n] = W8[k, n] * scale[n], W8 in -64..64: see INT8_MAX), activations
+           quantized to uint8 per tensor at run time; ONNX Runtime's CPU kernel runs it on the
+           integer dot-product units (AVX-512 VNNI / AVX-VNNI / AMX on x86, SDOT on Arm), or on AVX2
+           alone with 16-bit pair sums
     fp16   the same graph with float16 weights, each cast to float32 where it is used (half the file;
            for GPU builds, where TensorRT runs it in fp16)
 
@@ -75,7 +76,12 @@ ACTIVATIONS = {"gelu_pytorch_tanh": _gelu_tanh, "gelu": _gelu_erf, "quick_gelu":
 # the same activations as ONNX Runtime contrib ops (one kernel instead of 5-8 elementwise passes)
 FUSED_ACTIVATIONS = {"gelu_pytorch_tanh": ("FastGelu", {}), "gelu": ("Gelu", {}), "quick_gelu": ("QuickGelu", {"alpha": 1.702})}
 VISION_PRECISIONS = ("fp32", "int8", "fp16")
-INT8_MAX = 127
+# 7-bit weights. Without VNNI, ONNX Runtime's x86 kernel (AVX2 vpmaddubsw) adds two uint8 x int8
+# products in a saturating int16: 255 * 127 * 2 overflows it, 255 * 64 * 2 = 32640 does not. With
+# full-range weights the benchmark model's SigLIP tower fell to cosine 0.94 on an AVX2-only host.
+# The engine must answer the same on every host it is copied to, so every export uses the range
+# that is exact everywhere; the lost bit costs ~1e-4 of cosine (docs/performance.md).
+INT8_MAX = 64
 
 
 def quantize_int8_per_channel(weight_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

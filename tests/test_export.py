@@ -299,7 +299,7 @@ def test_int8_linear_matches_its_numpy_reference_in_onnx_runtime(tmp_path):
     import onnxruntime as ort
 
     from vlm_edge.export.graph import GraphBuilder
-    from vlm_edge.export.vision import emit_vision_linear, int8_linear_reference, quantize_int8_per_channel
+    from vlm_edge.export.vision import INT8_MAX, emit_vision_linear, int8_linear_reference, quantize_int8_per_channel
 
     rng = np.random.default_rng(0)
     w_t = rng.standard_normal((96, 80)).astype(np.float32) * 0.05
@@ -311,12 +311,34 @@ def test_int8_linear_matches_its_numpy_reference_in_onnx_runtime(tmp_path):
     g.save()
     y = ort.InferenceSession(str(tmp_path / "lin.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     q, scale = quantize_int8_per_channel(w_t)
-    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    assert q.dtype == np.int8 and np.abs(q).max() == INT8_MAX
     assert np.abs(q * scale - w_t).max() <= scale.max() / 2 + 1e-7  # round to nearest
     ref = int8_linear_reference(x, q, scale, bias)
     exact = x @ w_t + bias
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
     assert np.abs(y - exact).max() <= 2e-2 * np.abs(exact).max()
+
+
+def test_int8_linear_is_exact_where_16_bit_pair_sums_would_saturate(tmp_path):
+    """Activations whose uint8 codes sit near 255 against weights near the top of their range: with
+    -127..127 weights ONNX Runtime's AVX2 kernel (no VNNI) saturates its int16 pair sums and misses
+    the reference by tens of percent; with the exported range it is exact on every x86 host."""
+    import onnxruntime as ort
+
+    from vlm_edge.export.graph import GraphBuilder
+    from vlm_edge.export.vision import emit_vision_linear, int8_linear_reference, quantize_int8_per_channel
+
+    rng = np.random.default_rng(1)
+    w_t = (rng.uniform(0.9, 1.0, (64, 32)) * rng.choice([-1, 1], (1, 32))).astype(np.float32)
+    x = rng.uniform(0.8, 1.0, (1, 16, 64)).astype(np.float32)
+    x[0, 0, 0] = 0.0  # the range starts at 0: codes 204..255
+    g = GraphBuilder("lin", tmp_path / "lin.onnx")
+    g.output(emit_vision_linear(g, g.input("x", np.float32, ["b", "s", 64]), "fc", w_t, None, "int8"), "y",
+             np.float32, ["b", "s", 32])
+    g.save()
+    y = ort.InferenceSession(str(tmp_path / "lin.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = int8_linear_reference(x, *quantize_int8_per_channel(w_t))
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("which", ["release", "qwen_clip"])
