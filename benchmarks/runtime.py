@@ -1,29 +1,37 @@
 """The runtime benchmark: our runtime against PyTorch eager and onnxruntime-genai, one machine.
 
-    python benchmarks/runtime.py --work /tmp/bench [--new-tokens 64] [--runs 3] [--frames 20] [--json out.json]
+    python benchmarks/runtime.py --work /tmp/bench [--threads 1,2] [--new-tokens 64] [--runs 3] [--json out.json]
+    python benchmarks/runtime.py --work /tmp/bench --llm ~/models/Qwen2.5-0.5B --threads 1,2 --skip frames
 
 1. Model: `vlm-model init --preset bench-qwen0.5b` (VILA1.5 layout: VILA1.5-3b's SigLIP so400m,
    384 px, 729 -> 196 image tokens; an LLM with Qwen2.5-0.5B's dimensions; random weights, since
-   speed does not depend on values).
-2. Engines: `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not speed, and
-   takes far longer on 2 cores), accuracy_level 4 (int8 activations, what onnxruntime-genai's
-   CPU int4 models use), with the LM head in float32 (the default), int8 and int4 (--lm-head),
-   the vision tower as `--vision auto` chooses (int8 when it passes its check); and the float32
-   export (`--vision fp32 --lm-head float`), the baseline for vision and first-token time.
+   speed does not depend on values). Real-weight mode, --llm FOLDER: any transformers LLM folder
+   (Qwen2 or Llama family, float weights) as the LLM, with that preset's vision tower and a new
+   projector (`vlm-model init --preset bench-qwen0.5b --llm FOLDER`).
+2. Engines (--exports): `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not
+   speed, and takes far longer on 2 cores), accuracy_level 4 (int8 activations, what
+   onnxruntime-genai's CPU int4 models use):
+     float32 export   --lm-head float --vision fp32: the export before the 8-bit defaults, the
+                      baseline for vision and first-token time
+     float32 head     --lm-head float, the vision tower as `auto` chooses
+     defaults         what `vlm-export --awq4` writes: --lm-head auto (int8), --vision auto (int8
+                      when it passes its check)
+     int4 head        --lm-head int4 (what genai's builder does to a tied head)
 3. Each contender runs in its own process (clean peak RSS), on the same prompt (one image + a
    short question), decoding --new-tokens greedy tokens with end-of-sequence ignored:
-     ours          vlm-bench (median of --runs)
+     ours          vlm-bench --threads N (median of --runs)
      torch fp32    the checkpoint in PyTorch eager, transformers' Qwen2 with a DynamicCache,
                    torch threads = cores (median of --runs)
-     genai int4    onnxruntime-genai's model builder (-p int4 -e cpu) on the same LLM folder;
-                   decode only, from token ids of the same prompt length (needs
-                   `pip install onnxruntime-genai onnx_ir`; skipped with a note otherwise)
-4. Pipelining: --frames distinct frames, "Describe the image." each, 16 new tokens: one by one
-   (generate per frame) against Pipeline.stream_frames.
+     genai int4    onnxruntime-genai's model builder (-p int4 -e cpu) on the same LLM folder,
+                   intra_op_num_threads = N; decode only, from token ids of the same prompt length
+                   (needs `pip install onnxruntime-genai onnx_ir`; skipped with a note otherwise)
+   With --threads, each thread count is one round, every process pinned to that many cores.
+4. Pipelining (all cores only): --frames distinct frames, "Describe the image." each, 16 new
+   tokens: one by one (generate per frame) against Pipeline.stream_frames.
 5. Roofline: decode reads every weight once per token, so tokens/s <= bandwidth / weight bytes.
-   Bandwidth is measured here (numpy copies over 1 GiB on all cores, bytes read + written).
+   Bandwidth is measured here (numpy copies over 1 GiB on the round's cores, bytes read + written).
 
-Prints a table of ratios and saves everything as JSON with --json.
+Prints a table of ratios per round and saves everything as JSON with --json.
 """
 
 from __future__ import annotations
@@ -42,17 +50,20 @@ from pathlib import Path
 PROMPT = "Describe the image."
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    print("$ " + " ".join(cmd), flush=True)
+def sh(cmd: list[str], cores: int | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run `cmd`; with `cores`, pinned to the first `cores` CPUs (what a 1-core device gets)."""
+    print("$ " + ("" if cores is None else f"[cores 0-{cores - 1}] ") + " ".join(cmd), flush=True)
+    if cores is not None:
+        kw["preexec_fn"] = lambda: os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
     result = subprocess.run(cmd, **kw)
     if result.returncode:
         sys.exit(f"{cmd[0]} failed with exit code {result.returncode}")
     return result
 
 
-def child(mode: str, *args: str) -> dict:
+def child(mode: str, *args: str, cores: int | None = None) -> dict:
     """Run this script in a child process in `mode`; its last stdout line is JSON."""
-    result = sh([sys.executable, __file__, "--child", mode, *args], capture_output=True, text=True)
+    result = sh([sys.executable, __file__, "--child", mode, *args], cores, capture_output=True, text=True)
     sys.stderr.write(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,7 +84,7 @@ def run_torch(ckpt: str, new_tokens: int, runs: int) -> dict:
     from vlm_edge.model import load_checkpoint
     from vlm_edge.model.generate import DynamicCache
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     ckpt_ = load_checkpoint(ckpt)
     model, tok = ckpt_.model.eval(), ckpt_.tokenizer
     from vlm_edge.common.templates import render
@@ -171,7 +182,7 @@ def run_bandwidth() -> dict:
 
     n = (1 << 30) // 8
     src, dst = np.ones(n, np.float64), np.empty(n, np.float64)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     parts = np.array_split(np.arange(n), cores)
     bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
     best = 0.0
@@ -201,9 +212,35 @@ def decoder_weight_bytes(engine: Path) -> int:
     return total
 
 
+EXPORTS = {  # label -> (engine folder, vlm-export --lm-head, --vision)
+    "float32 export": ("engine-fp32", "float", "fp32"),  # the export before the int8 vision tower: the baseline
+    "float32 head": ("engine", "float", "auto"),
+    "defaults": ("engine-defaults", "auto", "auto"),  # what vlm-export --awq4 writes (int8 head on ONNX Runtime)
+    "int4 head": ("engine-head4", "int4", "auto"),
+}
+
+
+def genai_with_threads(genai_dir: Path, threads: int) -> Path:
+    """A sibling of `genai_dir` (hard links) whose genai_config.json sets intra_op_num_threads."""
+    out = genai_dir.with_name(f"{genai_dir.name}-t{threads}")
+    out.mkdir(exist_ok=True)
+    for f in genai_dir.iterdir():
+        if f.is_file() and f.name != "genai_config.json" and not (out / f.name).exists():
+            os.link(f, out / f.name)
+    config = json.loads((genai_dir / "genai_config.json").read_text())
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    (out / "genai_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", help="scratch directory (~8 GB of disk)")
+    p.add_argument("--llm", metavar="FOLDER", help="real-weight mode: this transformers LLM folder (for example "
+                   "Qwen2.5-0.5B or SmolLM2) wrapped with the benchmark's vision tower, and genai's int4 model of it")
+    p.add_argument("--threads", default="", help="comma-separated thread counts, each run pinned to that many cores "
+                   "(for example 1,2); default: all cores, unpinned")
+    p.add_argument("--exports", default=",".join(EXPORTS), help=f"which of our exports to run (default: all of {', '.join(EXPORTS)})")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--frames", type=int, default=20)
@@ -222,76 +259,99 @@ def main() -> None:
         return
     if not args.work:
         p.error("--work is required")
+    labels = [x for x in args.exports.split(",") if x]
+    if unknown := [x for x in labels if x not in EXPORTS]:
+        p.error(f"--exports: unknown {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",") if t] or [None]
+    except ValueError:
+        p.error(f"--threads {args.threads!r}: give whole numbers separated by commas, for example 1,2")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "ckpt"
     py = sys.executable
-    if not (ckpt / "config.json").is_file():
-        sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "-o", str(ckpt), "--force"])
-    # label -> (vlm-export --lm-head, --vision); "float32 export" is the export before the int8 vision tower
-    exports = {"float32 export": ("float", "fp32"), "float32 head": ("float", "auto"), "int8 head": ("int8", "auto"),
-               "int4 head": ("int4", "auto")}
-    engines = {"float32 export": work / "engine-fp32", "float32 head": work / "engine", "int8 head": work / "engine-head8",
-               "int4 head": work / "engine-head4"}
+    if args.llm:
+        llm_dir = Path(args.llm).resolve()
+        ckpt = work / "ckpt-llm"
+        if not (ckpt / "config.json").is_file():
+            sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "--llm", str(llm_dir), "-o",
+                str(ckpt), "--force"])
+        prefix = "llm-"
+    else:
+        ckpt = work / "ckpt"
+        if not (ckpt / "config.json").is_file():
+            sh([py, "-m", "vlm_edge.model.cli", "init", "--preset", "bench-qwen0.5b", "-o", str(ckpt), "--force"])
+        llm_dir, prefix = ckpt / "llm", ""
+    engines = {label: work / (prefix + EXPORTS[label][0]) for label in labels}
     for label, engine in engines.items():
         if not (engine / "manifest.json").is_file():
-            head, vision = exports[label]
+            _, head, vision = EXPORTS[label]
             sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn",
                 "--accuracy-level", "4", "--no-validate", "--force", "--lm-head", head, "--vision", vision])
-
-    figures: dict = {"machine": {"cores": os.cpu_count()}, "new_tokens": args.new_tokens, "runs": args.runs}
-    figures["bandwidth"] = child("bandwidth")
-    for label, engine in engines.items():
-        out = work / f"ours-{engine.name}.json"
-        sh([py, "-m", "vlm_edge.edge.bench", str(engine), "--runs", str(args.runs), "--new-tokens",
-            str(args.new_tokens), "--backend", "ort-cpu", "-o", str(out)])
-        figures[f"ours ({label})"] = json.loads(out.read_text())
-        figures[f"ours ({label})"]["decoder_weight_bytes"] = decoder_weight_bytes(engine)
-    prompt_tokens = figures["ours (float32 head)"]["prompt_tokens"]
-    if "torch" not in args.skip:
-        figures["torch fp32"] = child("torch", str(ckpt), str(args.new_tokens), str(args.runs))
+    genai_dir = None
     if "genai" not in args.skip:
-        genai_dir = work / "genai-int4"
         if importlib.util.find_spec("onnxruntime_genai") is None:
-            figures["genai int4"] = {"skipped": "onnxruntime-genai is not installed"}
+            print("genai int4: skipped (pip install onnxruntime-genai onnx_ir)")
         else:
+            genai_dir = work / (prefix + "genai-int4")
             if not (genai_dir / "genai_config.json").is_file():
-                sh([py, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt / "llm"), "-o", str(genai_dir),
+                sh([py, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(genai_dir),
                     "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")])
-            figures["genai int4"] = child("genai", str(genai_dir), str(prompt_tokens), str(args.new_tokens),
-                                          str(args.runs))
-    if "frames" not in args.skip:
-        figures["frames"] = child("frames", str(engines["int4 head"]), str(args.frames), str(args.frame_tokens))
-    report(figures)
+
+    runs = {}
+    for threads in thread_counts:
+        cores = threads or (os.cpu_count() or 1)
+        f: dict = {"cores": cores, "pinned": threads is not None, "new_tokens": args.new_tokens, "runs": args.runs,
+                   "llm": str(llm_dir) if args.llm else "random weights (bench-qwen0.5b)"}
+        f["bandwidth"] = child("bandwidth", cores=threads)
+        for label, engine in engines.items():
+            out = work / f"ours-{engine.name}-c{cores}.json"
+            sh([py, "-m", "vlm_edge.edge.bench", str(engine), "--runs", str(args.runs), "--new-tokens",
+                str(args.new_tokens), "--backend", "ort-cpu", "--threads", str(cores), "-o", str(out)], threads)
+            f[f"ours ({label})"] = json.loads(out.read_text())
+            f[f"ours ({label})"]["decoder_weight_bytes"] = decoder_weight_bytes(engine)
+        prompt_tokens = next(v["prompt_tokens"] for k, v in f.items() if k.startswith("ours ("))
+        if "torch" not in args.skip:
+            f["torch fp32"] = child("torch", str(ckpt), str(args.new_tokens), str(args.runs), cores=threads)
+        if genai_dir is not None:
+            model = genai_with_threads(genai_dir, cores)
+            f["genai int4"] = child("genai", str(model), str(prompt_tokens), str(args.new_tokens), str(args.runs),
+                                    cores=threads)
+        if "frames" not in args.skip and threads is None and "int4 head" in engines:
+            f["frames"] = child("frames", str(engines["int4 head"]), str(args.frames), str(args.frame_tokens))
+        report(f)
+        runs[str(cores)] = f
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"runs": runs}, indent=2) + "\n")
         print(f"saved {args.json}")
 
 
 def report(f: dict) -> None:
     bw = f["bandwidth"]["bandwidth_bytes_per_s"]
     mib = 1 << 20
-    print(f"\nmemory bandwidth (copy, {f['bandwidth']['cores']} cores): {bw / 1e9:.1f} GB/s; "
-          f"prompt {f['ours (float32 head)']['prompt_tokens']} tokens (196 image), {f['new_tokens']} new tokens")
-    print(f"\n{'contender':<26}{'decode tok/s':>13}{'first token ms':>16}{'vision ms':>11}{'peak RSS MiB':>14}"
-          f"{'roofline tok/s':>16}")
+    ours_labels = [label for label in f if label.startswith("ours (")]
+    prompt = f[ours_labels[0]]["prompt_tokens"]
+    print(f"\n== {f['cores']} {'pinned ' if f['pinned'] else ''}core(s); LLM: {f['llm']}")
+    print(f"memory bandwidth (copy, {f['cores']} cores): {bw / 1e9:.1f} GB/s; "
+          f"prompt {prompt} tokens (196 image), {f['new_tokens']} new tokens")
+    print(f"\n{'contender':<26}{'decode tok/s':>13}{'first token ms':>16}{'vision ms':>11}{'prefill tok/s':>15}"
+          f"{'peak RSS MiB':>14}{'roofline tok/s':>16}")
     torch_tps = f.get("torch fp32", {}).get("decode_tokens_per_s")
     genai_tps = f.get("genai int4", {}).get("decode_tokens_per_s")
-    ours_labels = [label for label in f if label.startswith("ours (")]
     for label in ours_labels:
         o = f[label]
         m = o["metrics"]
         roof = bw / o["decoder_weight_bytes"]
         print(f"{label:<26}{m['decode_tokens_per_s']['median']:>13.1f}{m['first_token_ms']['median']:>16.0f}"
-              f"{m['vision_ms_per_image']['median']:>11.0f}{o['peak_rss_bytes'] / mib:>14.0f}{roof:>16.1f}")
+              f"{m['vision_ms_per_image']['median']:>11.0f}{m['prefill_tokens_per_s']['median']:>15.0f}"
+              f"{o['peak_rss_bytes'] / mib:>14.0f}{roof:>16.1f}")
     if torch_tps:
         t = f["torch fp32"]
         print(f"{'torch fp32 eager':<26}{torch_tps:>13.1f}{t['first_token_ms']:>16.0f}{t['vision_ms']:>11.0f}"
-              f"{t['peak_rss_bytes'] / mib:>14.0f}")
+              f"{t['prefill_tokens_per_s']:>15.0f}{t['peak_rss_bytes'] / mib:>14.0f}")
     if genai_tps:
         g = f["genai int4"]
         print(f"{'genai int4 ' + g['version']:<26}{genai_tps:>13.1f}{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}"
-              f"{'-':>11}{g['peak_rss_bytes'] / mib:>14.0f}")
+              f"{'-':>11}{'-':>15}{g['peak_rss_bytes'] / mib:>14.0f}")
     print("\nratios (decode tokens/s)")
     for label in ours_labels:
         o = f[label]

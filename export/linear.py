@@ -58,6 +58,16 @@ class QuantLinear:
         return (self.q.astype(np.float32) - np.repeat(self.zeros, g, 0)) * np.repeat(self.scales, g, 0)
 
 
+def concat_outputs(parts: list[QuantLinear]) -> QuantLinear:
+    """Linears that read the same input as one: their output channels side by side (exact, since
+    every group runs along K within one output channel)."""
+    first = parts[0]
+    if any((p.group_size, p.bits, p.q.shape[0]) != (first.group_size, first.bits, first.q.shape[0]) for p in parts):
+        raise ValueError("concat_outputs: the linears differ in group size, bits or input width")
+    return QuantLinear(np.concatenate([p.q for p in parts], axis=1), np.concatenate([p.zeros for p in parts], axis=1),
+                       np.concatenate([p.scales for p in parts], axis=1), first.group_size, first.bits)
+
+
 def rtn_quantize(weight_t: np.ndarray, group_size: int, symmetric: bool, bits: int = 4) -> QuantLinear:
     """Round-to-nearest 4- or 8-bit W.T [K, N] in groups of `group_size` along K, with the arithmetic
     of quant/quantize.py (float16-rounded scales): for the LM head, which AWQ leaves in float."""

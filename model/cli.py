@@ -1,6 +1,8 @@
 """`vlm-model`: create, inspect and query VILA-layout checkpoints with the PyTorch reference.
 
     vlm-model init --preset tiny -o ckpt/          a new checkpoint with random weights
+    vlm-model init --preset bench-qwen0.5b --llm Qwen2.5-0.5B/ -o ckpt/
+                                                   an LLM folder's weights with the preset's vision tower
     vlm-model info ckpt/                           what a checkpoint holds
     vlm-model generate ckpt/ --image x.png --prompt "What is in the image?"
 """
@@ -28,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", required=True, help="checkpoint directory to create")
     init.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     init.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    init.add_argument("--llm", metavar="FOLDER", help="take the LLM (weights, config, tokenizer) from this transformers "
+                      "model folder instead of random weights; the preset gives the vision tower, and the projector "
+                      "is new (random): for benchmarks on real LLM weights")
 
     info = sub.add_parser("info", help="print a checkpoint's configuration and parameter counts")
     info.add_argument("checkpoint", help="checkpoint directory (VILA1.5 layout)")
@@ -57,6 +62,12 @@ def _init(args: argparse.Namespace) -> None:
     from .presets import byte_level_tokenizer, preset_config
     from .vila import VilaModel
 
+    if args.llm:
+        from .presets import checkpoint_with_llm
+
+        checkpoint_with_llm(args.preset, args.llm, args.seed).save(args.output, overwrite=args.force)
+        print(f"wrote a checkpoint with the LLM of {args.llm} and the {args.preset} vision tower to {args.output}")
+        return
     tokenizer = byte_level_tokenizer()
     config = preset_config(args.preset, tokenizer)
     torch.manual_seed(args.seed)

@@ -14,11 +14,13 @@ rows).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from vlm_edge.common.errors import UnsupportedFeatureError
+from vlm_edge.common.errors import CheckpointError, UnsupportedFeatureError
 from vlm_edge.common.tokenizer import TextTokenizer
 from vlm_edge.common.vila_config import VilaConfig
 
@@ -163,3 +165,37 @@ def byte_level_tokenizer() -> TextTokenizer:
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
     return TextTokenizer(tokenizer, config)
 
+
+
+def checkpoint_with_llm(name: str, llm_dir: str | Path, seed: int = 0):
+    """Preset `name`'s vision tower and a new projector (random weights, `seed`) around the
+    transformers LLM folder `llm_dir` (config.json, safetensors weights, tokenizer), loaded as it
+    is: a VILA-layout Checkpoint whose LLM is that model, for benchmarks on real LLM weights."""
+    import torch
+
+    from vlm_edge.common.tokenizer import default_chat_template
+
+    from .checkpoint import Checkpoint, load_tokenizer, load_weights
+    from .vila import VilaModel
+
+    llm_dir = Path(llm_dir)
+    if not (llm_dir / "config.json").is_file():
+        raise CheckpointError(f"{llm_dir}: not a transformers model folder (no config.json); pass the folder "
+                              "that holds config.json, the *.safetensors weights and the tokenizer")
+    try:
+        llm = json.loads((llm_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{llm_dir / 'config.json'} cannot be read: {e}") from None
+    tokenizer = load_tokenizer(llm_dir)
+    config = preset_config(name, tokenizer)
+    if "quantization_config" in llm:
+        raise UnsupportedFeatureError(f"{llm_dir}: the LLM is already quantized ({llm['quantization_config'].get('quant_method')}); "
+                                      "pass its float (bf16/fp16/fp32) release")
+    config.llm = llm
+    config.top["hidden_size"] = llm.get("hidden_size")
+    config.top["chat_template"] = default_chat_template(tokenizer)
+    config.validate()
+    torch.manual_seed(seed)
+    model = VilaModel(config).eval()
+    load_weights(model.llm, llm_dir)
+    return Checkpoint(model, tokenizer)

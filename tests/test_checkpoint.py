@@ -115,3 +115,40 @@ def test_interrupted_save_leaves_nothing_behind(tiny, tmp_path):
 
 def test_checkpoint_object_template(tiny):
     assert isinstance(tiny, Checkpoint) and tiny.template.name == "plain"
+
+
+def test_a_transformers_llm_folder_becomes_the_checkpoints_llm(tmp_path):
+    """`vlm-model init --preset P --llm FOLDER`: a folder saved by transformers (bf16, as releases
+    are) is the LLM of the checkpoint, value for value, next to the preset's vision tower."""
+    import subprocess
+    import sys
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from vlm_edge.model import load_checkpoint
+    from vlm_edge.model.presets import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(3)
+    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=False)).to(torch.bfloat16).eval()
+    folder = tmp_path / "my-llm"
+    hf.save_pretrained(folder)
+    tokenizer.save(folder)
+    out = tmp_path / "ckpt"
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.model.cli", "init", "--preset", "micro", "--llm",
+                             str(folder), "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.llm["hidden_size"] == 64 and ckpt.config.top["hidden_size"] == 64
+    ids = torch.tensor([[5, 17, 99, 3, 42]])
+    with torch.no_grad():
+        ours = ckpt.model.llm(input_ids=ids).logits.float()
+        theirs = hf.float()(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+    result = subprocess.run([sys.executable, "-m", "vlm_edge.model.cli", "init", "--preset", "micro", "--llm",
+                             str(tmp_path), "-o", str(tmp_path / "other")], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "not a transformers model folder" in result.stderr
