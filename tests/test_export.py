@@ -404,3 +404,15 @@ def test_vision_option_choices():
         ExportConfig(awq4=True, flavours=("trt",), vision="int8").validate_options()
     with pytest.raises(InputError, match="--vision"):
         ExportConfig(vision="int4").validate_options()
+
+
+def test_packed_linears_dequantize_to_their_parts_side_by_side():
+    """q/k/v and gate/up become one MatMulNBits: the packed weights are the parts' columns, exactly."""
+    from vlm_edge.export.linear import concat_outputs, rtn_quantize
+
+    rng = np.random.default_rng(4)
+    parts = [rtn_quantize(rng.standard_normal((64, n)).astype(np.float32), 32, symmetric=False) for n in (24, 8, 8)]
+    packed = concat_outputs(parts)
+    assert np.array_equal(packed.dequantize(), np.concatenate([p.dequantize() for p in parts], axis=1))
+    with pytest.raises(ValueError, match="group size"):
+        concat_outputs([parts[0], rtn_quantize(rng.standard_normal((64, 8)).astype(np.float32), 16, symmetric=False)])
