@@ -160,8 +160,10 @@ def build_decoder(g: GraphBuilder, spec: DecoderSpec, weights: DecoderWeights, f
     def linear(h: str, *keys: str, name: str | None = None) -> str:
         """One product for the linears `keys` (their outputs side by side, in order)."""
         quants = [weights.quant(k) for k in keys]
-        if any(q is None for q in quants):
-            weight_t, quant = np.concatenate([weights.get(f"{k}.weight").T for k in keys], axis=1), None
+        if any(q is None for q in quants):  # float weights (a quantized part, if any, dequantized beside them)
+            weight_t = np.concatenate([q.dequantize() if q is not None else weights.get(f"{k}.weight").T
+                                       for k, q in zip(keys, quants)], axis=1)
+            quant = None
         else:
             weight_t, quant = None, concat_outputs(quants)
         biases = [weights.get(f"{k}.bias") if weights.has(f"{k}.bias") else None for k in keys]
