@@ -4,6 +4,8 @@
     vlm-quant --awq4 ckpt/ -o ckpt-awq/ --symmetric  for TensorRT's native int4
     vlm-quant --rtn ckpt/ -o ckpt-rtn/               round-to-nearest baseline, same format
     vlm-quant eval ckpt/ [--json report.json]        FP vs RTN vs AWQ on the held-out yardstick
+    vlm-quant eval ckpt/ --text heldout.txt --calib calib.txt
+                                                     any checkpoint: perplexity on a held-out text
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-len", type=int, default=512, help="positions per block (default 512)")
     p.add_argument("--text-only", action="store_true", help="drop images from multimodal calibration data")
     p.add_argument("--no-clip", action="store_true", help="skip the clip search")
+    p.add_argument("--duo-scaling", action="store_true",
+                   help="scale candidates x^a / w^(1-a) from activations and weights (AutoAWQ's and llm-compressor's "
+                        "default) instead of the published x^a")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="what the scale search's forward passes compute in; weights, scales, statistics and the clip search stay float32 "
+                        "(default: float16 on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX, else float32)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
 def _config(args: argparse.Namespace, method: str) -> QuantConfig:
     return QuantConfig(method=method, group_size=args.group_size, symmetric=args.symmetric, calib=args.calib,
                        samples=args.calib_samples, seq_len=args.calib_len, text_only=args.text_only,
-                       clip=not args.no_clip, device=args.device)
+                       clip=not args.no_clip, duo=args.duo_scaling, device=args.device,
+                       dtype=args.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,18 +73,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vlm-quant eval",
-                                description="FP vs RTN vs AWQ (and AWQ with text-only calibration) on the training "
-                                            "module's held-out VQA accuracy and perplexity; a table, optionally JSON.")
-    p.add_argument("checkpoint", help="an FP checkpoint written by vlm-train")
+                                description="FP vs RTN vs AWQ on one yardstick; a table, optionally JSON. A checkpoint "
+                                            "written by vlm-train: held-out VQA accuracy per question type and answer "
+                                            "perplexity (and AWQ with text-only calibration). Any checkpoint, with "
+                                            "--text: the LLM's perplexity on that held-out text.")
+    p.add_argument("checkpoint", help="an FP VILA-layout checkpoint")
     p.add_argument("--per-type", type=int, default=50, help="held-out questions per type (default 50)")
+    p.add_argument("--text", help="held-out UTF-8 text file: measure perplexity on it (any checkpoint)")
+    p.add_argument("--eval-len", type=int, default=512, help="tokens per perplexity window (default 512)")
+    p.add_argument("--eval-blocks", type=int, default=40, help="at most this many windows of --text (default 40)")
     p.add_argument("--json", help="also write the report to this file")
     _options(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def report() -> None:
-        from .evaluate import format_report, quality_report
+        from .evaluate import format_report, format_text_report, quality_report, text_report
 
+        if args.text:
+            result = text_report(args.checkpoint, _config(args, "awq"), args.text, seq_len=args.eval_len,
+                                 blocks=args.eval_blocks, progress=LayerProgress())
+            emit_report(format_text_report(result), result, args.json)
+            return
         result = quality_report(args.checkpoint, _config(args, "awq"), per_type=args.per_type)
         emit_report(format_report(result), result, args.json)
 

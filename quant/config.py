@@ -16,6 +16,7 @@ QUANT_CONFIG_FILE = "quant_config.json"
 SEARCH_FILE = "awq_search.safetensors"
 FORMAT_VERSION = 1
 METHODS = ("awq", "rtn")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 GROUP_SIZES = (128, 64, 32)  # input channels per scale, largest first
 
 
@@ -31,7 +32,9 @@ class QuantConfig:
     text_only: bool = False  # drop the images from multimodal calibration data (the published recipe)
     n_grid: int = 20  # scale search grid; the clip search tries n_grid / 2 ratios
     clip: bool = True
+    duo: bool = False  # scale candidates from activations and weights (AutoAWQ's duo scaling)
     device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # what the searches run in: auto | float32 | bfloat16 | float16 (weights stay float32)
 
     @property
     def format(self) -> "QuantFormat":
@@ -62,6 +65,8 @@ class QuantConfig:
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise InputError(f"group size {self.group_size} is not supported; choose 128, 64 or 32 "
                              "(or leave it out to pick the largest that fits the model)")
+        if self.dtype not in DTYPES:
+            raise InputError(f"search dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
         if self.samples < 1 or self.seq_len < 1 or self.n_grid < 2:
             raise InputError("calibration samples and length must be >= 1, and the grid >= 2")
 

@@ -245,3 +245,157 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
     # 275-290 MiB here, 108 vs 132 MiB in one CI run (the base differs by machine, the difference
     # stays small).
     assert growth[8] - growth[2] < 64
+
+
+def _clip_reference(w: torch.Tensor, x: torch.Tensor, fmt: QuantFormat, n_grid: int) -> torch.Tensor:
+    """The clip search written out elementwise: for each (output channel, group) and ratio, the
+    partial products sum_j x_tj q_nj against sum_j x_tj w_nj, squared and averaged over tokens."""
+    from vlm_edge.quant.quantize import fake_quantize
+
+    n, k = w.shape
+    g = fmt.group_size
+    xg = x.reshape(-1, k)[:, None, :].view(-1, 1, k // g, g)  # [T, 1, ng, G]
+    wg = w.view(1, n, k // g, g)
+    reference = (xg * wg).sum(-1)  # [T, n, ng]
+    original = wg.abs().amax(-1, keepdim=True)
+    best, best_error = original.clone(), torch.full(original.shape, float("inf"))
+    for i in range(n_grid // 2):
+        limit = original * (1 - i / n_grid)
+        q = fake_quantize(torch.maximum(torch.minimum(wg, limit), -limit).reshape(n, k), fmt).view_as(wg)
+        error = ((xg * q).sum(-1) - reference).pow(2).mean(0, keepdim=True).unsqueeze(-1)
+        better = error < best_error
+        best_error, best = torch.where(better, error, best_error), torch.where(better, limit, best)
+    return best.view(n, k // g)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_clip_search_matches_its_elementwise_reference(symmetric):
+    from vlm_edge.quant.awq import _search_clip
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 256, generator=gen) * 0.02
+    x = torch.randn(300, 256, generator=gen)
+    x[:, :3] *= 25  # outlier channels, as real LLM activations have
+    fmt = QuantFormat(4, 64, symmetric)
+    ours, reference = _search_clip(w, x, fmt, 20), _clip_reference(w, x, fmt, 20)
+    assert ours.shape == (96, 4)
+    # the same ratio is chosen for (nearly) every group: the two sum the same products in another order
+    assert (ours == reference).float().mean() >= 0.99
+    assert torch.allclose(ours, reference, rtol=0.1)
+
+
+def test_scale_search_of_a_linear_uses_the_gram_matrix_and_agrees_with_a_forward_pass():
+    from vlm_edge.quant.awq import _search_scale
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 128, 256, generator=gen)
+    x[..., :4] *= 30
+    linear = torch.nn.Linear(256, 64, bias=False)
+    torch.nn.init.normal_(linear.weight, std=0.02, generator=gen)
+    fmt = QuantFormat(4, 64, False)
+    wrapped = torch.nn.Sequential(linear)  # not the linear itself: the forward-pass search runs
+    direct = _search_scale(x, [linear], [linear], linear, ((x,), {}), fmt, 20)
+    forward = _search_scale(x, [linear], [linear], wrapped, ((x,), {}), fmt, 20)
+    assert torch.equal(direct, forward)
+    assert not torch.equal(direct, torch.ones_like(direct))  # the outliers make some scale pay
+
+
+def _small_llama(layers=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_search_keeps_float32_weights_and_quality(dtype):
+    """The scale search's forward passes in 16 bits (what a GPU or a bfloat16 CPU gets): the
+    weights stay float32 and the model quantized this way is about as close to FP as float32's."""
+    from vlm_edge.quant.awq import quantize_llm
+
+    fam = family("LlamaForCausalLM")
+    gen = torch.Generator().manual_seed(1)
+    embeds = torch.randn(4, 64, 128, generator=gen) * 0.5
+    embeds[..., :2] *= 20
+    ids = torch.randint(0, 128, (2, 48), generator=gen)
+    with torch.no_grad():
+        fp = _small_llama()(input_ids=ids).logits
+    errors = {}
+    for search in (torch.float32, dtype):
+        llm = _small_llama()
+        quantize_llm(llm, fam, QuantFormat(4, 64, False), embeds=embeds, dtype=search)
+        assert all(p.dtype == torch.float32 for p in llm.parameters())
+        with torch.no_grad():
+            errors[search] = float((llm(input_ids=ids).logits - fp).pow(2).mean())
+    assert errors[dtype] <= 1.25 * errors[torch.float32], errors
+
+
+def test_a_layer_that_overflows_float16_is_searched_in_float32():
+    import logging
+
+    from vlm_edge.quant.awq import quantize_llm
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("vlm_edge.quant.awq")
+    logger.addHandler(handler)
+
+    llm = _small_llama(layers=1)
+    with torch.no_grad():
+        llm.model.layers[0].mlp.down_proj.weight.mul_(1e4)  # outputs far beyond float16's 65504
+    embeds = torch.randn(2, 32, 128, generator=torch.Generator().manual_seed(2))
+    try:
+        result = quantize_llm(llm, family("LlamaForCausalLM"), QuantFormat(4, 64, False), embeds=embeds,
+                              dtype=torch.float16)
+    finally:
+        logger.removeHandler(handler)
+    assert any("searching it in float32" in m for m in seen), seen
+    assert all(torch.isfinite(s).all() for s in result.scales.values()) and len(result.linears) == 7
+
+
+def test_vlm_quant_eval_measures_text_perplexity_of_any_checkpoint(tmp_path):
+    """A checkpoint not written by vlm-train (no held-out VQA set) is measured on a text file."""
+    ckpt = tmp_path / "ckpt"
+    made = subprocess.run([sys.executable, "-m", "vlm_edge.model.cli", "init", "--preset", "micro", "-o", str(ckpt)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    rng = random.Random(0)
+    words = "the a red blue circle square big small left right top bottom of in is".split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(80)) for _ in range(30))
+    (tmp_path / "calib.txt").write_text(text)
+    (tmp_path / "heldout.txt").write_text(text[::-1])
+    base = [sys.executable, "-m", "vlm_edge.quant.cli", "eval", str(ckpt), "--group-size", str(GROUP)]
+    no_text = subprocess.run(base, capture_output=True, text=True)
+    assert no_text.returncode == 2 and "pass --text FILE" in no_text.stderr and "Traceback" not in no_text.stderr
+    report = tmp_path / "report.json"
+    out = subprocess.run(base + ["--text", str(tmp_path / "heldout.txt"), "--calib", str(tmp_path / "calib.txt"),
+                                 "--calib-samples", "4", "--calib-len", "64", "--eval-len", "64", "--eval-blocks", "6",
+                                 "--json", str(report)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(report.read_text())
+    assert set(result["variants"]) == {"fp", "rtn", "awq"} and result["tokens"] == 6 * 64
+    for name in ("fp", "rtn", "awq"):
+        assert name in out.stdout and np.isfinite(result["variants"][name]["perplexity"])
+    missing = subprocess.run(base + ["--text", str(tmp_path / "nope.txt"), "--calib", str(tmp_path / "calib.txt")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.txt does not exist" in missing.stderr
+
+
+def test_the_scale_search_in_chunks_of_blocks_chooses_what_one_pass_does(monkeypatch):
+    from vlm_edge.quant import awq
+
+    fam = family("LlamaForCausalLM")
+    embeds = torch.randn(6, 32, 128, generator=torch.Generator().manual_seed(3))
+    embeds[..., :2] *= 20
+    results = {}
+    for tokens in (10**6, 64):  # every block in one pass; two blocks a pass
+        monkeypatch.setattr(awq, "SEARCH_CHUNK_TOKENS", tokens)
+        results[tokens] = awq.quantize_llm(_small_llama(), fam, QuantFormat(4, 64, False), embeds=embeds,
+                                           dtype=torch.float32)
+    whole, chunked = results[10**6], results[64]
+    assert whole.scales.keys() == chunked.scales.keys()
+    for key in whole.scales:
+        assert torch.allclose(whole.scales[key], chunked.scales[key], rtol=1e-5), key
