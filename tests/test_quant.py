@@ -345,7 +345,7 @@ def test_a_layer_that_overflows_float16_is_searched_in_float32():
 
     llm = _small_llama(layers=1)
     with torch.no_grad():
-        llm.model.layers[0].mlp.down_proj.weight.mul_(1e4)  # outputs far beyond float16's 65504
+        llm.model.layers[0].mlp.down_proj.weight.mul_(1e7)  # beyond float16 (65504): its 16-bit copy overflows
     embeds = torch.randn(2, 32, 128, generator=torch.Generator().manual_seed(2))
     try:
         result = quantize_llm(llm, family("LlamaForCausalLM"), QuantFormat(4, 64, False), embeds=embeds,
