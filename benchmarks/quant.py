@@ -25,7 +25,8 @@
 4. Perplexity on --eval-blocks windows of the held-out half, one evaluator for all: the FP
    checkpoint with the tool's dequantized tensors loaded in.
 
-Every tool's result is kept in --work as <tool>.json; a second run reuses them (--force redoes).
+Every tool's result is kept in --work as <tool>-<samples>x<seq-len>-g<group>.json; a second run
+with the same settings reuses them (--force redoes).
 --layers N cuts the model to its first N layers (a quick check of the whole pipeline).
 Prints a table; --json saves it.
 """
@@ -203,7 +204,8 @@ def main() -> None:
 
     results = {}
     for tool in ["fp"] + [t for t in tools if t != "fp"]:
-        kept = args.work / f"{tool}{tag}.json"
+        setting = "" if tool == "fp" else f"-{args.samples}x{args.seq_len}-g{args.group_size}"
+        kept = args.work / f"{tool}{setting}{tag}.json"  # a result is reused only for the same settings
         if kept.is_file() and not args.force:
             results[tool] = json.loads(kept.read_text())
             continue
