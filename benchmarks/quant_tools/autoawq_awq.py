@@ -10,7 +10,6 @@ that layout (float32), so one evaluator measures every tool. AutoAWQ has no symm
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from runner_args import parse_args  # beside this file
 
 
 def _transformers4_folder(source: Path, folder: Path) -> str:
@@ -36,13 +36,7 @@ def _transformers4_folder(source: Path, folder: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--calib-ids", required=True, help="JSON list of token-id blocks, all of one length")
-    p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
+    args = parse_args(__doc__)
     if args.symmetric:
         sys.exit("autoawq_awq.py: AutoAWQ's GEMM layout always has zero points; run it without --symmetric")
     start = time.time()

@@ -9,21 +9,15 @@ replaced by their dequantized values (float32), so one evaluator measures every 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import torch
+from runner_args import parse_args  # beside this file
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--calib-ids", required=True, help="JSON list of token-id blocks, all of one length")
-    p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
+    args = parse_args(__doc__)
     start = time.time()
 
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
