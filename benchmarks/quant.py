@@ -16,17 +16,18 @@
    file and is checked to build the same blocks).
 3. Tools, each in its own process on all cores, timed wall clock (start, load, quantize, write):
      rtn, rtn-sym       vlm-quant --rtn [--symmetric]
-     ours, ours-sym     vlm-quant --awq4 [--symmetric]
+     ours, ours-sym     vlm-quant --awq4 [--symmetric]   (--ours-flags "...": more flags for these)
      ours-duo           vlm-quant --awq4 --duo-scaling
      llm-compressor     AWQModifier + W4A16 group quantization (its defaults), model in float32
      autoawq            AutoAWQ quantize (its defaults), model in float32
+                        (--other-dtype bfloat16: both load and calibrate the model in bfloat16)
    The other tools run in their own virtual environments (their transformers pins clash with
    ours): give each one's python. A tool without one is skipped with a note.
 4. Perplexity on --eval-blocks windows of the held-out half, one evaluator for all: the FP
    checkpoint with the tool's dequantized tensors loaded in.
 
-Every tool's result is kept in --work as <tool>-<samples>x<seq-len>-g<group>.json; a second run
-with the same settings reuses them (--force redoes).
+Every tool's result is kept in --work as <tool>-<samples>x<seq-len>-g<group>[-<flags>].json; a
+second run with the same settings reuses them (--force redoes).
 --layers N cuts the model to its first N layers (a quick check of the whole pipeline).
 Prints a table; --json saves it.
 """
@@ -158,7 +159,8 @@ def run_tool(tool: str, args, ckpt: Path, folder: Path, calib: Path, ids_file: P
         method = ["--rtn", str(ckpt)] if tool.startswith("rtn") else ["--awq4", str(ckpt)]
         cmd = [sys.executable, "-m", "vlm_edge.quant.cli", *method, "-o", str(out), "--force", *common,
                "--calib", str(calib), "--calib-samples", str(args.samples), "--calib-len", str(args.seq_len)]
-        seconds = sh(cmd + (["--symmetric"] if symmetric else []) + (["--duo-scaling"] if tool == "ours-duo" else []))
+        extra = args.ours_flags.split() if tool.startswith("ours") else []
+        seconds = sh(cmd + (["--symmetric"] if symmetric else []) + (["--duo-scaling"] if tool == "ours-duo" else []) + extra)
         return {"seconds": round(seconds, 1),
                 "perplexity": evaluate(ckpt, heldout, args.eval_len, args.eval_blocks, quantized=out)}
     python = {"llm-compressor": args.llmcompressor_python, "autoawq": args.autoawq_python}[tool]
@@ -167,7 +169,8 @@ def run_tool(tool: str, args, ckpt: Path, folder: Path, calib: Path, ids_file: P
         return None
     script = HERE / "quant_tools" / {"llm-compressor": "llmcompressor_awq.py", "autoawq": "autoawq_awq.py"}[tool]
     out = work / f"out-{tool}.safetensors"
-    seconds = sh([python, str(script), "--model", str(folder), "--calib-ids", str(ids_file), *common, "--out", str(out)],
+    seconds = sh([python, str(script), "--model", str(folder), "--calib-ids", str(ids_file), *common, "--out", str(out),
+                  "--dtype", args.other_dtype],
                  env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     return {"seconds": round(seconds, 1),
             "perplexity": evaluate(ckpt, heldout, args.eval_len, args.eval_blocks, tensors=out)}
@@ -186,6 +189,9 @@ def main() -> None:
     p.add_argument("--eval-blocks", type=int, default=40, help="held-out windows (default 40)")
     p.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor installed")
     p.add_argument("--autoawq-python", help="python of a venv with autoawq installed")
+    p.add_argument("--other-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the dtype llm-compressor and AutoAWQ load the model in and calibrate with (default float32)")
+    p.add_argument("--ours-flags", default="", help="more vlm-quant flags for our AWQ rows (kept apart by them)")
     p.add_argument("--force", action="store_true", help="redo tools whose results are kept in --work")
     p.add_argument("--json", help="also save the table's figures here")
     args = p.parse_args()
@@ -205,6 +211,10 @@ def main() -> None:
     results = {}
     for tool in ["fp"] + [t for t in tools if t != "fp"]:
         setting = "" if tool == "fp" else f"-{args.samples}x{args.seq_len}-g{args.group_size}"
+        if tool in ("llm-compressor", "autoawq") and args.other_dtype != "float32":
+            setting += f"-{args.other_dtype}"
+        if tool.startswith("ours") and args.ours_flags:
+            setting += "-" + "".join(c if c.isalnum() else "_" for c in args.ours_flags.strip())
         kept = args.work / f"{tool}{setting}{tag}.json"  # a result is reused only for the same settings
         if kept.is_file() and not args.force:
             results[tool] = json.loads(kept.read_text())

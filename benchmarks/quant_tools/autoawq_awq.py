@@ -2,10 +2,10 @@
 
     python autoawq_awq.py --model LLM/ --calib-ids ids.json --group-size 64 [--symmetric] --out w.safetensors
 
-Loads the folder in float32, runs `quantize` (its defaults: duo scaling, clip search, grid of
-20) into its GEMM layout, and writes every LLM tensor with the quantized linears dequantized from
-that layout (float32), so one evaluator measures every tool. AutoAWQ has no symmetric mode:
---symmetric is refused.
+Loads the folder in float32 (or --dtype bfloat16), runs `quantize` (its defaults: duo scaling,
+clip search, grid of 20) into its GEMM layout, and writes every LLM tensor with the quantized
+linears dequantized from that layout (float32), so one evaluator measures every tool. AutoAWQ
+has no symmetric mode: --symmetric is refused.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     blocks = json.loads(open(args.calib_ids).read())
     with tempfile.TemporaryDirectory() as folder:
         model = AutoAWQForCausalLM.from_pretrained(_transformers4_folder(Path(args.model), Path(folder)),
-                                                   torch_dtype=torch.float32)
+                                                   torch_dtype=getattr(torch, args.dtype))
     config = {"zero_point": True, "q_group_size": args.group_size, "w_bit": 4, "version": "GEMM"}
     model.quantize(None, quant_config=config, calib_data=blocks, max_calib_samples=len(blocks),
                    max_calib_seq_len=len(blocks[0]))

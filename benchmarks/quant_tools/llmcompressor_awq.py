@@ -2,9 +2,10 @@
 
     python llmcompressor_awq.py --model LLM/ --calib-ids ids.json --group-size 64 [--symmetric] --out w.safetensors
 
-Loads the folder in float32, runs `oneshot` with AWQModifier (its defaults: duo scaling, grid of
-20) and a W4A16 group quantization, and writes every LLM tensor with the quantized linears
-replaced by their dequantized values (float32), so one evaluator measures every tool.
+Loads the folder in float32 (or --dtype bfloat16), runs `oneshot` with AWQModifier (its
+defaults: duo scaling, grid of 20) and a W4A16 group quantization, and writes every LLM tensor
+with the quantized linears replaced by their dequantized values (float32), so one evaluator
+measures every tool.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
         # ("Cannot access accelerator device"); without a GPU there is nothing to copy to
         IntermediatesCache.pin_memory = lambda self, *a, **k: None
     blocks = json.loads(open(args.calib_ids).read())
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dataset = Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks]})
     weights = {"num_bits": 4, "type": "int", "symmetric": args.symmetric, "strategy": "group",
