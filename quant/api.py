@@ -71,7 +71,8 @@ def quantize_model(checkpoint: Checkpoint, config: QuantConfig, checkpoint_dir: 
         log.info("calibration: %s -> %d block(s) of %d positions", calib.source, embeds.shape[0], embeds.shape[1])
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
     return quantize_llm(checkpoint.model.llm, fam, config.format, method=config.method, embeds=embeds,
-                        n_grid=config.n_grid, clip=config.clip, duo=config.duo, device=device, dtype=dtype, progress=progress)
+                        n_grid=config.n_grid, clip=config.clip, duo=config.duo, rounding=config.rounding,
+                        device=device, dtype=dtype, progress=progress)
 
 
 def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantConfig, *, overwrite: bool = False,

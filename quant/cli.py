@@ -16,7 +16,7 @@ import sys
 from vlm_edge.common.cli import LayerProgress, emit_report, run
 from vlm_edge.common.log import setup_logging
 
-from .config import QuantConfig
+from .config import ROUNDINGS, QuantConfig
 
 
 def _options(p: argparse.ArgumentParser) -> None:
@@ -38,6 +38,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="what the scale search's forward passes compute in; weights, scales, statistics and the clip search stay float32 "
                         "(default: float16 on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX, else float32)")
+    p.add_argument("--rounding", choices=ROUNDINGS, default="feedback",
+                   help="how AWQ picks each integer on its grid: feedback (default: each column's rounding error is "
+                        "corrected in the columns after it, against the calibration inputs, as GPTQ does), or nearest "
+                        "(the published AWQ recipe)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -45,7 +49,7 @@ def _config(args: argparse.Namespace, method: str) -> QuantConfig:
     return QuantConfig(method=method, group_size=args.group_size, symmetric=args.symmetric, calib=args.calib,
                        samples=args.calib_samples, seq_len=args.calib_len, text_only=args.text_only,
                        clip=not args.no_clip, duo=args.duo_scaling, device=args.device,
-                       dtype=args.dtype)
+                       dtype=args.dtype, rounding=args.rounding)
 
 
 def main(argv: list[str] | None = None) -> int:

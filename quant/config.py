@@ -17,6 +17,7 @@ SEARCH_FILE = "awq_search.safetensors"
 FORMAT_VERSION = 1
 METHODS = ("awq", "rtn")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ROUNDINGS = ("feedback", "nearest")
 GROUP_SIZES = (128, 64, 32)  # input channels per scale, largest first
 
 
@@ -35,6 +36,7 @@ class QuantConfig:
     duo: bool = False  # scale candidates from activations and weights (AutoAWQ's duo scaling)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # what the searches run in: auto | float32 | bfloat16 | float16 (weights stay float32)
+    rounding: str = "feedback"  # feedback | nearest: integers chosen against the calibration inputs, or nearest (AWQ only)
 
     @property
     def format(self) -> "QuantFormat":
@@ -67,6 +69,8 @@ class QuantConfig:
                              "(or leave it out to pick the largest that fits the model)")
         if self.dtype not in DTYPES:
             raise InputError(f"search dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+        if self.rounding not in ROUNDINGS:
+            raise InputError(f"rounding {self.rounding!r} is unknown; choose one of {', '.join(ROUNDINGS)}")
         if self.samples < 1 or self.seq_len < 1 or self.n_grid < 2:
             raise InputError("calibration samples and length must be >= 1, and the grid >= 2")
 
@@ -76,6 +80,7 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {"rounding": "nearest", **d}  # written before feedback rounding existed: rounded to nearest
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
