@@ -148,14 +148,15 @@ def evaluate(ckpt: Path, heldout: Path, seq_len: int, blocks: int, *, quantized:
     return perplexity(checkpoint.model.llm, text_blocks(checkpoint, heldout.read_text(), seq_len=seq_len, blocks=blocks))
 
 
-def run_tool(tool: str, args, ckpt: Path, folder: Path, calib: Path, ids_file: Path, heldout: Path) -> dict | None:
+def run_tool(tool: str, name: str, args, ckpt: Path, folder: Path, calib: Path, ids_file: Path, heldout: Path) -> dict | None:
+    """Run and measure `tool`; its output goes to <work>/out-<name> (`name`: the tool and its settings)."""
     work = args.work
     common = ["--group-size", str(args.group_size)]
     symmetric = tool.endswith("-sym")
     if tool == "fp":
         return {"seconds": None, "perplexity": evaluate(ckpt, heldout, args.eval_len, args.eval_blocks)}
     if tool in ("rtn", "rtn-sym", "ours", "ours-sym", "ours-duo"):
-        out = work / f"out-{tool}"
+        out = work / f"out-{name}"
         method = ["--rtn", str(ckpt)] if tool.startswith("rtn") else ["--awq4", str(ckpt)]
         cmd = [sys.executable, "-m", "vlm_edge.quant.cli", *method, "-o", str(out), "--force", *common,
                "--calib", str(calib), "--calib-samples", str(args.samples), "--calib-len", str(args.seq_len)]
@@ -168,7 +169,7 @@ def run_tool(tool: str, args, ckpt: Path, folder: Path, calib: Path, ids_file: P
         print(f"note: {tool} skipped (give --{tool.replace('-', '')}-python: a python with it installed)")
         return None
     script = HERE / "quant_tools" / {"llm-compressor": "llmcompressor_awq.py", "autoawq": "autoawq_awq.py"}[tool]
-    out = work / f"out-{tool}.safetensors"
+    out = work / f"out-{name}.safetensors"
     seconds = sh([python, str(script), "--model", str(folder), "--calib-ids", str(ids_file), *common, "--out", str(out),
                   "--dtype", args.other_dtype],
                  env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -215,11 +216,12 @@ def main() -> None:
             setting += f"-{args.other_dtype}"
         if tool.startswith("ours") and args.ours_flags:
             setting += "-" + "".join(c if c.isalnum() else "_" for c in args.ours_flags.strip())
-        kept = args.work / f"{tool}{setting}{tag}.json"  # a result is reused only for the same settings
+        name = f"{tool}{setting}{tag}"
+        kept = args.work / f"{name}.json"  # a result is reused only for the same settings
         if kept.is_file() and not args.force:
             results[tool] = json.loads(kept.read_text())
             continue
-        row = run_tool(tool, args, ckpt, folder, calib, ids_file, heldout)
+        row = run_tool(tool, name, args, ckpt, folder, calib, ids_file, heldout)
         if row is not None:
             row["host"] = os.uname().nodename
             kept.write_text(json.dumps(row))
