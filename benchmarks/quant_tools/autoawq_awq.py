@@ -6,6 +6,14 @@ Loads the folder in float32 (or --dtype bfloat16), runs `quantize` (its defaults
 clip search, grid of 20) into its GEMM layout, and writes every LLM tensor with the quantized
 linears dequantized from that layout (float32), so one evaluator measures every tool. AutoAWQ
 has no symmetric mode: --symmetric is refused.
+
+On a CPU, AutoAWQ 0.2.9's scale search does not restore the weights between grid points: it keeps
+`{k: v.cpu() ...}` of the module's state_dict as the copy to restore from, and `.cpu()` of a CPU
+tensor is that tensor, which the search then scales in place. Every grid point's scaling stays in
+the weights, and the model it writes no longer computes what the FP model did (a 2-layer test:
+loss 20.76 -> 23.96 with the scales applied and nothing quantized). On a GPU `.cpu()` copies, so
+the bug never shows there. `_copy_snapshots` makes the snapshot a copy on every device; nothing
+else of AutoAWQ is changed.
 """
 
 from __future__ import annotations
@@ -35,6 +43,25 @@ def _transformers4_folder(source: Path, folder: Path) -> str:
     return str(folder)
 
 
+def _copy_snapshots(quantizer_class) -> None:
+    """Wrap `quantizer_class._compute_best_scale` so that any state_dict taken of the module it
+    searches, while it searches, holds copies rather than the live weights."""
+    search = quantizer_class._compute_best_scale
+
+    def copy_values(module, state_dict, prefix, local_metadata):
+        for key, value in state_dict.items():
+            state_dict[key] = value.clone()
+
+    def compute_best_scale(self, x, w_mean, x_mean, module2inspect, *args, **kwargs):
+        handle = module2inspect.register_state_dict_post_hook(copy_values)
+        try:
+            return search(self, x, w_mean, x_mean, module2inspect, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    quantizer_class._compute_best_scale = compute_best_scale
+
+
 def main() -> None:
     args = parse_args(__doc__)
     if args.symmetric:
@@ -42,9 +69,11 @@ def main() -> None:
     start = time.time()
 
     from awq import AutoAWQForCausalLM
+    from awq.quantize.quantizer import AwqQuantizer
     from awq.utils.packing_utils import dequantize_gemm
     from safetensors.torch import save_file
 
+    _copy_snapshots(AwqQuantizer)
     blocks = json.loads(open(args.calib_ids).read())
     with tempfile.TemporaryDirectory() as folder:
         model = AutoAWQForCausalLM.from_pretrained(_transformers4_folder(Path(args.model), Path(folder)),
