@@ -15,6 +15,8 @@ from vlm_edge.common.cli import emit_report, run
 from vlm_edge.common.errors import VlmEdgeError
 from vlm_edge.common.log import setup_logging
 
+from . import numerics
+
 
 def _stage_steps(text: str) -> dict[str, int]:
     try:
@@ -45,6 +47,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on a GPU, fp32 on a CPU")
+    p.add_argument("--numerics", choices=("portable", "native"),
+                   help="CPU kernels: portable (default) gives bit-identical weights on every x86-64 host "
+                   "with AVX2 (at the same --threads); native uses each host's fastest kernels, so each "
+                   "host trains a slightly different model")
+    p.add_argument("--threads", type=int, help="CPU threads (default: 2 with portable numerics, else all cores); "
+                   "another count sums in another order and trains another model")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -70,12 +78,19 @@ def build_config(args: argparse.Namespace):
         config.eval_per_type = args.eval_per_type
     config.user_data, config.image_folder = args.data, args.image_folder
     config.init_llm, config.init_vision = args.init_llm, args.init_vision
+    if args.numerics:
+        config.numerics = args.numerics
+    if args.threads is not None:
+        config.threads = args.threads
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     setup_logging(args.verbose)
+    # before torch loads: the kernels it picks are fixed when it starts (train/numerics.py)
+    saved = numerics.saved_settings(args.output) if args.resume else None
+    numerics.request(saved[0] if saved else args.numerics or "portable")
 
     def train() -> None:
         from .trainer import Trainer

@@ -65,6 +65,9 @@ class TrainConfig:
     vision_position_std: float | None = None
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
+    # portable: the same weights on every x86-64 CPU (train/numerics.py) | native: each host's fastest kernels
+    numerics: str = "portable"
+    threads: int | None = None  # None: 2 in portable mode (one process), else torch's default
 
     def validate(self) -> None:
         if not self.stages:
@@ -73,6 +76,10 @@ class TrainConfig:
             raise InputError(f"eval_per_type {self.eval_per_type} must be >= 0 (0 skips the final evaluation)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
+        if self.numerics not in ("portable", "native"):
+            raise InputError(f"numerics {self.numerics!r} is unknown; choose portable or native")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads {self.threads} must be >= 1")
         for stage in self.stages:
             stage.validate()
             if "user" in stage.mix and stage.mix["user"] > 0 and not self.user_data:
@@ -84,6 +91,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
+        d.pop("numerics_in_effect", None)  # what the run had, recorded beside the settings
+        d.setdefault("numerics", "native")  # runs saved before the field existed used each host's kernels
         d["stages"] = [StageConfig(**{**s, "train": tuple(s["train"])}) for s in d.get("stages", [])]
         return cls(**d)
 

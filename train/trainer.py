@@ -45,6 +45,7 @@ from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint, load_tokenize
 from vlm_edge.model.presets import PRESETS, ModelDims, preset_config
 from vlm_edge.model.vila import VilaModel
 
+from . import numerics
 from .batching import by_length, collate
 from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
@@ -137,6 +138,15 @@ class Trainer:
         self.output = Path(output)
         self.device = pick_device(config.device)
         self.par = setup_distributed(self.device)
+        mode, threads = (numerics.saved_settings(self.output) if resume else None) or (config.numerics, config.threads)
+        self.numerics = numerics.apply(mode, threads, self.device.type, self.par.world)
+        if self.par.main:
+            detail = ", ".join(f"{k} {v}" for k, v in self.numerics.items() if k not in ("mode", "why"))
+            if mode == "portable" and self.numerics["mode"] != "portable":
+                log.warning("numerics: native, not portable (%s): this run's weights will differ from other hosts'",
+                            self.numerics.get("why"))
+            else:
+                log.info("numerics: %s (%s)", self.numerics["mode"], self.numerics.get("why") or detail)
         if resume:
             config, self.state, self.checkpoint = self._resume()
             config.validate()
@@ -293,7 +303,7 @@ class Trainer:
                 write_calibration_set(self.data, tmp / CALIBRATION_DIR)
                 state_dir = tmp / TRAINING_DIR
                 state_dir.mkdir()
-                (state_dir / "train_config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+                (state_dir / "train_config.json").write_text(json.dumps({**self.config.to_dict(), "numerics_in_effect": self.numerics}, indent=2) + "\n")
                 (state_dir / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
                 if optimizer is not None and self.state.stage < len(self.config.stages):
                     torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
