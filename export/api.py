@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vlm_edge.common import awq_format
 from vlm_edge.common.errors import InputError, VlmEdgeError
 from vlm_edge.common.fsutil import atomic_directory, sha256_file
 from vlm_edge.common.log import get_logger
@@ -107,6 +108,14 @@ def _quantized_source(source: Path, tmp: Path, vila_config: VilaConfig, config: 
                              "unquantized checkpoint)")
         return source, None
     trt = "trt" in config.resolved_flavours()
+    if config.tinychat_awq:
+        from vlm_edge.quant.tinychat import import_tinychat
+
+        group = config.group_size or 128  # what NVIDIA's releases use (-w4-g128-)
+        log.info("LLM weights: %s (TinyChat AWQ, group %d), used as they are", config.tinychat_awq, group)
+        work = import_tinychat(source, config.tinychat_awq, tmp / ".quantized", group_size=group)
+        return work, {**awq_format.quantization_config(4, group, False), "quantized_by": "TinyChat file",
+                      "file": Path(config.tinychat_awq).name}
     if is_quantized(source):
         quant = dict(vila_config.llm["quantization_config"])
         group = awq_group_size(vila_config.llm, source / LLM_DIR)

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
                    help="symmetric AWQ even without a trt graph (default: only with one)")
     p.add_argument("--method", choices=("awq", "rtn"), default="awq", help="quantization method (default awq)")
+    p.add_argument("--tinychat-awq", metavar="FILE",
+                   help="with --awq4: NVIDIA's released TinyChat AWQ weights for this checkpoint (the "
+                        "*-w4-g128-awq-v2.pt of a -AWQ release); its integers, scales and zeros are used as "
+                        "they are, nothing is re-quantized")
     p.add_argument("--calib", help="calibration data for AWQ (see vlm-quant --help; default: the checkpoint's own set)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per calibration block (default 512)")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     config = ExportConfig(plugin=args.plugin, awq4=args.awq4, flavours=tuple(dict.fromkeys(args.flavour)), group_size=args.group_size,
-                          symmetric=args.symmetric, method=args.method, calib=args.calib,
+                          symmetric=args.symmetric, method=args.method, tinychat_awq=args.tinychat_awq, calib=args.calib,
                           calib_samples=args.calib_samples, calib_len=args.calib_len, validate=args.validate,
                           prompts=args.prompts, accuracy_level=args.accuracy_level,
                           lm_head=args.lm_head, vision=args.vision, build_engine=args.build_engine,

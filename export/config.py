@@ -20,6 +20,7 @@ class ExportConfig:
     group_size: int | None = None  # None: the largest of 128, 64, 32 that divides every linear's input width
     symmetric: bool | None = None  # None: symmetric exactly when a trt graph is wanted
     method: str = "awq"  # awq | rtn, when quantizing here
+    tinychat_awq: str | None = None  # NVIDIA's released TinyChat AWQ file for this checkpoint's LLM: used as it is
     calib: str | None = None
     calib_samples: int = 128
     calib_len: int = 512
@@ -57,6 +58,11 @@ class ExportConfig:
             raise InputError(f"unknown decoder flavour(s) {sorted(unknown)}; choose ort and/or trt")
         if not self.awq4 and set(self.flavours) - {"fp"}:
             raise InputError("--flavour ort/trt are 4-bit graphs; add --awq4")
+        if self.tinychat_awq and not self.awq4:
+            raise InputError("--tinychat-awq gives 4-bit weights; add --awq4")
+        if self.tinychat_awq and "trt" in flavours:
+            raise InputError("a TinyChat AWQ file has zero points, but the trt flavour needs symmetric AWQ; "
+                             "export it with --flavour ort")
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise InputError(f"group size {self.group_size} is not supported; choose 128, 64 or 32")
         if "trt" in flavours:

@@ -100,8 +100,9 @@ def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantCon
     return output
 
 
-def write_quantized(checkpoint: Checkpoint, result: QuantResult, config: QuantConfig, source: Path, directory: Path,
-                    *, seconds: float = 0.0) -> None:
+def copy_all_but_llm_weights(source: Path, directory: Path) -> Path:
+    """Vision tower, projector, top config, calibration set and the LLM's tokenizer files; returns
+    the new llm/ folder, which still needs its config.json and weights."""
     for sub in (VISION_DIR, PROJECTOR_DIR):
         shutil.copytree(source / sub, directory / sub)
     shutil.copy2(source / "config.json", directory / "config.json")
@@ -112,6 +113,12 @@ def write_quantized(checkpoint: Checkpoint, result: QuantResult, config: QuantCo
     for file in (source / LLM_DIR).iterdir():  # tokenizer and generation config
         if file.is_file() and not file.name.startswith("model") and file.name != "config.json":
             shutil.copy2(file, llm_dir / file.name)
+    return llm_dir
+
+
+def write_quantized(checkpoint: Checkpoint, result: QuantResult, config: QuantConfig, source: Path, directory: Path,
+                    *, seconds: float = 0.0) -> None:
+    llm_dir = copy_all_but_llm_weights(source, directory)
 
     llm_config = dict(checkpoint.config.llm)
     for key in ("torch_dtype", "dtype"):
