@@ -2,13 +2,17 @@
 
 The folders stay short (`edge/`, `export/`, ...) while the import names cannot clash with
 other distributions (PyPI has packages called `kernels`, `server`, ...): `package_dir` maps
-`vlm_edge.<name>` to `<name>/`. The namespace's own `__init__` lives in `vlm_edge_pkg/` so
+`vlm_edge.<name>` to `<name>/`. A folder at the repository root is importable by its own name
+whenever the root is on sys.path (`python -m pytest`, a REPL started there), so none may be named
+like a module our dependencies import: `vlm_edge.kernels` lives in `gpu_kernels/`, because
+transformers imports Hugging Face's `kernels` package (tests/test_dependencies.py checks this). The namespace's own `__init__` lives in `vlm_edge_pkg/` so
 that no folder called `vlm_edge/` at the repository root shadows the installed mapping.
 """
 
 from setuptools import setup
 
 SUBPACKAGES = ["common", "model", "train", "quant", "kernels", "export", "edge", "server", "jetson"]
+FOLDERS = {name: name for name in SUBPACKAGES} | {"kernels": "gpu_kernels"}  # vlm_edge.<name> -> folder
 
 # The runtime (edge/server/jetson) installs light; torch and transformers are extras.
 RUNTIME = ["numpy>=1.24", "pillow>=10", "tokenizers>=0.20", "onnxruntime>=1.18", "tqdm>=4.60"]
@@ -39,8 +43,8 @@ setup(
     description="Edge inference runtime and 4-bit quantization toolkit for VILA-class vision-language models",
     python_requires=">=3.10",
     packages=["vlm_edge"] + [f"vlm_edge.{name}" for name in SUBPACKAGES],
-    package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": name for name in SUBPACKAGES}},
-    # the kernel's and the plugin's sources: the device they run on builds them (kernels/build.py)
+    package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": FOLDERS[name] for name in SUBPACKAGES}},
+    # the kernel's and the plugin's sources: the device they run on builds them (gpu_kernels/build.py)
     package_data={"vlm_edge.kernels": ["CMakeLists.txt", "cuda/*.cu", "cuda/*.cuh", "trt/*.cpp"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,

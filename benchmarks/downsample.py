@@ -6,7 +6,7 @@
 Defaults are VILA1.5-3b's projector input (27 x 27 SigLIP tokens of 1152 channels, 2x2 blocks);
 B is images per call: camera frames, or the tiles of a dynamic-resolution image. Rows:
 
-    ours           the CUDA kernel (kernels/cuda/downsample.cu), loaded through cuda-python
+    ours           the CUDA kernel (gpu_kernels/cuda/downsample.cu), loaded through cuda-python
     eager          PyTorch's chain: pad, view, permute, reshape, layer_norm (what the model runs)
     torch.compile  the same chain compiled by Inductor
     copy           a device-to-device copy of the same bytes: the bandwidth ceiling of this GPU

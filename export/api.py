@@ -296,7 +296,7 @@ def build_engine_dir(engine_dir: str | Path, plugin_library: str | Path | None =
         raise InputError(f"{engine_dir} has no trt decoder graph; re-export with --awq4 --flavour trt "
                          "(or --build-engine)")
     if plugin_library is not None and not Path(plugin_library).is_file():
-        raise InputError(f"--plugin-library {plugin_library} is not a file; build it with CMake (kernels/CMakeLists.txt) "
+        raise InputError(f"--plugin-library {plugin_library} is not a file; build it with CMake (gpu_kernels/CMakeLists.txt) "
                          "or leave the option out to let vlm-build-engine build it")
     built = build_engines(engine_dir, trt_graphs(manifest.components), plugin_library=plugin_library)
     keys = {t["cache_key"] for t in built}

@@ -13,7 +13,7 @@
 
 The two graphs share one weight file (vision.onnx.data): the rewrite keeps every other node and
 initializer as it is, so the plain graph is the trt graph's exact twin, and what ONNX Runtime
-validates is what TensorRT builds, up to the one node whose reference (kernels/schema.py) the
+validates is what TensorRT builds, up to the one node whose reference (gpu_kernels/schema.py) the
 tests hold equal to the plain ops it replaces.
 """
 

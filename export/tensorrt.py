@@ -7,13 +7,13 @@ without the library is checked by `check_trt_graph` (it runs in CI on every expo
     (no com.microsoft ops: TensorRT has no MatMulNBits);
   - every op in TRT_OPS, the ONNX operators TensorRT 10's parser documents as supported
     (onnx-tensorrt docs/operators.md) that these graphs need, or our own plugin node
-    (vlm_edge.VlmEdgeDownsampleLayerNorm, kernels/schema.py: attributes, weight shapes);
+    (vlm_edge.VlmEdgeDownsampleLayerNorm, gpu_kernels/schema.py: attributes, weight shapes);
   - every DequantizeLinear: an INT4 initializer input of rank 2, block_size 64 or 128 on axis 0,
     constant float scales of shape [K / block, N], no zero point (TensorRT's int4 is symmetric),
     feeding a MatMul as its weight (input 1): the W4A16 pattern TensorRT fuses.
 
 `build_engines` (lazy `import tensorrt`) loads our plugin library first when a graph has the
-plugin node (built here once by kernels/build.py, or $VLM_EDGE_PLUGIN_LIBRARY), parses each graph, sets fp16, one optimization profile
+plugin node (built here once by gpu_kernels/build.py, or $VLM_EDGE_PLUGIN_LIBRARY), parses each graph, sets fp16, one optimization profile
 per graph (images; prompt length; KV length), a timing cache in the engine directory, and
 serializes plans to engines/ with a cache key (TensorRT version, SM, L4T release, precision).
 """
@@ -139,7 +139,7 @@ def build_engines(engine_dir: Path, graphs: dict[str, dict], profile: Profile | 
                   precision: str = "fp16", plugin_library: str | Path | None = None) -> list[dict]:
     """Build a plan per graph (`graphs`: component name -> manifest entry with file, inputs and the
     plugin it needs, if any). `plugin_library`: a prebuilt libvlm_edge_plugins.so (default: build
-    or find it, kernels/build.py).
+    or find it, gpu_kernels/build.py).
 
     Returns the manifest's `targets` entries. Raises UnsupportedFeatureError without TensorRT.
     """

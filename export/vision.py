@@ -256,7 +256,7 @@ def emit_space_to_depth(g: GraphBuilder, x: str, side: int, channels: int, ratio
 
     Zero rows below and zero columns right up to a multiple of `ratio`, then each r x r block
     becomes one token (channels a-major, b-minor), tokens column- or row-major. The math of
-    kernels/reference.py: space_to_depth; tests/test_kernels.py holds the two together.
+    gpu_kernels/reference.py: space_to_depth; tests/test_kernels.py holds the two together.
     """
     grid = g.op("Reshape", x, g.ints(0, side, side, channels), name="grid")  # [images, row, col, C]
     extra = -side % ratio

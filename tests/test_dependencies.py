@@ -31,6 +31,7 @@ ALLOWED = {
     "jetson": {"edge", "common"},
 }
 TORCH_FREE = {"common", "kernels", "edge", "server", "jetson"}
+FOLDER = {"kernels": "gpu_kernels"}  # vlm_edge.<package> -> its folder, where the two differ (setup.py)
 HEAVY = {"torch", "transformers", "torchvision", "accelerate"}
 
 
@@ -58,8 +59,9 @@ def imports_of(path: Path, package_dir: Path) -> set[str]:
 def violations(root: Path = ROOT) -> list[str]:
     problems = []
     for package, allowed in ALLOWED.items():
-        for path in sorted((root / package).rglob("*.py")):
-            for name in imports_of(path, root / package):
+        folder = root / FOLDER.get(package, package)
+        for path in sorted(folder.rglob("*.py")):
+            for name in imports_of(path, folder):
                 if name.startswith("vlm_edge."):
                     target = name.split(".")[1]
                     if target != package and target not in allowed:
@@ -75,7 +77,7 @@ def test_dependency_direction_holds():
 
 def test_the_scan_catches_violations(tmp_path):
     for package in ALLOWED:
-        (tmp_path / package).mkdir()
+        (tmp_path / FOLDER.get(package, package)).mkdir()
     (tmp_path / "edge" / "session.py").write_text("def f():\n    import torch\n")
     (tmp_path / "common" / "x.py").write_text("from vlm_edge.model.vila import VilaModel\n")
     (tmp_path / "model" / "y.py").write_text("from ..export import graphs\n")
@@ -93,6 +95,31 @@ def test_runtime_imports_leave_torch_out(modules):
     code = f"import sys, {modules}; heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_every_package_folder_is_scanned():
+    setup = (ROOT / "setup.py").read_text()
+    for package in ALLOWED:
+        assert (ROOT / FOLDER.get(package, package) / "__init__.py").is_file(), package
+        assert f'"{package}"' in setup
+    assert '{"kernels": "gpu_kernels"}' in setup
+
+
+def test_no_root_folder_shadows_an_installed_module():
+    """A folder at the repository root is importable under its own name whenever the root is on
+    sys.path (`python -m pytest`, a REPL started there). transformers >= 5.25 imports Hugging Face's
+    `kernels`; a root folder called kernels/ made every `import transformers` there fail."""
+    import importlib.metadata
+
+    installed = importlib.metadata.packages_distributions()
+    # a regular package (with __init__.py) found first on sys.path wins over any installed one
+    folders = [p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()]
+    clashes = {name: installed[name] for name in folders if name in installed}
+    assert clashes == {}
+    # and in a subprocess started at the root, transformers and our kernels both import
+    code = "import transformers.activations, vlm_edge.kernels.reference; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_architecture_tables_agree():

@@ -1,5 +1,5 @@
 """The CUDA kernel on a GPU, loaded as the runtime loads code (a fatbin through cuda-python), against
-the numpy reference (kernels/reference.py).
+the numpy reference (gpu_kernels/reference.py).
 
 Shapes: B in {1, 8} images, S in {27, 28} (odd: zero padding; even: none), C in {1152, 48}
 (VILA1.5-3b's SigLIP width; a small one), ratio 2 and 3, both token orders, fp32/fp16/bf16.

@@ -1,4 +1,4 @@
-"""The fused downsample + LayerNorm: the numpy reference (kernels/reference.py) against the
+"""The fused downsample + LayerNorm: the numpy reference (gpu_kernels/reference.py) against the
 exporter's plain-op ONNX subgraph run in ONNX Runtime, and against the PyTorch projector's
 DownSample + LayerNorm. Odd and even grids, both token orders, ratios 2 (VILA1.5) and 3 (NVILA).
 """

@@ -2,7 +2,7 @@
 
 The plugin node (vlm_edge.VlmEdgeDownsampleLayerNorm) replaces the projector's plain-op
 downsample + LayerNorm in vision.trt.onnx. ONNX Runtime cannot run it, so these tests hold its
-reference (kernels/schema.py) equal to the plain ops it replaces, run in ONNX Runtime: on small
+reference (gpu_kernels/schema.py) equal to the plain ops it replaces, run in ONNX Runtime: on small
 synthetic graphs for ratios 2 and 3, both token orders, odd and even grids, and inside the
 engine directories `vlm-export --flavour trt` writes for the tiny (Qwen2 + CLIP) and the
 VILA1.5-3b-layout (Llama + SigLIP) fixtures. Tolerance 1e-5: both sides are float32 with the

@@ -1,16 +1,16 @@
-// kernels/cuda/downsample.cu's kernels, run on the CPU through cuda_emulation.h.
+// gpu_kernels/cuda/downsample.cu's kernels, run on the CPU through cuda_emulation.h.
 //
 //   downsample_emulated KERNEL BATCH SIDE CHANNELS RATIO ORDER EPS X W B Y
 //
 // KERNEL is one of the extern "C" names (vlm_downsample_ln_f16_v8, ...); X, W, B are raw arrays
 // in the kernel's dtype ([B, S, S, C], [r*r*C], [r*r*C]); Y is written the same way
 // ([B, ceil(S/r)^2, r*r*C]). The grid and block are the host launcher's. tests/test_kernel_build.py
-// compares Y with kernels/reference.py.
+// compares Y with gpu_kernels/reference.py.
 
 #include "cuda_emulation.h"
 
 #define VLM_EDGE_CUDA_EMULATION
-#include "../../kernels/cuda/downsample.cu"
+#include "../../gpu_kernels/cuda/downsample.cu"
 
 #include <cstdio>
 #include <cstdlib>
@@ -81,7 +81,7 @@ struct Entry
     int (*runner)(Launch const&);
 };
 
-// every extern "C" kernel of downsample.cu, by the name kernels/loader.py asks for
+// every extern "C" kernel of downsample.cu, by the name gpu_kernels/loader.py asks for
 Entry const kKernels[] = {
     {"vlm_downsample_ln_f32_v4", runKernel<float, vlm_downsample_ln_f32_v4>},
     {"vlm_downsample_ln_f32_v1", runKernel<float, vlm_downsample_ln_f32_v1>},

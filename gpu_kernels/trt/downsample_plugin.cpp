@@ -1,10 +1,10 @@
 // TensorRT 10 plugin (IPluginV3) for the fused visual-token downsample + LayerNorm.
 //
-// A thin shell over the CUDA kernel (kernels/cuda/downsample.cuh): shape inference, the
+// A thin shell over the CUDA kernel (gpu_kernels/cuda/downsample.cuh): shape inference, the
 // formats it takes, its fields, and enqueue. Written to what TensorRT 10.3 (JetPack 6.1/6.2)
 // has; nothing newer is used.
 //
-//   ONNX node  vlm_edge.VlmEdgeDownsampleLayerNorm (kernels/schema.py), which TensorRT's ONNX
+//   ONNX node  vlm_edge.VlmEdgeDownsampleLayerNorm (gpu_kernels/schema.py), which TensorRT's ONNX
 //              parser maps to this plugin by op type, version "1", empty namespace
 //   inputs     x [B, S, S, C], weight [r*r*C], bias [r*r*C]     (one dtype: fp32, fp16 or bf16)
 //   output     y [B, ceil(S/r)^2, r*r*C]

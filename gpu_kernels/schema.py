@@ -79,7 +79,7 @@ def check_node(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) 
 
 
 def reference(node: onnx.NodeProto, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """What the node computes, by kernels/reference.py: x [B, S, S, C] -> [B, ceil(S/r)^2, r*r*C]."""
+    """What the node computes, by gpu_kernels/reference.py: x [B, S, S, C] -> [B, ceil(S/r)^2, r*r*C]."""
     attrs = attributes(node)
     batch, side, side2, channels = x.shape
     if side != side2:

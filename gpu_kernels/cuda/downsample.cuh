@@ -1,7 +1,7 @@
 // Visual-token downsample fused with the projector's first LayerNorm: the CUDA kernel's host API.
 //
-// It knows nothing of TensorRT: the plugin (kernels/trt/) and the cuda-python loader
-// (kernels/loader.py) both call into it. The math is kernels/reference.py's downsample_layernorm:
+// It knows nothing of TensorRT: the plugin (gpu_kernels/trt/) and the cuda-python loader
+// (gpu_kernels/loader.py) both call into it. The math is gpu_kernels/reference.py's downsample_layernorm:
 //
 //   x      [B, S, S, C]            row-major grid of one image's visual tokens (fp32, fp16 or bf16)
 //   pad    zero rows at the bottom and zero columns on the right up to S' = r * ceil(S / r)

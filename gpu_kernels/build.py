@@ -1,4 +1,4 @@
-"""Building the CUDA code: the kernel as a fatbin (for kernels/loader.py) and the TensorRT plugin library.
+"""Building the CUDA code: the kernel as a fatbin (for gpu_kernels/loader.py) and the TensorRT plugin library.
 
     build_fatbin(out, archs)          nvcc -fatbin: SASS for each arch + PTX of the newest
     plugin_library()                  libvlm_edge_plugins.so, built once per source/arch/TensorRT, cached
@@ -28,7 +28,7 @@ KERNEL_SOURCE = SOURCE_DIR / "cuda" / "downsample.cu"
 SOURCES = ("cuda/downsample.cu", "cuda/downsample.cuh", "trt/downsample_plugin.cpp", "CMakeLists.txt")
 ARCHS = ("87", "90")  # Jetson Orin; H100 / H200
 NVCC_FLAGS = ("-O3", "-std=c++17")
-# what kernels/trt/downsample_plugin.cpp registers, and the file CMake writes
+# what gpu_kernels/trt/downsample_plugin.cpp registers, and the file CMake writes
 PLUGIN_NAME = "VlmEdgeDownsampleLayerNorm"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""

@@ -1,6 +1,6 @@
 // Visual-token downsample (space-to-depth, ratio 2 or 3) fused with the projector's first
 // LayerNorm, in one pass over the features. See downsample.cuh for the math and layouts and
-// kernels/reference.py for the numpy ground truth this is tested against.
+// gpu_kernels/reference.py for the numpy ground truth this is tested against.
 //
 // One thread block makes one output token: it gathers the r*r source tokens (r*r rows of C
 // contiguous channels each, so consecutive threads read consecutive addresses), keeps the
@@ -11,7 +11,7 @@
 //
 // grid  = (tokens per image out, B)      block = kThreads     shared = downsampleSharedBytes()
 //
-// The extern "C" kernels are what kernels/loader.py finds by name in the fatbin; the plugin
+// The extern "C" kernels are what gpu_kernels/loader.py finds by name in the fatbin; the plugin
 // calls downsampleLayerNorm().
 
 #include "downsample.cuh"
@@ -183,7 +183,7 @@ __device__ void downsampleLayerNormBody(T const* __restrict__ x, T const* __rest
 } // namespace
 } // namespace vlm_edge
 
-// ---- kernels by name (kernels/loader.py): vlm_downsample_ln_<dtype>_v<elements per load> ----------
+// ---- kernels by name (gpu_kernels/loader.py): vlm_downsample_ln_<dtype>_v<elements per load> ----------
 #define VLM_DOWNSAMPLE_KERNEL(NAME, T, V)                                                                     \
     extern "C" __global__ void __launch_bounds__(vlm_edge::kThreads) NAME(T const* x, T const* weight,         \
         T const* bias, T* y, int side, int channels, int ratio, int order, float eps)                          \
