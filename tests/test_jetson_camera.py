@@ -275,7 +275,9 @@ def test_web_page_shows_video_answers_and_takes_a_new_prompt(pipe, video, tmp_pa
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#answers li"))  # an answer appears
         first = browser.find_element(By.CSS_SELECTOR, "#answers li")
         assert first.get_attribute("data-prompt") == PROMPT and first.get_attribute("data-answer")
-        assert browser.execute_script("return document.getElementById('video').naturalWidth") == 224
+        # the page swaps the image's src every 80 ms, so ask until a loaded frame is in it (on a busy
+        # host one read can land while a new frame loads, and reads 0)
+        wait.until(lambda b: b.execute_script("return document.getElementById('video').naturalWidth") == 224)
         box = browser.find_element(By.ID, "prompt")
         assert box.get_attribute("value") == PROMPT
         box.clear()
