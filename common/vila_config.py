@@ -42,11 +42,13 @@ GENERATION_FILE = "generation_config.json"
 LLM_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 VISION_ARCHITECTURES = ("SiglipVisionModel", "CLIPVisionModel")
 
-PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp_downsample", "mlp_downsample_2x2_fix")
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp_downsample", "mlp_downsample_2x2_fix", "mlp_downsample_3x3_fix")
 TOKEN_ORDERS = ("column_major", "row_major")
 # What a checkpoint that does not record the order was trained with (VILA1.5-era code emits
 # column-major tokens, NVILA-era code row-major).
-DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix": "row_major"}
+DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix": "row_major",
+                       "mlp_downsample_3x3_fix": "row_major"}
+DOWNSAMPLE_RATIO = {"mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}
 SELECT_FEATURES = ("patch", "cls_patch")
 ASPECT_RATIOS = ("resize", "pad")
 
@@ -91,6 +93,11 @@ class VilaConfig:
         return self.projector_type in DEFAULT_TOKEN_ORDER
 
     @property
+    def downsample_ratio(self) -> int | None:
+        """2 or 3 (the side of the blocks merged into one token) for downsample projectors, else None."""
+        return DOWNSAMPLE_RATIO.get(self.projector_type)
+
+    @property
     def downsample_token_order(self) -> str | None:
         """"column_major" | "row_major" for downsample projectors, None otherwise."""
         return self.mm_projector.get("downsample_token_order") if self.is_downsample else None
@@ -129,11 +136,12 @@ class VilaConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Projected tokens per image: 196 for VILA1.5-3b (27x27 patches -> 14x14)."""
+        """Projected tokens per image: 196 for VILA1.5-3b (27x27 patches -> 14x14), 121 for a 448-pixel
+        NVILA-Lite tile (32x32 -> 11x11)."""
         side = self.image_size // self.patch_size
         if self.is_downsample:
-            half = (side + 1) // 2
-            return half * half
+            cells = -(-side // self.downsample_ratio)
+            return cells * cells
         tokens = side * side + (1 if self.vision_architecture == "CLIPVisionModel" else 0)  # CLIP adds CLS
         return tokens - 1 if self.select_feature == "patch" else tokens  # "patch" drops the first token
 

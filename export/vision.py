@@ -7,7 +7,8 @@ select_feature "patch", and the projector maps to the LLM width:
     embeddings   Conv(p x p, stride p) -> [images, P, C] (+ CLIP's class token) + position embedding
                  (CLIP: then pre_layrnorm)
     layer        x = x + attn(LayerNorm1(x)) ; x = x + fc2(act(fc1(LayerNorm2(x))))
-    projector    linear | mlp2x_gelu | mlp_downsample (2x2 space-to-depth, see model/projector.py)
+    projector    linear | mlp2x_gelu | mlp_downsample(_2x2_fix) | mlp_downsample_3x3_fix (2x2 or 3x3
+                 space-to-depth, see model/projector.py)
 
 Towers are rows of VISION_FAMILIES; activations are ACTIVATIONS. The tower's and projector's
 linears take one of VISION_PRECISIONS:
@@ -241,14 +242,18 @@ def _projector(g: GraphBuilder, x: str, config: VilaConfig, params: dict[str, np
         return dense(x, "layers", params), None
     if kind == "mlp2x_gelu":
         return dense(_gelu_erf(g, dense(x, "layers.0", params)), "layers.2", params), None
-    if kind not in ("mlp_downsample", "mlp_downsample_2x2_fix"):
+    if kind not in ("mlp_downsample", "mlp_downsample_2x2_fix", "mlp_downsample_3x3_fix"):
         raise UnsupportedFeatureError(f"projector {kind!r} has no export recipe")
-    side, eps = config.image_size // config.patch_size, 1e-5
+    side, eps, ratio = config.image_size // config.patch_size, 1e-5, config.downsample_ratio
     start = x
-    x = emit_space_to_depth(g, x, side, config.mm_hidden_size, 2, config.downsample_token_order)
+    x = emit_space_to_depth(g, x, side, config.mm_hidden_size, ratio, config.downsample_token_order)
     x = layer_norm(x, "layers.1", params, eps)
-    site = DownsampleSite(start, x, side, config.mm_hidden_size, 2, config.downsample_token_order, eps)
-    return dense(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params), site
+    site = DownsampleSite(start, x, side, config.mm_hidden_size, ratio, config.downsample_token_order, eps)
+    if ratio == 2:
+        return dense(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params), site
+    # 3x3: LN(9C) -> Linear(9C, 3C) -> GELU -> LN(3C) -> Linear(3C, H) -> GELU -> Linear(H, H)
+    x = layer_norm(_gelu_erf(g, dense(x, "layers.2", params)), "layers.4", params, eps)
+    return dense(_gelu_erf(g, dense(x, "layers.5", params)), "layers.7", params), site
 
 
 def emit_space_to_depth(g: GraphBuilder, x: str, side: int, channels: int, ratio: int, order: str) -> str:

@@ -4,16 +4,21 @@ State-dict keys match VILA's `MultimodalProjector` (a `layers` attribute):
 
     linear                  layers = Linear(C, H)                                   layers.*
     mlp2x_gelu              layers = Sequential(Linear(C, H), GELU, Linear(H, H))   layers.0.*, layers.2.*
-    mlp_downsample(_2x2_fix) layers = Sequential(DownSample, LayerNorm(4C), Linear(4C, H), GELU, Linear(H, H))
+    mlp_downsample(_2x2_fix) layers = Sequential(DownSample(2), LayerNorm(4C), Linear(4C, H), GELU, Linear(H, H))
                                                                                     layers.1.*, layers.2.*, layers.4.*
+    mlp_downsample_3x3_fix   layers = Sequential(DownSample(3), LayerNorm(9C), Linear(9C, 3C), GELU,
+                                                 LayerNorm(3C), Linear(3C, H), GELU, Linear(H, H))
+                                                         layers.1.*, layers.2.*, layers.4.*, layers.5.*, layers.7.*
 
-GELU is the exact (erf) one. DownSample, on a square grid of S x S tokens (row-major, t = r*S + c):
+GELU is the exact (erf) one. DownSample with ratio r, on a square grid of S x S tokens (row-major,
+t = row*S + col):
 
-    pad one zero row at the bottom if S is odd, then one zero column on the right -> S' x S'
-    token (i, j) of the (S'/2) x (S'/2) result = concat(x[2i, 2j], x[2i, 2j+1], x[2i+1, 2j], x[2i+1, 2j+1])
-    emitted column-major (t = j * S'/2 + i, VILA1.5-era code) or row-major (t = i * S'/2 + j, NVILA-era)
+    zero rows at the bottom, then zero columns on the right, up to a multiple of r -> S' x S'
+    token (i, j) of the (S'/r) x (S'/r) result = concat over a, then b (0..r-1) of x[r*i + a, r*j + b]
+    emitted column-major (t = j * S'/r + i, VILA1.5-era code) or row-major (t = i * S'/r + j, NVILA-era)
 
-For VILA1.5-3b: 27 x 27 = 729 patches -> 28 x 28 -> 14 x 14 = 196 tokens of 4 * 1152 channels.
+VILA1.5-3b (2x2): 27 x 27 = 729 patches -> 28 x 28 -> 14 x 14 = 196 tokens of 4 * 1152 channels.
+NVILA-Lite (3x3): 32 x 32 = 1024 patches per 448-pixel tile -> 33 x 33 -> 11 x 11 = 121 tokens of 9 * 1152.
 """
 
 from __future__ import annotations
@@ -28,33 +33,38 @@ from vlm_edge.common.errors import InputError
 
 
 class DownSample(nn.Module):
-    """2x2 space-to-depth on a square token grid, with an explicit output token order."""
+    """r x r space-to-depth on a square token grid, with an explicit output token order."""
 
-    def __init__(self, token_order: str):
+    def __init__(self, token_order: str, ratio: int = 2):
         super().__init__()
         if token_order not in ("column_major", "row_major"):
             raise ValueError(f"token_order must be column_major or row_major, got {token_order!r}")
+        if ratio not in (2, 3):
+            raise ValueError(f"ratio must be 2 or 3, got {ratio!r}")
         self.token_order = token_order
+        self.ratio = ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
         side = math.isqrt(tokens)
         if side * side != tokens:
             raise InputError(f"the downsample projector needs a square grid of tokens, got {tokens}")
+        r = self.ratio
         grid = x.reshape(batch, side, side, channels)  # [B, row, col, C]
-        if side % 2:
-            grid = nn.functional.pad(grid, (0, 0, 0, 1, 0, 1))  # one zero column right, one zero row below
-        half = grid.shape[1] // 2
-        # [B, i, a, j, b, C] with row = 2i + a, col = 2j + b
-        blocks = grid.reshape(batch, half, 2, half, 2, channels)
+        extra = -side % r
+        if extra:
+            grid = nn.functional.pad(grid, (0, 0, 0, extra, 0, extra))  # zero columns right, zero rows below
+        cells = grid.shape[1] // r
+        # [B, i, a, j, b, C] with row = r*i + a, col = r*j + b
+        blocks = grid.reshape(batch, cells, r, cells, r, channels)
         if self.token_order == "row_major":
             blocks = blocks.permute(0, 1, 3, 2, 4, 5)  # [B, i, j, a, b, C]
         else:
             blocks = blocks.permute(0, 3, 1, 2, 4, 5)  # [B, j, i, a, b, C]
-        return blocks.reshape(batch, half * half, 4 * channels)
+        return blocks.reshape(batch, cells * cells, r * r * channels)
 
     def extra_repr(self) -> str:
-        return f"token_order={self.token_order}"
+        return f"token_order={self.token_order}, ratio={self.ratio}"
 
 
 def _linear(mm_hidden: int, hidden: int, order: str | None) -> nn.Module:
@@ -77,11 +87,27 @@ def _mlp_downsample(mm_hidden: int, hidden: int, order: str | None) -> nn.Module
     )
 
 
+def _mlp_downsample_3x3(mm_hidden: int, hidden: int, order: str | None) -> nn.Module:
+    if order is None:
+        raise ValueError("a downsample projector needs its token order")
+    return nn.Sequential(
+        DownSample(order, 3),
+        nn.LayerNorm(9 * mm_hidden),
+        nn.Linear(9 * mm_hidden, 3 * mm_hidden),
+        nn.GELU(),
+        nn.LayerNorm(3 * mm_hidden),
+        nn.Linear(3 * mm_hidden, hidden),
+        nn.GELU(),
+        nn.Linear(hidden, hidden),
+    )
+
+
 PROJECTORS: dict[str, Callable[[int, int, str | None], nn.Module]] = {
     "linear": _linear,
     "mlp2x_gelu": _mlp2x_gelu,
     "mlp_downsample": _mlp_downsample,
     "mlp_downsample_2x2_fix": _mlp_downsample,  # same math; only the default token order differs
+    "mlp_downsample_3x3_fix": _mlp_downsample_3x3,  # NVILA-Lite
 }
 
 

@@ -52,7 +52,9 @@ def test_release_layout_matches_transformers(release, release_dir, rng):
     [("qwen2", "clip", "mlp2x_gelu", "patch", True, 42),
      ("qwen2", "siglip", "linear", "cls_patch", False, 42),
      # CLIP + downsample: 4x4 patches + CLS; "patch" drops the CLS so the grid is square (-> 2x2 tokens)
-     ("llama", "clip", "mlp_downsample_2x2_fix", "patch", False, 56)],
+     ("llama", "clip", "mlp_downsample_2x2_fix", "patch", False, 56),
+     # NVILA-Lite's parts: Qwen2 + SigLIP + the 3x3 downsample (7x7 patches, padded to 9x9 -> 3x3 tokens)
+     ("qwen2", "siglip", "mlp_downsample_3x3_fix", "cls_patch", False, 98)],
 )
 @torch.no_grad()
 def test_other_families_round_trip_through_transformers(tmp_path, rng, llm, vision, projector, select_feature, tied, image_size):

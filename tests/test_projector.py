@@ -17,20 +17,21 @@ import torch
 from vlm_edge.model.projector import DownSample, MultimodalProjector
 
 
-def downsample_reference(x: np.ndarray, order: str) -> np.ndarray:
+def downsample_reference(x: np.ndarray, order: str, ratio: int = 2) -> np.ndarray:
     batch, tokens, channels = x.shape
     side = math.isqrt(tokens)
-    padded_side = side + side % 2
+    padded_side = side
+    while padded_side % ratio:
+        padded_side += 1
     padded = np.zeros((batch, padded_side, padded_side, channels), x.dtype)
     padded[:, :side, :side] = x.reshape(batch, side, side, channels)
-    half = padded_side // 2
-    out = np.zeros((batch, half * half, 4 * channels), x.dtype)
-    for i in range(half):
-        for j in range(half):
-            t = j * half + i if order == "column_major" else i * half + j
-            out[:, t] = np.concatenate(
-                [padded[:, 2 * i, 2 * j], padded[:, 2 * i, 2 * j + 1], padded[:, 2 * i + 1, 2 * j], padded[:, 2 * i + 1, 2 * j + 1]], -1
-            )
+    cells = padded_side // ratio
+    out = np.zeros((batch, cells * cells, ratio * ratio * channels), x.dtype)
+    for i in range(cells):
+        for j in range(cells):
+            t = j * cells + i if order == "column_major" else i * cells + j
+            # ratio 2: [x(2i,2j), x(2i,2j+1), x(2i+1,2j), x(2i+1,2j+1)]; 3: the 9 of the block, row by row
+            out[:, t] = np.concatenate([padded[:, ratio * i + a, ratio * j + b] for a in range(ratio) for b in range(ratio)], -1)
     return out
 
 
@@ -50,6 +51,12 @@ def projector_reference(x: np.ndarray, state: dict[str, np.ndarray], projector_t
     if projector_type == "mlp2x_gelu":
         h = gelu_erf(x @ state["layers.0.weight"].T + state["layers.0.bias"])
         return h @ state["layers.2.weight"].T + state["layers.2.bias"]
+    if projector_type == "mlp_downsample_3x3_fix":  # NVILA-Lite: LN(9C) Linear GELU LN(3C) Linear GELU Linear
+        x = layer_norm(downsample_reference(x, order, 3), state["layers.1.weight"], state["layers.1.bias"])
+        h = gelu_erf(x @ state["layers.2.weight"].T + state["layers.2.bias"])
+        h = layer_norm(h, state["layers.4.weight"], state["layers.4.bias"])
+        h = gelu_erf(h @ state["layers.5.weight"].T + state["layers.5.bias"])
+        return h @ state["layers.7.weight"].T + state["layers.7.bias"]
     x = downsample_reference(x, order)
     x = layer_norm(x, state["layers.1.weight"], state["layers.1.bias"])
     h = gelu_erf(x @ state["layers.2.weight"].T + state["layers.2.bias"])
@@ -62,6 +69,24 @@ def test_downsample_matches_reference(side, order, rng):
     x = rng.standard_normal((2, side * side, 5)).astype(np.float32)
     got = DownSample(order)(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(got, downsample_reference(x, order))  # pure data movement: exact
+
+
+@pytest.mark.parametrize("side", [6, 7, 8, 32])  # 7, 8, 32: padded to 9, 9, 33 (NVILA-Lite's 448 tile: 11x11)
+@pytest.mark.parametrize("order", ["column_major", "row_major"])
+def test_3x3_downsample_matches_reference(side, order, rng):
+    x = rng.standard_normal((2, side * side, 3)).astype(np.float32)
+    got = DownSample(order, 3)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, downsample_reference(x, order, 3))
+    assert got.shape[1] == (-(-side // 3)) ** 2
+
+
+def test_3x3_projector_keys_are_nvila_lites():
+    """The state-dict layout of NVILA-Lite's mm_projector (Sequential indices of the Linears and LayerNorms)."""
+    module = MultimodalProjector("mlp_downsample_3x3_fix", 8, 24, "row_major")
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    assert shapes == {"layers.1.weight": (72,), "layers.1.bias": (72,), "layers.2.weight": (24, 72), "layers.2.bias": (24,),
+                      "layers.4.weight": (24,), "layers.4.bias": (24,), "layers.5.weight": (24, 24), "layers.5.bias": (24,),
+                      "layers.7.weight": (24, 24), "layers.7.bias": (24,)}
 
 
 def test_vila15_grid_gives_196_tokens(rng):
@@ -87,7 +112,8 @@ def test_non_square_grid_is_rejected(rng):
 @pytest.mark.parametrize(
     "projector_type,order",
     [("linear", None), ("mlp2x_gelu", None), ("mlp_downsample", "column_major"), ("mlp_downsample", "row_major"),
-     ("mlp_downsample_2x2_fix", "row_major"), ("mlp_downsample_2x2_fix", "column_major")],
+     ("mlp_downsample_2x2_fix", "row_major"), ("mlp_downsample_2x2_fix", "column_major"),
+     ("mlp_downsample_3x3_fix", "row_major")],
 )
 def test_projector_matches_numpy_reference(projector_type, order, rng):
     torch.manual_seed(0)

@@ -1,0 +1,107 @@
+"""NVILA-era model parts end to end: the 3x3 downsample projector (NVILA-Lite's mlp_downsample_3x3_fix)
+through the reference model, the export (float and 4-bit, both decoder flavours) and the runtime.
+
+The tower's grid is 7 x 7 (98-pixel images, 14-pixel patches): odd and not a multiple of 3, so the
+projector pads two zero rows and columns to 9 x 9 and emits 3 x 3 = 9 tokens per image, the same
+padding a 448-pixel NVILA-Lite tile takes (32 x 32 -> 33 x 33 -> 11 x 11).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_edge.common.image import preprocess_images
+
+IMAGE = 98  # 7 x 7 patches of 14
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory):
+    """Qwen2 + SigLIP + mlp_downsample_3x3_fix, random weights (LLM scaled so greedy tokens are decided)."""
+    from fixtures import tiny_config
+
+    from vlm_edge.model import Checkpoint, VilaModel
+    from vlm_edge.model.presets import byte_level_tokenizer
+
+    config = tiny_config(llm="qwen2", vision="siglip", projector="mlp_downsample_3x3_fix", token_order=None,
+                         image_size=IMAGE)
+    assert config.downsample_token_order == "row_major" and config.num_image_tokens == 9
+    torch.manual_seed(5)
+    model = VilaModel(config).eval()
+    with torch.no_grad():
+        for p in model.llm.parameters():
+            p.mul_(3.0)
+    out = tmp_path_factory.mktemp("lite") / "ckpt"
+    Checkpoint(model, byte_level_tokenizer()).save(out)
+    return out
+
+
+def _images(rng, n=3):
+    return [rng.integers(0, 256, (IMAGE + 10 * i, IMAGE, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_3x3_checkpoint_round_trips_and_emits_nine_tokens(lite, rng):
+    from vlm_edge.model import load_checkpoint
+
+    ckpt = load_checkpoint(lite)
+    assert ckpt.config.projector_type == "mlp_downsample_3x3_fix" and ckpt.config.downsample_ratio == 3
+    pixels = torch.from_numpy(preprocess_images(_images(rng, 2), ckpt.model.image_processor_config))
+    with torch.no_grad():
+        assert ckpt.model.encode_images(pixels).shape == (2, 9, ckpt.config.hidden_size)
+
+
+def _greedy_parity(engine_dir, ckpt_dir, rng, steps=12):
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.model import GenerationConfig, load_checkpoint
+    from vlm_edge.model.generate import generate
+
+    pipe = load(engine_dir, "ort-cpu")
+    ref = load_checkpoint(ckpt_dir)
+    same = 0
+    prompts = ["What is in the image?", "Describe the colours.", "Where is the square?"]
+    for prompt, image in zip(prompts, _images(rng)):
+        ours = pipe.generate(prompt, [image], SamplingConfig(max_new_tokens=steps, ignore_eos=True))
+        ids = pipe.prompt_ids(prompt, [image])
+        theirs = generate(ref.model, ids, preprocess_images([image], ref.model.image_processor_config),
+                          GenerationConfig(max_new_tokens=steps, stop_token_ids=[]))
+        same += ours.token_ids == theirs.token_ids
+    return same, len(prompts)
+
+
+def test_3x3_exports_in_float_and_runs_with_greedy_parity(lite, tmp_path, rng):
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+
+    manifest = export_checkpoint(lite, tmp_path / "fp", ExportConfig(vision="fp32"))
+    assert manifest.validation["vision"]["rel_err"] <= 1e-4
+    assert manifest.validation["decoder.fp"]["greedy_identical"] >= 9
+    assert manifest.model["num_image_tokens"] == 9
+    same, total = _greedy_parity(tmp_path / "fp", lite, rng)
+    assert same == total
+
+
+def test_3x3_exports_in_4_bit_with_both_decoders_and_runs_with_greedy_parity(lite, tmp_path, rng):
+    """AWQ-quantized by vlm-quant, exported for ONNX Runtime and TensorRT (the plugin node fuses the 3x3
+    downsample + LayerNorm there); the runtime answers like the quantized reference."""
+    import onnx
+
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(f"Line {i}: a small red circle at the top left and a big blue square." for i in range(64)))
+    quantize_checkpoint(lite, tmp_path / "awq", QuantConfig(group_size=64, calib=str(calib), symmetric=True))
+    manifest = export_checkpoint(tmp_path / "awq", tmp_path / "q", ExportConfig(awq4=True, vision="fp32",
+                                                                                flavours=("ort", "trt")))
+    for flavour in ("ort", "trt"):
+        figures = manifest.validation[f"decoder.{flavour}"]
+        assert figures["passed"] and figures["greedy_identical"] >= 9, figures
+    nodes = [n for path in (tmp_path / "q").glob("vision*.onnx")
+             for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "VlmEdgeDownsampleLayerNorm"]
+    assert nodes and all({a.name: a.i for a in n.attribute}["ratio"] == 3 for n in nodes)
+    same, total = _greedy_parity(tmp_path / "q", tmp_path / "awq", rng)
+    assert same == total
