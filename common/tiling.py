@@ -1,0 +1,156 @@
+"""Cutting one image into the vision tower's tiles: NVILA's `dynamic` and `dynamic_s2` aspect ratios.
+
+Shared by the PyTorch reference and the runtime (numpy + Pillow only). The vision graph takes the
+tiles as its batch; how their features become one image's tokens is the tile plan's job.
+
+Choosing a grid (both modes): among the grids of `cols x rows` tiles with min_tiles <= cols*rows <=
+max_tiles, take the one whose aspect cols/rows is nearest the image's width/height. When several
+are equally near, the smallest grid, unless the image has more than half the pixels of a larger
+one, which then wins (the largest such).
+
+    dynamic      the image resized to (cols*T, rows*T), cut into cols*rows tiles of T x T, row by row;
+                 then, when there is more than one tile, the whole image resized to T x T (the
+                 thumbnail). Each tile is projected alone: tokens = tiles x tokens per tile, tile order.
+    dynamic_s2   for each scale s of s2_scales but the last: the image resized to a square of
+                 (s / s2_scales[0]) x T and cut into its tiles (1, 4, ...); then for the last scale a
+                 grid as above with min_tiles = (last / first)^2. The tower's features are merged back
+                 per scale, resized to one grid and concatenated along channels (see merge_s2).
+
+T is the tower's image size (448 for NVILA's SigLIP). Resizing is Pillow's bicubic, as NVILA's
+preprocessing does before the image processor rescales and normalizes each tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .errors import CheckpointError
+
+
+def choose_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(cols, rows) of the grid an image of `width` x `height` is cut into (the module docstring)."""
+    if not 1 <= min_tiles <= max_tiles:
+        raise CheckpointError(f"tiles: need 1 <= min_tiles ({min_tiles}) <= max_tiles ({max_tiles})")
+    grids = sorted({(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
+                    if min_tiles <= c * r <= max_tiles}, key=lambda g: g[0] * g[1])
+    aspect = width / height
+    best, best_gap = (1, 1), float("inf")
+    for cols, rows in grids:
+        gap = abs(aspect - cols / rows)
+        if gap < best_gap:
+            best, best_gap = (cols, rows), gap
+        elif gap == best_gap and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def cut(image: Image.Image, cols: int, rows: int, tile: int) -> list[Image.Image]:
+    """The image resized to cols*tile x rows*tile, cut into tiles row by row."""
+    resized = image.resize((cols * tile, rows * tile), resample=Image.Resampling.BICUBIC)
+    return [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image's tiles become its features.
+
+    mode "single": one tile. "dynamic": `grid` tiles (+ a thumbnail when thumbnail), each projected
+    alone. "s2": per scale square grids (scale_grids), then the last scale's `grid`.
+    `grid` is (cols, rows).
+    """
+
+    mode: str
+    grid: tuple[int, int] = (1, 1)
+    thumbnail: bool = False
+    scale_grids: tuple[int, ...] = ()  # s2: the side of each scale's square grid, the last scale excluded
+
+    @property
+    def num_tiles(self) -> int:
+        cols, rows = self.grid
+        return sum(s * s for s in self.scale_grids) + cols * rows + int(self.thumbnail)
+
+
+def dynamic_tiles(image: Image.Image, tile: int, min_tiles: int = 1, max_tiles: int = 12
+                  ) -> tuple[list[Image.Image], TilePlan]:
+    cols, rows = choose_grid(*image.size, tile, min_tiles, max_tiles)
+    tiles = cut(image, cols, rows, tile)
+    thumbnail = len(tiles) > 1
+    if thumbnail:
+        tiles.append(image.resize((tile, tile), resample=Image.Resampling.BICUBIC))
+    return tiles, TilePlan("dynamic", (cols, rows), thumbnail)
+
+
+def s2_tiles(image: Image.Image, tile: int, scales: tuple[int, ...], max_tiles: int = 12
+             ) -> tuple[list[Image.Image], TilePlan]:
+    first, last = scales[0], scales[-1]
+    if any(s % first for s in scales):
+        raise CheckpointError(f"config.json: s2_scales {','.join(map(str, scales))} must be multiples of the first")
+    sides = tuple(s // first for s in scales[:-1])
+    tiles: list[Image.Image] = []
+    for side in sides:
+        tiles += cut(image, side, side, tile)
+    min_tiles = (last // first) ** 2
+    cols, rows = choose_grid(*image.size, tile, min_tiles, max(max_tiles, min_tiles))
+    tiles += cut(image, cols, rows, tile)
+    return tiles, TilePlan("s2", (cols, rows), False, sides)
+
+
+def area_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[C, H, W] -> [C, height, width] by area averaging: output cell i covers the input cells
+    floor(i*H/height) .. ceil((i+1)*H/height) - 1, each weighted alike (PyTorch's "area" mode)."""
+
+    def along(a: np.ndarray, out: int, axis: int) -> np.ndarray:
+        n = a.shape[axis]
+        if n == out:
+            return a
+        starts = [(i * n) // out for i in range(out)]
+        ends = [-(-((i + 1) * n) // out) for i in range(out)]
+        return np.stack([np.take(a, range(s, e), axis=axis).mean(axis=axis) for s, e in zip(starts, ends)], axis=axis)
+
+    return along(along(np.asarray(x, np.float32), height, 1), width, 2).astype(np.float32)
+
+
+def merge_grid(tiles: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """[rows*cols, side*side, C] features of tiles in row order -> one map [C, rows*side, cols*side]."""
+    n, p, c = tiles.shape
+    side = int(round(p ** 0.5))
+    grid = tiles.reshape(rows, cols, side, side, c)  # [r, c, y, x, C]
+    return np.ascontiguousarray(grid.transpose(4, 0, 2, 1, 3).reshape(c, rows * side, cols * side))
+
+
+def split_grid(x: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """[C, rows*h, cols*w] -> [rows*cols, h*w, C]: the inverse of merge_grid."""
+    c, height, width = x.shape
+    h, w = height // rows, width // cols
+    blocks = x.reshape(c, rows, h, cols, w).transpose(1, 3, 2, 4, 0)  # [r, c, y, x, C]
+    return np.ascontiguousarray(blocks.reshape(rows * cols, h * w, c))
+
+
+def merge_s2(features: np.ndarray, plan: TilePlan, output_scale: int = -1) -> np.ndarray:
+    """One image's tower features [num_tiles, P, C] -> the projector's input [blocks, P, scales*C].
+
+    Each scale's tiles are merged into one map, every map is area-resized to the map of scale
+    `output_scale` (NVILA: -1, the last), the maps are concatenated along channels, and the result
+    is cut back into tower-sized blocks, row by row (the projector runs on each block)."""
+    maps, start = [], 0
+    grids = [(s, s) for s in plan.scale_grids] + [plan.grid]
+    for cols, rows in grids:
+        maps.append(merge_grid(features[start:start + cols * rows], cols, rows))
+        start += cols * rows
+    if start != features.shape[0]:
+        raise ValueError(f"s2: {features.shape[0]} tiles of features for a plan of {start}")
+    out_cols, out_rows = grids[output_scale]
+    _, height, width = maps[output_scale].shape
+    merged = np.concatenate([area_resize(m, height, width) for m in maps], axis=0)
+    return split_grid(merged, out_cols, out_rows)
+
+
+def merge_s2_tokens(tokens: np.ndarray, plan: TilePlan, output_scale: int = -1) -> np.ndarray:
+    """The projector's output for one image's blocks [blocks, t, D] -> its tokens [blocks*t, D], in
+    row order over the whole merged map (not block after block)."""
+    cols, rows = ([(s, s) for s in plan.scale_grids] + [plan.grid])[output_scale]
+    merged = merge_grid(tokens, cols, rows)  # [D, rows*k, cols*k]
+    return np.ascontiguousarray(merged.reshape(merged.shape[0], -1).T)
