@@ -5,6 +5,8 @@ VILA1.5 preprocessing, from `vision_tower/preprocessor_config.json` and the chec
 
     "resize": resize to the processor size (aspect not kept)
     "pad":    pad to a square with the mean colour (int(mean*255) per channel), then resize
+    "dynamic" (NVILA-Lite): cut into tiles of the tower's size plus a thumbnail (common/tiling.py);
+              each tile is one row of the vision batch
     then:     rescale (x * rescale_factor, 1/255), normalize ((x - mean) / std)
 
 The resize filter is the processor's `resample` (3 = bicubic) and goes through Pillow, as the
@@ -22,7 +24,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, UnsupportedFeatureError
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
@@ -54,9 +56,13 @@ class ImageProcessorConfig:
     do_resize: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
+    tiling: str = "none"  # "none" | "dynamic": one image -> several tiles (common/tiling.py)
+    min_tiles: int = 1
+    max_tiles: int = 12
 
     @classmethod
-    def from_preprocessor_config(cls, cfg: dict[str, Any], image_aspect_ratio: str = "resize") -> "ImageProcessorConfig":
+    def from_preprocessor_config(cls, cfg: dict[str, Any], image_aspect_ratio: str = "resize", *,
+                                 min_tiles: int = 1, max_tiles: int = 12) -> "ImageProcessorConfig":
         # VILA resizes to the crop size when the processor has one (CLIP), else to `size` (SigLIP).
         if "crop_size" in cfg and cfg["crop_size"] is not None:
             height, width = _parse_size(cfg["crop_size"], "crop_size")
@@ -79,6 +85,9 @@ class ImageProcessorConfig:
             do_resize=bool(cfg.get("do_resize", True)),
             do_rescale=bool(cfg.get("do_rescale", True)),
             do_normalize=bool(cfg.get("do_normalize", True)),
+            tiling="dynamic" if image_aspect_ratio == "dynamic" else "none",
+            min_tiles=int(min_tiles),
+            max_tiles=int(max_tiles),
         )
 
 
@@ -152,8 +161,9 @@ def fit_image(image: Image.Image, cfg: ImageProcessorConfig) -> Image.Image:
 
 
 def refits(cfg: ImageProcessorConfig) -> bool:
-    """Whether fitting a fitted image changes it again (padding to a square, then a non-square size)."""
-    return cfg.pad_to_square and cfg.do_resize and cfg.width != cfg.height
+    """Whether fitting a fitted image changes it again (padding to a square, then a non-square size),
+    or the model tiles, which needs the whole image: then an image must be kept as it came."""
+    return cfg.tiling != "none" or (cfg.pad_to_square and cfg.do_resize and cfg.width != cfg.height)
 
 
 def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarray:
@@ -168,9 +178,42 @@ def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarra
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
+def image_tiles(image: Image.Image, cfg: ImageProcessorConfig) -> list[Image.Image]:
+    """The pictures the vision tower sees for one image: itself, or its tiles (then the thumbnail)."""
+    if cfg.tiling == "none":
+        return [image]
+    from .tiling import dynamic_tiles
+
+    return dynamic_tiles(image, cfg.width, cfg.min_tiles, cfg.max_tiles)[0]
+
+
+def tiles_for(size: tuple[int, int], cfg: ImageProcessorConfig) -> int:
+    """How many tiles an image of `size` (width, height) becomes, without cutting it."""
+    if cfg.tiling == "none":
+        return 1
+    from .tiling import choose_grid
+
+    cols, rows = choose_grid(size[0], size[1], cfg.width, cfg.min_tiles, cfg.max_tiles)
+    return cols * rows + (1 if cols * rows > 1 else 0)
+
+
+def preprocess_tiled(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> tuple[np.ndarray, list[int]]:
+    """Load, tile and preprocess images in prompt order -> (float32 [tiles, 3, H, W], tiles per image).
+    Without tiling every image is one tile."""
+    pixels, counts = [], []
+    for i, img in enumerate(images):
+        tiles = image_tiles(load_image(img, name=image_label(img, i, len(images))), cfg)
+        pixels += [preprocess_image(t, cfg) for t in tiles]
+        counts.append(len(tiles))
+    if not pixels:
+        return np.zeros((0, 3, cfg.height, cfg.width), np.float32), counts
+    return np.stack(pixels), counts
+
+
 def preprocess_images(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> np.ndarray:
-    """Load and preprocess images in prompt order -> float32 [N, 3, H, W] (N may be 0)."""
-    if not images:
-        return np.zeros((0, 3, cfg.height, cfg.width), np.float32)
-    return np.stack([preprocess_image(load_image(img, name=image_label(img, i, len(images))), cfg)
-                     for i, img in enumerate(images)])
+    """Load and preprocess images in prompt order -> float32 [N, 3, H, W] (N may be 0): one row per
+    image, for models that see each image whole (see preprocess_tiled for tiling ones)."""
+    if cfg.tiling != "none":
+        raise UnsupportedFeatureError(f"this model cuts images into tiles ({cfg.tiling}); this path takes one "
+                                      "picture per image (training does not support tiling yet)")
+    return preprocess_tiled(images, cfg)[0]

@@ -110,6 +110,7 @@ MODEL_INTS = {  # field -> (least, most)
 }
 KINDS = ("vision", "decoder", "embeddings", "tokenizer")  # a component named "decoder.ort" is of kind decoder
 PREPROCESSING_INTS = {"height": (1, 1 << 14), "width": (1, 1 << 14)}
+TILINGS = ("none", "dynamic")  # common/image.py: ImageProcessorConfig.tiling
 
 
 def _int_field(d: dict[str, Any], key: str, bounds: tuple[int, int], where: str) -> int:
@@ -137,6 +138,14 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
         raise CheckpointError(f"{where}: preprocessing must be an object; re-export the engine")
     for key, bounds in PREPROCESSING_INTS.items():
         _int_field(pre, key, bounds, f"{where}: preprocessing")
+    if pre.get("tiling", "none") not in TILINGS:
+        raise CheckpointError(f"{where}: preprocessing.tiling={pre.get('tiling')!r} is not one of {', '.join(TILINGS)}; "
+                              "re-export the engine (or update vlm-edge)")
+    for key in ("min_tiles", "max_tiles"):  # engines from before tiling have neither
+        if key in pre:
+            _int_field(pre, key, (1, 64), f"{where}: preprocessing")
+    if pre.get("min_tiles", 1) > pre.get("max_tiles", 12):
+        raise CheckpointError(f"{where}: preprocessing.min_tiles is above max_tiles; re-export the engine")
     for key in ("mean", "std"):
         values = pre.get(key)
         if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)

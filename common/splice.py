@@ -16,7 +16,8 @@ from .errors import InputError
 from .tokenizer import IMAGE_TOKEN_INDEX
 
 
-def splice_embeddings(input_ids: Sequence[int], table: np.ndarray, images: np.ndarray | None) -> np.ndarray:
+def splice_embeddings(input_ids: Sequence[int], table: np.ndarray,
+                      images: np.ndarray | Sequence[np.ndarray] | None) -> np.ndarray:
     ids = np.asarray(list(input_ids), dtype=np.int64)
     is_image = ids == IMAGE_TOKEN_INDEX
     have = 0 if images is None else len(images)

@@ -86,6 +86,17 @@ TEMPLATES: dict[str, ChatTemplate] = {
             stop_strings=("<|im_end|>",),
         ),
         ChatTemplate(
+            name="qwen2",  # NVILA, NVILA-Lite (Qwen2 LLMs): ChatML with a newline after every turn
+            system_format="<|im_start|>system\n{system}<|im_end|>\n",
+            default_system="You are a helpful assistant.",
+            user_prefix="<|im_start|>user\n",
+            user_suffix="<|im_end|>\n",
+            assistant_prefix="<|im_start|>assistant\n",
+            answer_prefix="",
+            assistant_suffix="<|im_end|>\n",
+            stop_strings=("<|im_end|>",),
+        ),
+        ChatTemplate(
             name="plain",  # tiny models trained by vlm_edge.train
             system_format="{system}\n",
             default_system="",

@@ -131,14 +131,14 @@ def read_side_files(directory: Path) -> dict[str, bytes]:
     return {name: (directory / name).read_bytes() for name in TOKENIZER_SIDE_FILES if (directory / name).is_file()}
 
 
-def default_chat_template(tokenizer: TextTokenizer) -> str:
+def default_chat_template(tokenizer: TextTokenizer, llm_architecture: str | None = None) -> str:
     """The template a checkpoint that records none most likely uses, judged by its vocabulary.
 
-    Llama-3 vocabularies have <|eot_id|> (llama_3), ChatML ones <|im_start|> (hermes-2); the
-    rest are Llama-2 style (vicuna_v1, VILA1.5-3B's template).
+    Llama-3 vocabularies have <|eot_id|> (llama_3); ChatML ones <|im_start|>: qwen2 for a Qwen2 LLM
+    (NVILA), else hermes-2 (VILA1.5-40B); the rest are Llama-2 style (vicuna_v1, VILA1.5-3B's template).
     """
     if tokenizer.token_to_id("<|eot_id|>") is not None:
         return "llama_3"
     if tokenizer.token_to_id("<|im_start|>") is not None:
-        return "hermes-2"
+        return "qwen2" if llm_architecture == "Qwen2ForCausalLM" else "hermes-2"
     return "vicuna_v1"

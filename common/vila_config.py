@@ -50,7 +50,8 @@ DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix
                        "mlp_downsample_3x3_fix": "row_major"}
 DOWNSAMPLE_RATIO = {"mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}
 SELECT_FEATURES = ("patch", "cls_patch")
-ASPECT_RATIOS = ("resize", "pad")
+ASPECT_RATIOS = ("resize", "pad", "dynamic")  # dynamic: NVILA-Lite's tiles + thumbnail (common/tiling.py)
+NVILA_ASPECT_RATIOS = ("dynamic", "dynamic_s2")  # NVILA-era code, whose mlp_downsample emits row-major tokens
 
 # Top-level keys that copy the sub-folder configs (rebuilt from them on save); the sub-folder
 # names double as the VilaConfig attribute names.
@@ -115,6 +116,23 @@ class VilaConfig:
         return self.top.get("image_aspect_ratio", "resize")
 
     @property
+    def min_tiles(self) -> int:
+        return int(self.top.get("min_tiles", 1))
+
+    @property
+    def max_tiles(self) -> int:
+        """The most tiles one image is cut into (NVILA's training default, 12, when not saved)."""
+        return int(self.top.get("max_tiles", 12))
+
+    @property
+    def default_token_order(self) -> str | None:
+        """The order a checkpoint that records none was trained with: VILA1.5-era mlp_downsample
+        column-major; NVILA-era code (dynamic aspect ratios) row-major under the same name."""
+        if self.projector_type == "mlp_downsample" and self.image_aspect_ratio in NVILA_ASPECT_RATIOS:
+            return "row_major"
+        return DEFAULT_TOKEN_ORDER.get(self.projector_type)
+
+    @property
     def chat_template(self) -> str | None:
         return self.top.get("chat_template")
 
@@ -129,6 +147,20 @@ class VilaConfig:
     @property
     def image_size(self) -> int:
         return int(self.vision_tower["image_size"])
+
+    @property
+    def preprocessor_size(self) -> int | None:
+        """The square side the image processor resizes to (None when it is not square)."""
+        cfg = self.preprocessor
+        size = cfg.get("crop_size") or cfg.get("size")
+        if isinstance(size, int):
+            return size
+        if isinstance(size, dict):
+            if "height" in size and size.get("height") == size.get("width"):
+                return int(size["height"])
+            if "shortest_edge" in size:
+                return int(size["shortest_edge"])
+        return None
 
     @property
     def patch_size(self) -> int:
@@ -211,6 +243,13 @@ class VilaConfig:
                 f"{PROJECTOR_DIR}/config.json: downsample_token_order={order!r} is not one of "
                 f"{', '.join(TOKEN_ORDERS)}"
             )
+        if not 1 <= self.min_tiles <= self.max_tiles <= 64:
+            raise CheckpointError(f"config.json: min_tiles={self.min_tiles} and max_tiles={self.max_tiles} must satisfy "
+                                  "1 <= min_tiles <= max_tiles <= 64")
+        if self.image_aspect_ratio == "dynamic" and self.image_size != self.preprocessor_size:
+            raise CheckpointError(f"config.json: image_aspect_ratio=dynamic cuts tiles of the vision tower's "
+                                  f"{self.image_size} pixels, but {VISION_DIR}/{PREPROCESSOR_FILE} resizes to "
+                                  f"{self.preprocessor_size}")
         num_layers = int(self.vision_tower.get("num_hidden_layers", 0))
         if not -num_layers - 1 <= self.select_layer <= num_layers:
             raise CheckpointError(
@@ -261,7 +300,7 @@ class VilaConfig:
         if override is not None:
             self.set_downsample_token_order(override)
         elif self.is_downsample and self.downsample_token_order is None:
-            order = DEFAULT_TOKEN_ORDER[self.projector_type]
+            order = self.default_token_order
             log.info(
                 "checkpoint does not record downsample_token_order; using %s, the default for %s "
                 "(override with downsample_token_order=...)",

@@ -42,7 +42,7 @@ def stream_frames(pipe: "Pipeline", frames: Iterable[ImageInput], prompt: str | 
         raise InputError(f"queue_size {queue_size} must be at least 1")
     config.validate()
     ids = pipe.prompt_ids(prompt, [None])  # one frame per request; the placeholder count is checked here
-    pipe._check_context(ids, 1, config, Generation([], "", "length", 0))
+    pipe._check_context(ids, [pipe.model["num_image_tokens"]], config, Generation([], "", "length", 0))
     ready: queue.Queue = queue.Queue(maxsize=queue_size)
     stop = threading.Event()
     lock = threading.Lock()  # guards the drop counter and drop-oldest against the consumer
@@ -94,7 +94,7 @@ def stream_frames(pipe: "Pipeline", frames: Iterable[ImageInput], prompt: str | 
             with lock:
                 skipped, dropped[0] = dropped[0], 0
             result = Generation([], "", "length", 0)
-            pipe._check_context(ids, 1, config, result)
+            pipe._check_context(ids, [len(embeds[0])], config, result)
             result.timings["vision"] = vision_s
             for _ in pipe._answer_stream(ids, embeds, [key], config, result, t0):
                 pass

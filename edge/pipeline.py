@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from vlm_edge.common.errors import CheckpointError, InputError
-from vlm_edge.common.image import ImageInput, ImageProcessorConfig, image_label, load_image, preprocess_image
+from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_tiles, load_image,
+                                   preprocess_image, tiles_for)
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check_graph
 from vlm_edge.common.splice import splice_embeddings
@@ -141,17 +142,24 @@ class Pipeline:
         log.debug("loaded %s on %s (%s)", self.dir, self.backend, decoder_name)
 
     # ---- images --------------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """[N, T, D] image embeddings; images seen before (same pixels) come from the cache."""
-        return self._encode(images)[0]
+    def encode_images(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """One [tokens, D] array of embeddings per image (tokens: the manifest's num_image_tokens, times
+        the image's tiles for a tiling model); images seen before (same pixels) come from the cache."""
+        return self._encode(self.load_images(images))[0]
 
-    def _encode(self, images: Sequence[ImageInput], timings: dict[str, float] | None = None
-                ) -> tuple[np.ndarray, list[str]]:
+    def load_images(self, images: Sequence[ImageInput], timings: dict[str, float] | None = None) -> list:
         t0 = time.perf_counter()
         pils = [load_image(img, name=image_label(img, i, len(images))) for i, img in enumerate(images)]
-        keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
         if timings is not None:
             timings["image_load"] = time.perf_counter() - t0
+        return pils
+
+    def image_tokens(self, pils: Sequence) -> list[int]:
+        """How many embeddings each decoded image takes in the prompt."""
+        return [tiles_for(p.size, self.preprocess) * self.model["num_image_tokens"] for p in pils]
+
+    def _encode(self, pils: Sequence, timings: dict[str, float] | None = None) -> tuple[list[np.ndarray], list[str]]:
+        keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
         missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
         if missing:
             embeds = self.run_vision([pils[i] for i in missing], timings)
@@ -161,21 +169,22 @@ class Pipeline:
                     self._image_cache.popitem(last=False)
         for k in keys:
             self._image_cache.move_to_end(k)
-        width = (self.model["num_image_tokens"], self.model["hidden_size"])
-        embeds = np.stack([self._image_cache[k] for k in keys]) if keys else np.zeros((0, *width), np.float32)
-        return embeds, keys
+        return [self._image_cache[k] for k in keys], keys
 
-    def run_vision(self, pils: Sequence, timings: dict[str, float] | None = None) -> np.ndarray:
-        """[N, T, D] embeddings of decoded images (no cache); safe to call from one other thread.
-        `timings`, when given, gets the seconds spent in "preprocess" and "vision_graph"."""
+    def run_vision(self, pils: Sequence, timings: dict[str, float] | None = None) -> list[np.ndarray]:
+        """One [tokens, D] array per decoded image (no cache); safe to call from one other thread. A
+        tiling model's tiles all go through the vision graph as one batch. `timings`, when given, gets
+        the seconds spent in "preprocess" and "vision_graph"."""
         t0 = time.perf_counter()
-        pixels = np.stack([preprocess_image(p, self.preprocess) for p in pils])
+        tiles = [image_tiles(p, self.preprocess) for p in pils]
+        pixels = np.stack([preprocess_image(t, self.preprocess) for group in tiles for t in group])
         t1 = time.perf_counter()
-        embeds = self.vision.run(None, {"pixel_values": pixels})[0]
+        rows = self.vision.run(None, {"pixel_values": pixels})[0]
         if timings is not None:
             timings["preprocess"] = timings.get("preprocess", 0.0) + t1 - t0
             timings["vision_graph"] = timings.get("vision_graph", 0.0) + time.perf_counter() - t1
-        return embeds
+        bounds = np.cumsum([0, *(len(g) for g in tiles)])
+        return [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ---- prompts -------------------------------------------------------------------------------
     def prompt_ids(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> list[int]:
@@ -204,14 +213,17 @@ class Pipeline:
         images = list(images)
         ids = self.prompt_ids(messages, images)
         result = result if result is not None else Generation([], "", "length", 0)
-        self._check_context(ids, len(images), cfg, result)
         start = time.perf_counter()
-        image_embeds, image_keys = self._encode(images, result.timings) if images else (None, [])
+        pils = self.load_images(images, result.timings)
+        self._check_context(ids, self.image_tokens(pils), cfg, result)
+        image_embeds, image_keys = self._encode(pils, result.timings) if images else (None, [])
         result.timings["vision"] = time.perf_counter() - start
         yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start, should_stop)
 
-    def _check_context(self, ids: list[int], n_images: int, cfg: SamplingConfig, result: Generation) -> None:
-        prompt_len = len(ids) - n_images + n_images * self.model["num_image_tokens"]
+    def _check_context(self, ids: list[int], image_tokens: Sequence[int], cfg: SamplingConfig,
+                       result: Generation) -> None:
+        """`image_tokens`: the embeddings each image takes (image_tokens())."""
+        prompt_len = len(ids) - len(image_tokens) + sum(image_tokens)
         if prompt_len + cfg.max_new_tokens > self.context:
             raise InputError(f"prompt ({prompt_len} tokens with images) + max_new_tokens ({cfg.max_new_tokens}) "
                              f"exceeds the model's context of {self.context}; shorten the prompt or lower "
@@ -224,7 +236,7 @@ class Pipeline:
         """Prefill (what the cache does not already hold) and decode; `start` is when the request began."""
         t_splice = time.perf_counter()
         embeds = splice_embeddings(ids, self.table, image_embeds)
-        positions = _position_keys(ids, image_keys, self.model["num_image_tokens"])
+        positions = _position_keys(ids, image_keys, [len(e) for e in image_embeds] if image_keys else [])
 
         # reuse the cached prefix this prompt shares with what the cache holds (a chat's history)
         keep = _common_prefix(self._cached, positions) if self.reuse_prefix else 0
@@ -303,14 +315,14 @@ class Pipeline:
         return result
 
 
-def _position_keys(ids: Sequence[int], image_keys: Sequence[str], tokens_per_image: int) -> list:
+def _position_keys(ids: Sequence[int], image_keys: Sequence[str], image_tokens: Sequence[int]) -> list:
     """What each decoder position holds: the token id, or (image content hash, index in the image)."""
     keys: list = []
-    images = iter(image_keys)
+    images = iter(zip(image_keys, image_tokens))
     for t in ids:
         if t == IMAGE_TOKEN_INDEX:
-            h = next(images)
-            keys.extend((h, j) for j in range(tokens_per_image))
+            h, n = next(images)
+            keys.extend((h, j) for j in range(n))
         else:
             keys.append(t)
     return keys

@@ -212,7 +212,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
             check = validation.get("vision", {})
         elif not last:  # --no-validate with auto: the vision check alone decides
             images = vision_images(checkpoint, prompts)
-            check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, images), precision)
+            check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, images)[:2], precision)
             failed = [] if check["passed"] else ["vision"]
         else:
             failed = []

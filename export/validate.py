@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from vlm_edge.common.conversations import read_conversations
-from vlm_edge.common.image import preprocess_images
+from vlm_edge.common.image import preprocess_tiled
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import render
@@ -108,21 +108,31 @@ def vision_figures(ort_images: np.ndarray, ref_images: np.ndarray, precision: st
     return figures
 
 
-def run_vision(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """(exported graph's embeddings, the PyTorch reference's) for `images`."""
+def run_vision(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, images: list[Image.Image]
+               ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(exported graph's embeddings, the PyTorch reference's, tiles per image) for `images`; the
+    embeddings have one row per tile (per image unless the model tiles)."""
     model = checkpoint.model
-    pixels = preprocess_images(images, model.image_processor_config)
+    pixels, tiles = preprocess_tiled(images, model.image_processor_config)
     ort_images = session(engine_dir / vision_file).run(None, {"pixel_values": pixels})[0]
     with torch.no_grad():
         ref_images = model.encode_images(torch.from_numpy(pixels)).float().numpy()
-    return ort_images, ref_images
+    return ort_images, ref_images, tiles
+
+
+def per_image(rows: np.ndarray, tiles: list[int]) -> list[np.ndarray]:
+    """[tiles, T, D] -> one [tiles_i * T, D] array per image."""
+    bounds = np.cumsum([0, *tiles])
+    return [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def vision_images(checkpoint: Checkpoint, prompts: list[Prompt]) -> list[Image.Image]:
     """The prompts' pictures plus two fresh random ones."""
     pre = checkpoint.model.image_processor_config
     rng = np.random.default_rng(1)
-    fresh = [Image.fromarray(rng.integers(0, 256, (pre.height, pre.width, 3), dtype=np.uint8)) for _ in range(2)]
+    # a tiling model gets the second one twice as wide, cut into tiles and a thumbnail
+    widths = (pre.width, 2 * pre.width if pre.tiling != "none" else pre.width)
+    fresh = [Image.fromarray(rng.integers(0, 256, (pre.height, w, 3), dtype=np.uint8)) for w in widths]
     return [im for p in prompts for im in p.images] + fresh
 
 
@@ -217,16 +227,17 @@ def validate(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, decoder
     """Run the checks; returns the figures per component and whether each passed its threshold."""
     model = checkpoint.model
     spec = DecoderSpec.from_llm(model.llm)
-    ort_images, ref_images = run_vision(checkpoint, engine_dir, vision_file, vision_images(checkpoint, prompts))
-    result: dict = {"vision": vision_figures(ort_images, ref_images, vision_precision)}
+    ort_rows, ref_rows, tiles = run_vision(checkpoint, engine_dir, vision_file, vision_images(checkpoint, prompts))
+    result: dict = {"vision": vision_figures(ort_rows, ref_rows, vision_precision)}
+    ort_images, ref_images = per_image(ort_rows, tiles), per_image(ref_rows, tiles)
 
     threshold = INT4_LOGITS_REL if quantized else FP_LOGITS_REL
     ref_embeds, ort_embeds, k = [], [], 0
     for p in prompts:
         n = len(p.images)
         with torch.no_grad():
-            ref_embeds.append(model.build_inputs([p.input_ids], torch.from_numpy(ref_images[k:k + n]) if n else None)
-                              .inputs_embeds[0])
+            ref_embeds.append(model.build_inputs([p.input_ids], [torch.from_numpy(x) for x in ref_images[k:k + n]]
+                                                 if n else None).inputs_embeds[0])
         ort_embeds.append(splice_embeddings(p.input_ids, table, ort_images[k:k + n] if n else None))
         k += n
     n0 = len(prompts[0].images)

@@ -92,7 +92,7 @@ def load_checkpoint(
     if chat_template is not None:
         config.set_chat_template(chat_template)
     elif config.chat_template is None:
-        name = default_chat_template(tokenizer)
+        name = default_chat_template(tokenizer, config.llm_architecture)
         log.info("checkpoint does not record a chat template; using %s (override with chat_template=...)", name)
         config.set_chat_template(name)
     else:

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from vlm_edge.common.errors import InputError
-from vlm_edge.common.image import ImageInput, preprocess_images
+from vlm_edge.common.image import ImageInput, preprocess_tiled
 from vlm_edge.common.templates import Message, render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX
 
@@ -97,13 +97,16 @@ def generate(
     config: GenerationConfig | None = None,
     *,
     return_logits: bool = False,
+    tiles: Sequence[int] | None = None,
 ) -> GenerationResult:
-    """Generate from one prompt (token ids with IMAGE_TOKEN_INDEX at each image) and its images."""
+    """Generate from one prompt (token ids with IMAGE_TOKEN_INDEX at each image) and its images
+    (`pixel_values` from preprocess_images; for a tiling model from preprocess_tiled, with its tile counts)."""
     cfg = config or GenerationConfig()
     cfg.validate()
     if isinstance(pixel_values, np.ndarray):
         pixel_values = torch.from_numpy(pixel_values)
-    image_embeds = model.encode_images(pixel_values) if pixel_values is not None and len(pixel_values) else None
+    image_embeds = (model.encode_images(pixel_values, tiles) if pixel_values is not None and len(pixel_values)
+                    else None)
     inputs = model.build_inputs([list(input_ids)], image_embeds)
     prompt_len = inputs.inputs_embeds.shape[1]
     max_positions = int(model.config.llm.get("max_position_embeddings", 1 << 30))
@@ -155,6 +158,6 @@ def chat(
         cfg = dataclasses.replace(cfg, stop_token_ids=checkpoint.tokenizer.stop_token_ids(checkpoint.template))
     prompt = render(checkpoint.template, messages)
     input_ids = checkpoint.tokenizer.tokenize_prompt(prompt)
-    pixel_values = preprocess_images(list(images), checkpoint.model.image_processor_config)
-    result = generate(checkpoint.model, input_ids, pixel_values, cfg)
+    pixel_values, tiles = preprocess_tiled(list(images), checkpoint.model.image_processor_config)
+    result = generate(checkpoint.model, input_ids, pixel_values, cfg, tiles=tiles)
     return checkpoint.tokenizer.decode(result.token_ids)

@@ -60,7 +60,8 @@ class VilaModel(nn.Module):
 
     @property
     def image_processor_config(self) -> ImageProcessorConfig:
-        return ImageProcessorConfig.from_preprocessor_config(self.config.preprocessor, self.config.image_aspect_ratio)
+        return ImageProcessorConfig.from_preprocessor_config(self.config.preprocessor, self.config.image_aspect_ratio,
+                                                             min_tiles=self.config.min_tiles, max_tiles=self.config.max_tiles)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,15 +80,23 @@ class VilaModel(nn.Module):
             features = features[:, 1:]
         return features
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> projected image embeddings [N, T, D]."""
-        return self.mm_projector(self.vision_features(pixel_values))
+    def encode_images(self, pixel_values: torch.Tensor, tiles: Sequence[int] | None = None
+                      ) -> torch.Tensor | list[torch.Tensor]:
+        """[N, 3, H, W] -> projected image embeddings [N, T, D]. With `tiles` (tiles per image, from
+        preprocess_tiled) the rows are tiles: one [tiles_i * T, D] tensor per image, its tiles' tokens
+        one after the other (NVILA-Lite's dynamic tiling)."""
+        embeds = self.mm_projector(self.vision_features(pixel_values))
+        if tiles is None:
+            return embeds
+        if sum(tiles) != embeds.shape[0]:
+            raise InputError(f"{embeds.shape[0]} tiles of pixels for images of {list(tiles)} tiles")
+        return [part.reshape(-1, part.shape[-1]) for part in embeds.split(list(tiles))]
 
     # ---- splicing --------------------------------------------------------------------------
     def build_inputs(
         self,
         input_ids: Sequence[Sequence[int]],
-        image_embeds: torch.Tensor | None,
+        image_embeds: torch.Tensor | Sequence[torch.Tensor] | None,
         labels: Sequence[Sequence[int]] | None = None,
         *,
         padding_side: str = "right",
@@ -97,7 +106,7 @@ class VilaModel(nn.Module):
         `labels` (same lengths as `input_ids`) get IGNORE_INDEX at image and padding positions.
         """
         num_images = sum(int(t == IMAGE_TOKEN_INDEX) for ids in input_ids for t in ids)
-        have = 0 if image_embeds is None else image_embeds.shape[0]
+        have = 0 if image_embeds is None else len(image_embeds)
         if num_images != have:
             raise InputError(f"the prompt has {num_images} <image> placeholder(s) but {have} image(s) were given")
         embed = self.llm.get_input_embeddings()

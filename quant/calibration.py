@@ -26,7 +26,7 @@ import torch
 
 from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.errors import InputError
-from vlm_edge.common.image import load_image, preprocess_images
+from vlm_edge.common.image import load_image, preprocess_tiled
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import render
 from vlm_edge.model.checkpoint import Checkpoint
@@ -118,8 +118,8 @@ def calibration_embeds(calib: CalibrationSet, checkpoint: Checkpoint, *, samples
         for conversation in calib.conversations:
             prompt = render(checkpoint.template, conversation.messages, add_generation_prompt=False)
             ids = tokenizer.tokenize_prompt(prompt)
-            pixels = preprocess_images([load_image(p) for p in conversation.images], model.image_processor_config)
-            images = model.encode_images(torch.from_numpy(pixels)) if len(pixels) else None
+            pixels, tiles = preprocess_tiled([load_image(p) for p in conversation.images], model.image_processor_config)
+            images = model.encode_images(torch.from_numpy(pixels), tiles) if len(pixels) else None
             pieces.append(model.build_inputs([ids], images).inputs_embeds[0])
             total += len(pieces[-1])
             if total >= needed:

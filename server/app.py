@@ -406,7 +406,7 @@ def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
         ids = pipe.prompt_ids(messages, images)
         from vlm_edge.edge.pipeline import Generation
 
-        pipe._check_context(ids, len(images), sampling, Generation([], "", "length", 0))
+        pipe._check_context(ids, pipe.image_tokens(images), sampling, Generation([], "", "length", 0))
     except InputError as e:
         code = "context_length_exceeded" if "context" in str(e) else None
         raise APIError(400, str(e), param="messages", code=code) from None

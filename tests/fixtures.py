@@ -239,3 +239,101 @@ def train_colour_model(root: Path, steps: int = 400) -> Path:
     Trainer(config, root / "ckpt").run()
     export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
     return root / "engine"
+
+
+NVILA_CONFIG = Path(__file__).resolve().parent / "data" / "nvila-8b.config.json"  # the public release's, verbatim
+NVILA_TILE = 98  # tiny tower: 98-pixel tiles of 14-pixel patches, a 7x7 grid (odd, not a multiple of 3)
+
+
+def qwen2_tokenizer_files(directory: Path) -> int:
+    """A Qwen2-style fast tokenizer (byte-level BPE, no merges, ChatML specials) as a release ships it:
+    tokenizer.json + tokenizer_config.json with <|endoftext|>, <|im_start|>, <|im_end|>. Returns its size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer.add_special_tokens(specials)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    _save_json(directory / "tokenizer_config.json", {
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_bos_token": False,
+        "model_max_length": 512, "tokenizer_class": "Qwen2Tokenizer", "padding_side": "right",
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+    })
+    return tokenizer.get_vocab_size()
+
+
+def write_nvila_fixture(root: Path, *, lite: bool = True, seed: int = 0) -> Path:
+    """A checkpoint laid out like an NVILA release, from NVILA-8B's published config.json with the
+    widths shrunk (every key kept), written without vlm_edge's checkpoint writer.
+
+    lite=False: NVILA-8B itself (dynamic_s2, scales 448/896/1344 -> 3 x 1152 channels, mlp_downsample).
+    lite=True:  NVILA-Lite: the same with one scale (image_aspect_ratio "dynamic": tiles + thumbnail),
+                mm_hidden_size = the tower's width, and the 3x3 projector (mlp_downsample_3x3_fix). NVILA-Lite's
+                own config.json is not at hand: these are the fields its model code shows to differ.
+    Tokenizer: Qwen2-style (ChatML specials), no chat template recorded (as the release's top config)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    top = json.loads(NVILA_CONFIG.read_text())
+    vocab_size = qwen2_tokenizer_files(root / "llm")
+    llm_cfg = copy.deepcopy(top["llm_cfg"])
+    llm_cfg.update(TINY_LLM, vocab_size=vocab_size, max_position_embeddings=1024, model_max_length=1024,
+                   tokenizer_model_max_length=1024, max_window_layers=2, bos_token_id=None,
+                   eos_token_id=vocab_size - 1)  # <|im_end|>
+    vision_cfg = copy.deepcopy(top["vision_tower_cfg"])
+    vision_cfg.update(TINY_VISION, image_size=NVILA_TILE, num_image_tokens=(NVILA_TILE // 14) ** 2)
+    projector_cfg = copy.deepcopy(top["mm_projector_cfg"])
+    scales = 1 if lite else len(top["s2_scales"].split(","))
+    top.update(llm_cfg=llm_cfg, vision_tower_cfg=vision_cfg, mm_projector_cfg=projector_cfg,
+               hidden_size=TINY_LLM["hidden_size"], mm_hidden_size=scales * TINY_VISION["hidden_size"],
+               s2_scales=",".join(str(NVILA_TILE * k) for k in (1, 2, 3)), s2_max_split_size=NVILA_TILE)
+    if lite:
+        top.update(image_aspect_ratio="dynamic", dynamic_s2=False)
+        projector_cfg["mm_projector_type"] = "mlp_downsample_3x3_fix"
+    _save_json(root / "config.json", top)
+
+    _save_json(root / "llm" / "config.json", dict(llm_cfg, _name_or_path="./llm"))
+    llm_kwargs = {k: v for k, v in llm_cfg.items() if k not in ("_name_or_path", "torch_dtype", "architectures")}
+    llm = Qwen2ForCausalLM(Qwen2Config(**llm_kwargs))
+    with torch.no_grad():  # larger than the init, so that greedy tokens are decided
+        for p in llm.parameters():
+            p.mul_(3.0)
+    save_file({k: v.contiguous() for k, v in llm.state_dict().items()}, str(root / "llm" / "model.safetensors"),
+              metadata={"format": "pt"})
+
+    _save_json(root / "vision_tower" / "config.json", dict(vision_cfg, _name_or_path="./vision_tower"))
+    vision_kwargs = {k: v for k, v in vision_cfg.items() if k not in ("_name_or_path", "torch_dtype", "architectures")}
+    vision = SiglipVisionModel(SiglipVisionConfig(**vision_kwargs))
+    save_file({f"vision_model.{k}": v.contiguous() for k, v in vision.state_dict().items()},
+              str(root / "vision_tower" / "model.safetensors"), metadata={"format": "pt"})
+    _save_json(root / "vision_tower" / "preprocessor_config.json", {
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor",
+        "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": NVILA_TILE, "width": NVILA_TILE},
+    })
+
+    _save_json(root / "mm_projector" / "config.json", dict(projector_cfg, _name_or_path="./mm_projector"))
+    c, h = scales * TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
+    if lite:  # layers.1 LN(9C), .2 9C -> 3C, .4 LN(3C), .5 3C -> H, .7 H -> H
+        c9, c3 = 9 * c, 3 * c
+        projector = {
+            "layers.1.weight": 1 + 0.1 * torch.randn(c9), "layers.1.bias": 0.1 * torch.randn(c9),
+            "layers.2.weight": torch.randn(c3, c9) / c9**0.5, "layers.2.bias": 0.1 * torch.randn(c3),
+            "layers.4.weight": 1 + 0.1 * torch.randn(c3), "layers.4.bias": 0.1 * torch.randn(c3),
+            "layers.5.weight": torch.randn(h, c3) / c3**0.5, "layers.5.bias": 0.1 * torch.randn(h),
+            "layers.7.weight": torch.randn(h, h) / h**0.5, "layers.7.bias": 0.1 * torch.randn(h),
+        }
+    else:  # layers.1 LN(4C), .2 4C -> H, .4 H -> H
+        c4 = 4 * c
+        projector = {
+            "layers.1.weight": 1 + 0.1 * torch.randn(c4), "layers.1.bias": 0.1 * torch.randn(c4),
+            "layers.2.weight": torch.randn(h, c4) / c4**0.5, "layers.2.bias": 0.1 * torch.randn(h),
+            "layers.4.weight": torch.randn(h, h) / h**0.5, "layers.4.bias": 0.1 * torch.randn(h),
+        }
+    save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
+    return root

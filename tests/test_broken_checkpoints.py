@@ -63,8 +63,8 @@ CASES: dict[str, tuple[Callable[[Path], None], type, str]] = {
     "malformed config.json": (lambda r: (r / "config.json").write_text("{nope"), CheckpointError, "not valid JSON"),
     "not a VILA checkpoint": (lambda r: _edit_json(r / "config.json", model_type="llama"), CheckpointError, "model_type 'llama'"),
     "unknown projector type": (
-        lambda r: _edit_json(r / "mm_projector" / "config.json", mm_projector_type="mlp_downsample_3x3_fix"),
-        UnsupportedFeatureError, "mm_projector_type='mlp_downsample_3x3_fix'"),
+        lambda r: _edit_json(r / "mm_projector" / "config.json", mm_projector_type="ldpv2"),
+        UnsupportedFeatureError, "mm_projector_type='ldpv2'"),
     "s2 enabled": (lambda r: _edit_json(r / "config.json", s2=True), UnsupportedFeatureError, "s2=true"),
     "dynamic_s2": (lambda r: _edit_json(r / "config.json", image_aspect_ratio="dynamic_s2"), UnsupportedFeatureError,
                    "image_aspect_ratio='dynamic_s2'"),

@@ -105,3 +105,110 @@ def test_3x3_exports_in_4_bit_with_both_decoders_and_runs_with_greedy_parity(lit
     assert nodes and all({a.name: a.i for a in n.attribute}["ratio"] == 3 for n in nodes)
     same, total = _greedy_parity(tmp_path / "q", tmp_path / "awq", rng)
     assert same == total
+
+
+# ---- NVILA-Lite's release layout (tests/fixtures.py: write_nvila_fixture) ---------------------------
+WIDE = (250, 120)  # 2:1 nearest: 2 x 1 tiles + the thumbnail = 3 tiles of 9 tokens
+
+
+@pytest.fixture(scope="module")
+def nvila_lite(tmp_path_factory):
+    from fixtures import write_nvila_fixture
+
+    return write_nvila_fixture(tmp_path_factory.mktemp("nvila") / "NVILA-Lite", lite=True)
+
+
+def _pictures(rng):
+    """A wide picture (3 tiles), a tall one (1 x 3 -> 4 tiles) and a small square one (1 tile)."""
+    return [rng.integers(0, 256, (WIDE[1], WIDE[0], 3), dtype=np.uint8),
+            rng.integers(0, 256, (300, 100, 3), dtype=np.uint8),
+            rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)]
+
+
+@torch.no_grad()
+def test_nvila_lite_layout_loads_and_matches_transformers(nvila_lite, rng):
+    from transformers import Qwen2ForCausalLM, SiglipVisionModel
+
+    from vlm_edge.common.image import preprocess_tiled
+    from vlm_edge.model import load_checkpoint
+
+    ckpt = load_checkpoint(nvila_lite)
+    cfg = ckpt.config
+    assert (cfg.projector_type, cfg.downsample_token_order, cfg.image_aspect_ratio) == ("mlp_downsample_3x3_fix", "row_major", "dynamic")
+    assert cfg.chat_template == "qwen2" and cfg.num_image_tokens == 9 and (cfg.min_tiles, cfg.max_tiles) == (1, 12)
+    hf_vision = SiglipVisionModel.from_pretrained(str(nvila_lite / "vision_tower"), dtype=torch.float32).eval()
+    hf_llm = Qwen2ForCausalLM.from_pretrained(str(nvila_lite / "llm"), dtype=torch.float32).eval()
+    pixels, tiles = preprocess_tiled(_pictures(rng), ckpt.model.image_processor_config)
+    assert tiles == [3, 4, 1]
+    pixels = torch.from_numpy(pixels)
+    want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    ids = torch.from_numpy(rng.integers(0, cfg.llm["vocab_size"], (2, 9)))
+    np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # each image's tokens: its tiles projected one by one, in tile order (the thumbnail last)
+    per_image = ckpt.model.encode_images(pixels, tiles)
+    assert [e.shape[0] for e in per_image] == [27, 36, 9]
+    singles = [ckpt.model.encode_images(pixels[i:i + 1])[0] for i in range(len(pixels))]
+    np.testing.assert_allclose(per_image[0].numpy(), torch.cat(singles[:3]).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(per_image[1].numpy(), torch.cat(singles[3:7]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _tiled_parity(engine_dir, ckpt_dir, rng, steps=12):
+    from vlm_edge.common.image import preprocess_tiled
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.model import GenerationConfig, load_checkpoint
+    from vlm_edge.model.generate import generate
+
+    pipe = load(engine_dir, "ort-cpu")
+    ref = load_checkpoint(ckpt_dir)
+    pictures = _pictures(rng)
+    cases = [("What is in the image?", [pictures[0]]), ("Compare them.", pictures[:2]), ("And this?", [pictures[2]])]
+    same = 0
+    for prompt, images in cases:
+        ours = pipe.generate(prompt, images, SamplingConfig(max_new_tokens=steps, ignore_eos=True))
+        ids = pipe.prompt_ids(prompt, images)
+        pixels, tiles = preprocess_tiled(images, ref.model.image_processor_config)
+        theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), tiles=tiles)
+        assert ours.prompt_tokens == theirs.prompt_tokens  # the same number of image tokens spliced
+        same += ours.token_ids == theirs.token_ids
+    return same, len(cases)
+
+
+def test_nvila_lite_exports_in_float_and_the_runtime_tiles_like_the_reference(nvila_lite, tmp_path, rng):
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+
+    manifest = export_checkpoint(nvila_lite, tmp_path / "fp", ExportConfig(vision="fp32"))
+    assert manifest.preprocessing["tiling"] == "dynamic" and manifest.chat_template == "qwen2"
+    assert manifest.validation["vision"]["rel_err"] <= 1e-4 and manifest.validation["decoder.fp"]["greedy_identical"] >= 9
+    same, total = _tiled_parity(tmp_path / "fp", nvila_lite, rng)
+    assert same == total
+
+
+def test_nvila_lite_exports_in_4_bit_and_the_runtime_matches_the_quantized_reference(nvila_lite, tmp_path, rng):
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(f"Line {i}: a small red circle at the top left and a big blue square." for i in range(64)))
+    quantize_checkpoint(nvila_lite, tmp_path / "awq", QuantConfig(group_size=32, calib=str(calib)))
+    manifest = export_checkpoint(tmp_path / "awq", tmp_path / "q", ExportConfig(awq4=True, vision="fp32"))
+    figures = manifest.validation["decoder.ort"]
+    assert figures["passed"] and figures["greedy_identical"] >= 9, figures
+    same, total = _tiled_parity(tmp_path / "q", tmp_path / "awq", rng)
+    assert same == total
+
+
+def test_nvila_8b_layout_is_refused_in_one_line_naming_dynamic_s2(tmp_path):
+    from fixtures import write_nvila_fixture
+
+    from vlm_edge.common.errors import UnsupportedFeatureError
+    from vlm_edge.model import load_checkpoint
+
+    path = write_nvila_fixture(tmp_path / "NVILA-8B", lite=False)
+    with pytest.raises(UnsupportedFeatureError, match="dynamic_s2") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)

@@ -32,6 +32,10 @@ EXPECTED = {
         "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nWhat is it?<|im_end|>"
         "<|im_start|>assistant\nA cat.<|im_end|><|im_start|>user\nColour? <image><|im_end|><|im_start|>assistant\n"
     ),
+    "qwen2": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n"
+        "<|im_start|>assistant\nA cat.<|im_end|>\n<|im_start|>user\nColour? <image><|im_end|>\n<|im_start|>assistant\n"
+    ),
     "plain": "USER: <image>\nWhat is it?\nASSISTANT: A cat.</s>USER: Colour? <image>\nASSISTANT:",
 }
 
@@ -68,7 +72,7 @@ def test_bad_conversations_fail_clearly(messages, phrase):
 
 
 def test_unknown_template_lists_the_known_ones():
-    with pytest.raises(UnsupportedFeatureError, match="hermes-2, llama_3, plain, vicuna_v1"):
+    with pytest.raises(UnsupportedFeatureError, match="hermes-2, llama_3, plain, qwen2, vicuna_v1"):
         get_template("alpaca")
     assert get_template("v1").name == "vicuna_v1" and get_template("chatml").name == "hermes-2"
 
@@ -111,6 +115,16 @@ def test_stop_tokens_and_default_template_from_vocabulary():
     assert default_chat_template(tok) == "vicuna_v1"
     tok.tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     assert default_chat_template(tok) == "hermes-2"
+    assert default_chat_template(tok, "Qwen2ForCausalLM") == "qwen2"  # NVILA's LLM
     assert tok.stop_token_ids(get_template("hermes-2")) == sorted([tok.eos_id, tok.token_to_id("<|im_end|>")])
     tok.tokenizer.add_special_tokens(["<|eot_id|>"])
     assert default_chat_template(tok) == "llama_3"
+
+
+def test_qwen2_template_renders_qwen2s_chatml():
+    """NVILA's Qwen2 LLMs: ChatML turns each followed by a newline, the default system first."""
+    from vlm_edge.common.templates import render
+
+    text = render(get_template("qwen2"), [{"role": "user", "content": "<image>\nWhat colour?"}])
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                    "<|im_start|>user\n<image>\nWhat colour?<|im_end|>\n<|im_start|>assistant\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vlm_edge.common.image import preprocess_images
+from vlm_edge.common.image import preprocess_tiled
 from vlm_edge.common.templates import render
 from vlm_edge.model.checkpoint import Checkpoint
 from vlm_edge.model.generate import GenerationConfig, generate
@@ -41,8 +41,8 @@ def vqa_results(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> l
     results = []
     for sample in heldout_vqa(data, per_type):
         prompt = tokenizer.tokenize_prompt(render(template, (sample.messages or [])[:1]))
-        pixels = preprocess_images(sample.images, model.image_processor_config)
-        answer = tokenizer.decode(generate(model, prompt, pixels, config).token_ids).strip()
+        pixels, tiles = preprocess_tiled(sample.images, model.image_processor_config)
+        answer = tokenizer.decode(generate(model, prompt, pixels, config, tiles=tiles).token_ids).strip()
         results.append((sample, answer == sample.answer))
     model.train(was_training)
     return results
