@@ -7,6 +7,8 @@ VILA1.5 preprocessing, from `vision_tower/preprocessor_config.json` and the chec
     "pad":    pad to a square with the mean colour (int(mean*255) per channel), then resize
     "dynamic" (NVILA-Lite): cut into tiles of the tower's size plus a thumbnail (common/tiling.py);
               each tile is one row of the vision batch
+    "dynamic_s2" (NVILA): the tiles of each of s2_scales, the last one's grid by aspect ratio; their
+              features are merged per image before the projector (common/tiling.py)
     then:     rescale (x * rescale_factor, 1/255), normalize ((x - mean) / std)
 
 The resize filter is the processor's `resample` (3 = bicubic) and goes through Pillow, as the
@@ -56,13 +58,16 @@ class ImageProcessorConfig:
     do_resize: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
-    tiling: str = "none"  # "none" | "dynamic": one image -> several tiles (common/tiling.py)
+    tiling: str = "none"  # "none" | "dynamic" | "dynamic_s2": one image -> several tiles (common/tiling.py)
     min_tiles: int = 1
     max_tiles: int = 12
+    s2_scales: tuple[int, ...] = ()  # dynamic_s2: the scales in pixels (448, 896, 1344 for NVILA-8B)
+    s2_output_scale: int = -1  # dynamic_s2: the scale whose grid the features are merged onto
 
     @classmethod
     def from_preprocessor_config(cls, cfg: dict[str, Any], image_aspect_ratio: str = "resize", *,
-                                 min_tiles: int = 1, max_tiles: int = 12) -> "ImageProcessorConfig":
+                                 min_tiles: int = 1, max_tiles: int = 12, s2_scales: tuple[int, ...] = (),
+                                 s2_output_scale: int = -1) -> "ImageProcessorConfig":
         # VILA resizes to the crop size when the processor has one (CLIP), else to `size` (SigLIP).
         if "crop_size" in cfg and cfg["crop_size"] is not None:
             height, width = _parse_size(cfg["crop_size"], "crop_size")
@@ -85,9 +90,11 @@ class ImageProcessorConfig:
             do_resize=bool(cfg.get("do_resize", True)),
             do_rescale=bool(cfg.get("do_rescale", True)),
             do_normalize=bool(cfg.get("do_normalize", True)),
-            tiling="dynamic" if image_aspect_ratio == "dynamic" else "none",
+            tiling=image_aspect_ratio if image_aspect_ratio in ("dynamic", "dynamic_s2") else "none",
             min_tiles=int(min_tiles),
             max_tiles=int(max_tiles),
+            s2_scales=tuple(int(x) for x in s2_scales) if image_aspect_ratio == "dynamic_s2" else (),
+            s2_output_scale=int(s2_output_scale),
         )
 
 
@@ -178,36 +185,46 @@ def preprocess_image(image: Image.Image, cfg: ImageProcessorConfig) -> np.ndarra
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
-def image_tiles(image: Image.Image, cfg: ImageProcessorConfig) -> list[Image.Image]:
-    """The pictures the vision tower sees for one image: itself, or its tiles (then the thumbnail)."""
-    if cfg.tiling == "none":
-        return [image]
-    from .tiling import dynamic_tiles
+def image_tiles(image: Image.Image, cfg: ImageProcessorConfig) -> tuple[list[Image.Image], "TilePlan"]:
+    """The pictures the vision tower sees for one image (itself, or its tiles) and how they combine."""
+    from .tiling import TilePlan, dynamic_tiles, s2_tiles
 
-    return dynamic_tiles(image, cfg.width, cfg.min_tiles, cfg.max_tiles)[0]
+    if cfg.tiling == "dynamic":
+        return dynamic_tiles(image, cfg.width, cfg.min_tiles, cfg.max_tiles)
+    if cfg.tiling == "dynamic_s2":
+        return s2_tiles(image, cfg.width, cfg.s2_scales, cfg.max_tiles)
+    return [image], TilePlan("single")
 
 
-def tiles_for(size: tuple[int, int], cfg: ImageProcessorConfig) -> int:
-    """How many tiles an image of `size` (width, height) becomes, without cutting it."""
-    if cfg.tiling == "none":
-        return 1
+def image_token_count(size: tuple[int, int], cfg: ImageProcessorConfig, tokens_per_block: int) -> int:
+    """How many embeddings an image of `size` (width, height) takes in the prompt, without cutting it:
+    tokens_per_block (the projector's output for one tower-sized picture) times the blocks."""
     from .tiling import choose_grid
 
-    cols, rows = choose_grid(size[0], size[1], cfg.width, cfg.min_tiles, cfg.max_tiles)
-    return cols * rows + (1 if cols * rows > 1 else 0)
+    if cfg.tiling == "none":
+        return tokens_per_block
+    if cfg.tiling == "dynamic":
+        cols, rows = choose_grid(size[0], size[1], cfg.width, cfg.min_tiles, cfg.max_tiles)
+        return tokens_per_block * (cols * rows + (1 if cols * rows > 1 else 0))
+    scales = cfg.s2_scales
+    sides = [s // scales[0] for s in scales[:-1]]
+    least = (scales[-1] // scales[0]) ** 2
+    grids = [(k, k) for k in sides] + [choose_grid(size[0], size[1], cfg.width, least, max(cfg.max_tiles, least))]
+    cols, rows = grids[cfg.s2_output_scale]
+    return tokens_per_block * cols * rows
 
 
-def preprocess_tiled(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> tuple[np.ndarray, list[int]]:
-    """Load, tile and preprocess images in prompt order -> (float32 [tiles, 3, H, W], tiles per image).
-    Without tiling every image is one tile."""
-    pixels, counts = [], []
+def preprocess_tiled(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> tuple[np.ndarray, list]:
+    """Load, tile and preprocess images in prompt order -> (float32 [tiles, 3, H, W], one TilePlan per
+    image). Without tiling every image is one tile."""
+    pixels, plans = [], []
     for i, img in enumerate(images):
-        tiles = image_tiles(load_image(img, name=image_label(img, i, len(images))), cfg)
+        tiles, plan = image_tiles(load_image(img, name=image_label(img, i, len(images))), cfg)
         pixels += [preprocess_image(t, cfg) for t in tiles]
-        counts.append(len(tiles))
+        plans.append(plan)
     if not pixels:
-        return np.zeros((0, 3, cfg.height, cfg.width), np.float32), counts
-    return np.stack(pixels), counts
+        return np.zeros((0, 3, cfg.height, cfg.width), np.float32), plans
+    return np.stack(pixels), plans
 
 
 def preprocess_images(images: Sequence[ImageInput], cfg: ImageProcessorConfig) -> np.ndarray:

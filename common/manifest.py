@@ -108,9 +108,9 @@ MODEL_INTS = {  # field -> (least, most)
     "head_dim": (1, 4096), "vocab_size": (2, 1 << 21), "intermediate_size": (1, 1 << 18),
     "max_positions": (2, 1 << 22), "image_size": (1, 1 << 14), "num_image_tokens": (1, 1 << 16),
 }
-KINDS = ("vision", "decoder", "embeddings", "tokenizer")  # a component named "decoder.ort" is of kind decoder
+KINDS = ("vision", "decoder", "embeddings", "tokenizer", "projector")  # a component named "decoder.ort" is of kind decoder
 PREPROCESSING_INTS = {"height": (1, 1 << 14), "width": (1, 1 << 14)}
-TILINGS = ("none", "dynamic")  # common/image.py: ImageProcessorConfig.tiling
+TILINGS = ("none", "dynamic", "dynamic_s2")  # common/image.py: ImageProcessorConfig.tiling
 
 
 def _int_field(d: dict[str, Any], key: str, bounds: tuple[int, int], where: str) -> int:
@@ -146,6 +146,15 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
             _int_field(pre, key, (1, 64), f"{where}: preprocessing")
     if pre.get("min_tiles", 1) > pre.get("max_tiles", 12):
         raise CheckpointError(f"{where}: preprocessing.min_tiles is above max_tiles; re-export the engine")
+    if pre.get("tiling") == "dynamic_s2":
+        scales, out = pre.get("s2_scales"), pre.get("s2_output_scale")
+        if not (isinstance(scales, list) and 2 <= len(scales) <= 8 and all(isinstance(v, int) for v in scales)
+                and scales[0] == pre.get("width") and all(b > a and b % scales[0] == 0 for a, b in zip(scales, scales[1:]))
+                and isinstance(out, int) and -len(scales) <= out < len(scales)):
+            raise CheckpointError(f"{where}: preprocessing.s2_scales={scales!r} / s2_output_scale={out!r} are not rising "
+                                  "multiples of the tile size and a scale index; re-export the engine")
+        if "projector" not in manifest.components:
+            raise CheckpointError(f"{where}: a dynamic_s2 engine needs its projector component; re-export the engine")
     for key in ("mean", "std"):
         values = pre.get(key)
         if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
@@ -174,7 +183,7 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
 def _check_specs(name: str, component: Component, dims: dict[str, int], where: str) -> None:
     """The I/O shapes a component records agree with the model dims (int axes only)."""
     want: dict[str, list[int | None]] = {}  # tensor -> expected axes (None: any)
-    if component.kind == "vision":
+    if component.kind in ("vision", "projector"):
         want["image_embeds"] = [None, dims["num_image_tokens"], dims["hidden_size"]]
     elif component.kind == "embeddings":
         want["embeddings"] = [dims["vocab_size"], dims["hidden_size"]]

@@ -154,3 +154,21 @@ def merge_s2_tokens(tokens: np.ndarray, plan: TilePlan, output_scale: int = -1) 
     cols, rows = ([(s, s) for s in plan.scale_grids] + [plan.grid])[output_scale]
     merged = merge_grid(tokens, cols, rows)  # [D, rows*k, cols*k]
     return np.ascontiguousarray(merged.reshape(merged.shape[0], -1).T)
+
+
+def output_grid(plan: TilePlan, output_scale: int = -1) -> tuple[int, int]:
+    """(cols, rows) of tower-sized blocks the projector sees for one image."""
+    if plan.mode != "s2":
+        return plan.grid
+    return ([(s, s) for s in plan.scale_grids] + [plan.grid])[output_scale]
+
+
+def s2_image_embeds(features: np.ndarray, plans: list[TilePlan], project, output_scale: int = -1) -> list[np.ndarray]:
+    """Tower features of all images' tiles [tiles, P, C] -> one [tokens, D] array per image, through
+    `project` ([blocks, P, scales*C] -> [blocks, t, D]: the projector graph, or the reference's)."""
+    out, start = [], 0
+    for plan in plans:
+        blocks = merge_s2(features[start:start + plan.num_tiles], plan, output_scale)
+        start += plan.num_tiles
+        out.append(merge_s2_tokens(np.asarray(project(blocks), np.float32), plan, output_scale))
+    return out

@@ -50,7 +50,8 @@ DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix
                        "mlp_downsample_3x3_fix": "row_major"}
 DOWNSAMPLE_RATIO = {"mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}
 SELECT_FEATURES = ("patch", "cls_patch")
-ASPECT_RATIOS = ("resize", "pad", "dynamic")  # dynamic: NVILA-Lite's tiles + thumbnail (common/tiling.py)
+# dynamic: NVILA-Lite's tiles + thumbnail; dynamic_s2: NVILA's multi-scale tiles (common/tiling.py)
+ASPECT_RATIOS = ("resize", "pad", "dynamic", "dynamic_s2")
 NVILA_ASPECT_RATIOS = ("dynamic", "dynamic_s2")  # NVILA-era code, whose mlp_downsample emits row-major tokens
 
 # Top-level keys that copy the sub-folder configs (rebuilt from them on save); the sub-folder
@@ -142,7 +143,27 @@ class VilaConfig:
 
     @property
     def mm_hidden_size(self) -> int:
-        return int(self.vision_tower["hidden_size"])
+        """The projector's input width: the tower's, times the scales for dynamic_s2 (NVILA-8B: 3 x 1152)."""
+        return int(self.vision_tower["hidden_size"]) * (len(self.s2_scales) if self.is_s2 else 1)
+
+    @property
+    def is_s2(self) -> bool:
+        return self.image_aspect_ratio == "dynamic_s2"
+
+    @property
+    def s2_scales(self) -> tuple[int, ...]:
+        """dynamic_s2's scales in pixels, smallest first (config.json: s2_scales "448,896,1344")."""
+        raw = self.top.get("s2_scales", "")
+        try:
+            scales = tuple(int(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"config.json: s2_scales={raw!r} is not a list of sizes such as \"448,896,1344\"") from None
+        return scales
+
+    @property
+    def s2_output_scale(self) -> int:
+        """The scale whose grid dynamic_s2 merges features onto (s2_resize_output_to_scale_idx; NVILA: -1)."""
+        return int(self.top.get("s2_resize_output_to_scale_idx", 0))
 
     @property
     def image_size(self) -> int:
@@ -243,11 +264,23 @@ class VilaConfig:
                 f"{PROJECTOR_DIR}/config.json: downsample_token_order={order!r} is not one of "
                 f"{', '.join(TOKEN_ORDERS)}"
             )
+        if self.is_s2:
+            scales = self.s2_scales
+            if len(scales) < 2 or scales[0] != self.image_size or any(b % scales[0] or b <= a for a, b in zip(scales, scales[1:])):
+                raise CheckpointError(f"config.json: s2_scales={self.top.get('s2_scales')!r} must rise in multiples of the "
+                                      f"vision tower's image size {self.image_size}, starting with it")
+            if not -len(scales) <= self.s2_output_scale < len(scales):
+                raise CheckpointError(f"config.json: s2_resize_output_to_scale_idx={self.s2_output_scale} is not one "
+                                      f"of the {len(scales)} scales")
+            split = self.top.get("s2_max_split_size", self.image_size)
+            if int(split) != self.image_size:
+                raise UnsupportedFeatureError(f"config.json: s2_max_split_size={split} differs from the tower's image "
+                                              f"size {self.image_size}; only tower-sized tiles are supported")
         if not 1 <= self.min_tiles <= self.max_tiles <= 64:
             raise CheckpointError(f"config.json: min_tiles={self.min_tiles} and max_tiles={self.max_tiles} must satisfy "
                                   "1 <= min_tiles <= max_tiles <= 64")
-        if self.image_aspect_ratio == "dynamic" and self.image_size != self.preprocessor_size:
-            raise CheckpointError(f"config.json: image_aspect_ratio=dynamic cuts tiles of the vision tower's "
+        if self.image_aspect_ratio in NVILA_ASPECT_RATIOS and self.image_size != self.preprocessor_size:
+            raise CheckpointError(f"config.json: image_aspect_ratio={self.image_aspect_ratio} cuts tiles of the vision tower's "
                                   f"{self.image_size} pixels, but {VISION_DIR}/{PREPROCESSOR_FILE} resizes to "
                                   f"{self.preprocessor_size}")
         num_layers = int(self.vision_tower.get("num_hidden_layers", 0))
@@ -258,9 +291,10 @@ class VilaConfig:
             )
         mm_hidden = self.top.get("mm_hidden_size")
         if mm_hidden is not None and int(mm_hidden) != self.mm_hidden_size:
+            scales = f" x {len(self.s2_scales)} scales" if self.is_s2 else ""
             raise CheckpointError(
                 f"config.json: mm_hidden_size={mm_hidden} does not match the vision tower's hidden_size="
-                f"{self.mm_hidden_size} in {VISION_DIR}/config.json"
+                f"{self.vision_tower['hidden_size']}{scales} in {VISION_DIR}/config.json"
             )
         hidden = self.top.get("hidden_size")
         if hidden is not None and int(hidden) != self.hidden_size:

@@ -24,13 +24,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vlm_edge.common.errors import CheckpointError, InputError
-from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_tiles, load_image,
-                                   preprocess_image, tiles_for)
+from vlm_edge.common.errors import CheckpointError, InputError, UnsupportedFeatureError
+from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_tiles, image_token_count,
+                                   load_image, preprocess_image)
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check_graph
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import Message, get_template, render
+from vlm_edge.common.tiling import s2_image_embeds
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
 
 from .backends import open_session, resolve_backend
@@ -105,14 +106,18 @@ class Pipeline:
         if decoder_name is None or "vision" not in components or "embeddings" not in components:
             raise CheckpointError(f"{self.dir}/manifest.json lacks a {' or '.join(order)}, vision or embeddings "
                                   "component" + (" (export with --flavour trt)" if self.backend == "tensorrt" else ""))
-        check_files(self.dir, self.manifest, [n for n in ("vision", "embeddings", decoder_name, "tokenizer")
+        check_files(self.dir, self.manifest, [n for n in ("vision", "projector", "embeddings", decoder_name, "tokenizer")
                                               if n in components], hashes=verify)
         self.model = self.manifest.model
         self.context = min(context or self.model["max_positions"], self.model["max_positions"])
         if self.context < 2:
             raise InputError(f"context {context} is too small; give at least 2 positions (the model has "
                              f"{self.model['max_positions']})")
+        self.projector = None  # dynamic_s2 (NVILA): the projector graph after the per-image scale merge
         if self.backend == "tensorrt":
+            if "projector" in components:
+                raise UnsupportedFeatureError(f"{self.dir}: this dynamic_s2 (NVILA) engine runs on ONNX Runtime only so "
+                                              "far; use --backend ort-cpu or ort-cuda")
             from .tensorrt import open_tensorrt
 
             self.vision, self.decoder = open_tensorrt(self.dir, self.manifest, self.context)
@@ -120,6 +125,10 @@ class Pipeline:
             check_cache_memory(self.model, self.context, self.dir)
             self.vision = open_session(self.dir / components["vision"].path, self.backend, vision_threads or threads)
             check_session(self.vision, components["vision"], "vision", self.dir)
+            if "projector" in components:
+                self.projector = open_session(self.dir / components["projector"].path, self.backend,
+                                              vision_threads or threads)
+                check_session(self.projector, components["projector"], "projector", self.dir)
             device = "cuda" if self.backend == "ort-cuda" else "cpu"
             session = open_session(self.dir / components[decoder_name].path, self.backend, threads)
             check_session(session, components[decoder_name], decoder_name, self.dir)
@@ -136,6 +145,7 @@ class Pipeline:
         self.template = get_template(self.manifest.chat_template)
         pre = dict(self.manifest.preprocessing)
         pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        pre["s2_scales"] = tuple(pre.get("s2_scales", ()))
         self.preprocess = ImageProcessorConfig(**pre)
         self.stop_ids = set(int(t) for t in self.model["stop_token_ids"])
         self._image_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -156,7 +166,7 @@ class Pipeline:
 
     def image_tokens(self, pils: Sequence) -> list[int]:
         """How many embeddings each decoded image takes in the prompt."""
-        return [tiles_for(p.size, self.preprocess) * self.model["num_image_tokens"] for p in pils]
+        return [image_token_count(p.size, self.preprocess, self.model["num_image_tokens"]) for p in pils]
 
     def _encode(self, pils: Sequence, timings: dict[str, float] | None = None) -> tuple[list[np.ndarray], list[str]]:
         keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
@@ -176,15 +186,22 @@ class Pipeline:
         tiling model's tiles all go through the vision graph as one batch. `timings`, when given, gets
         the seconds spent in "preprocess" and "vision_graph"."""
         t0 = time.perf_counter()
-        tiles = [image_tiles(p, self.preprocess) for p in pils]
-        pixels = np.stack([preprocess_image(t, self.preprocess) for group in tiles for t in group])
+        cut = [image_tiles(p, self.preprocess) for p in pils]
+        plans = [plan for _, plan in cut]
+        pixels = np.stack([preprocess_image(t, self.preprocess) for tiles, _ in cut for t in tiles])
         t1 = time.perf_counter()
         rows = self.vision.run(None, {"pixel_values": pixels})[0]
+        if self.projector is not None:  # dynamic_s2: merge each image's scales, then project its blocks
+            projector = self.projector
+            embeds = s2_image_embeds(rows, plans, lambda b: projector.run(None, {"features": b})[0],
+                                     self.preprocess.s2_output_scale)
+        else:
+            bounds = np.cumsum([0, *(p.num_tiles for p in plans)])
+            embeds = [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
         if timings is not None:
             timings["preprocess"] = timings.get("preprocess", 0.0) + t1 - t0
             timings["vision_graph"] = timings.get("vision_graph", 0.0) + time.perf_counter() - t1
-        bounds = np.cumsum([0, *(len(g) for g in tiles)])
-        return [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return embeds
 
     # ---- prompts -------------------------------------------------------------------------------
     def prompt_ids(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vlm_edge.common import awq_format
-from vlm_edge.common.errors import InputError, VlmEdgeError
+from vlm_edge.common.errors import InputError, UnsupportedFeatureError, VlmEdgeError
 from vlm_edge.common.fsutil import atomic_directory, sha256_file
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_records
@@ -38,13 +38,14 @@ from .linear import rtn_quantize
 from .plugins import plugin_record, write_trt_vision
 from .tensorrt import build_engines, check_trt_graph, require_tensorrt
 from .validate import run_vision, validate, validation_prompts, vision_figures, vision_images
-from .vision import build_vision, vision_io
+from .vision import build_projector, build_vision, projector_io, vision_io
 from .weights import ModuleWeights
 
 log = get_logger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.npy"
 VISION_FILE = "vision.onnx"
+PROJECTOR_FILE = "projector.onnx"  # dynamic_s2 only: the projector after the per-image scale merge
 Progress = Callable[[int, int], None]
 
 
@@ -143,6 +144,9 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
                   layer_progress: Progress | None) -> Manifest:
     model, vila = checkpoint.model, checkpoint.config
     components: dict[str, Component] = {}
+    if vila.is_s2 and "trt" in flavours:
+        raise UnsupportedFeatureError("image_aspect_ratio dynamic_s2 (NVILA) exports for ONNX Runtime only so far: the "
+                                      "TensorRT engine of its separate projector graph is not built yet; drop --flavour trt")
 
     checkpoint.tokenizer.save(tmp / TOKENIZER_DIR)
     tok_files = sorted(f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir())
@@ -202,6 +206,14 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
             g.abort()
             raise
         vision_files = g.save()
+        if vila.is_s2:  # NVILA: the projector runs after the numpy merge of each image's scales
+            gp = GraphBuilder("projector", tmp / PROJECTOR_FILE)
+            try:
+                build_projector(gp, vila, _state(model.mm_projector), precision)
+            except BaseException:
+                gp.abort()
+                raise
+            projector_files = gp.save()
         last = precision == candidates[-1]
         if config.validate:
             log.info("validating against the PyTorch reference (%d prompts)", config.prompts)
@@ -232,6 +244,10 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     components["vision"] = Component("vision", file_records(tmp, vision_files), _specs(v_in), _specs(v_out),
                                      info={"precision": precision, "asked": config.vision,
                                            **({"rejected": rejected} if rejected else {})})
+    if vila.is_s2:
+        p_in, p_out = projector_io(vila)
+        components["projector"] = Component("projector", file_records(tmp, projector_files), _specs(p_in),
+                                             _specs(p_out), info={"precision": precision})
     if "trt" in flavours:
         components.update(_trt_vision(tmp, components["vision"], site, config.plugin))
 

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.image import preprocess_tiled
+from vlm_edge.common.tiling import output_grid, s2_image_embeds
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import render
@@ -108,21 +109,38 @@ def vision_figures(ort_images: np.ndarray, ref_images: np.ndarray, precision: st
     return figures
 
 
-def run_vision(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, images: list[Image.Image]
-               ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(exported graph's embeddings, the PyTorch reference's, tiles per image) for `images`; the
-    embeddings have one row per tile (per image unless the model tiles)."""
+def run_vision(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, images: list[Image.Image],
+               projector_file: str = "projector.onnx") -> tuple[np.ndarray, np.ndarray, list]:
+    """(exported graphs' embeddings, the PyTorch reference's, one tile plan per image) for `images`.
+    The embeddings have one row per tile (per image unless the model tiles); for dynamic_s2 one row
+    per projected block (the tower graph, the shared numpy merge, then the projector graph)."""
     model = checkpoint.model
-    pixels, tiles = preprocess_tiled(images, model.image_processor_config)
-    ort_images = session(engine_dir / vision_file).run(None, {"pixel_values": pixels})[0]
+    pixels, plans = preprocess_tiled(images, model.image_processor_config)
+    rows = session(engine_dir / vision_file).run(None, {"pixel_values": pixels})[0]
+    if not checkpoint.config.is_s2:
+        with torch.no_grad():
+            ref_images = model.encode_images(torch.from_numpy(pixels)).float().numpy()
+        return rows, ref_images, plans
+    projector = session(engine_dir / projector_file)
+    out = s2_image_embeds(rows, plans, lambda b: projector.run(None, {"features": b})[0], checkpoint.config.s2_output_scale)
     with torch.no_grad():
-        ref_images = model.encode_images(torch.from_numpy(pixels)).float().numpy()
-    return ort_images, ref_images, tiles
+        ref = [e.float().numpy() for e in model.encode_images(torch.from_numpy(pixels), plans)]
+    t = model.config.num_image_tokens  # as rows of T tokens, like the other models' images
+    return (np.concatenate([e.reshape(-1, t, e.shape[-1]) for e in out]),
+            np.concatenate([e.reshape(-1, t, e.shape[-1]) for e in ref]), plans)
 
 
-def per_image(rows: np.ndarray, tiles: list[int]) -> list[np.ndarray]:
-    """[tiles, T, D] -> one [tiles_i * T, D] array per image."""
-    bounds = np.cumsum([0, *tiles])
+def _rows_of(plan, config) -> int:
+    """How many rows of run_vision's output one image has."""
+    if config.is_s2:
+        cols, rows = output_grid(plan, config.s2_output_scale)
+        return cols * rows
+    return plan.num_tiles
+
+
+def per_image(rows: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    """[rows, T, D] -> one [rows_i * T, D] array per image (rows_i: its tiles, or its blocks for dynamic_s2)."""
+    bounds = np.cumsum([0, *counts])
     return [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -227,9 +245,10 @@ def validate(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, decoder
     """Run the checks; returns the figures per component and whether each passed its threshold."""
     model = checkpoint.model
     spec = DecoderSpec.from_llm(model.llm)
-    ort_rows, ref_rows, tiles = run_vision(checkpoint, engine_dir, vision_file, vision_images(checkpoint, prompts))
+    ort_rows, ref_rows, plans = run_vision(checkpoint, engine_dir, vision_file, vision_images(checkpoint, prompts))
     result: dict = {"vision": vision_figures(ort_rows, ref_rows, vision_precision)}
-    ort_images, ref_images = per_image(ort_rows, tiles), per_image(ref_rows, tiles)
+    counts = [_rows_of(p, checkpoint.config) for p in plans]
+    ort_images, ref_images = per_image(ort_rows, counts), per_image(ref_rows, counts)
 
     threshold = INT4_LOGITS_REL if quantized else FP_LOGITS_REL
     ref_embeds, ort_embeds, k = [], [], 0

@@ -107,9 +107,23 @@ def int8_linear_reference(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias:
 
 
 def vision_io(config: VilaConfig) -> tuple[list[tuple], list[tuple]]:
+    """The vision graph's inputs and outputs. dynamic_s2 (NVILA) splits it in two: the tower alone
+    (tiles -> vision_features; the features of each image are merged across scales in numpy,
+    common/tiling.py), then the projector graph (projector_io)."""
     size = config.image_size
+    if config.is_s2:
+        patches = (size // config.patch_size) ** 2
+        return ([("pixel_values", "float32", ["tiles", 3, size, size])],
+                [("vision_features", "float32", ["tiles", patches, int(config.vision_tower["hidden_size"])])])
     return ([("pixel_values", "float32", ["images", 3, size, size])],
             [("image_embeds", "float32", ["images", config.num_image_tokens, config.hidden_size])])
+
+
+def projector_io(config: VilaConfig) -> tuple[list[tuple], list[tuple]]:
+    """dynamic_s2's projector graph: merged blocks [blocks, P, scales*C] -> image_embeds [blocks, T, D]."""
+    patches = (config.image_size // config.patch_size) ** 2
+    return ([("features", "float32", ["blocks", patches, config.mm_hidden_size])],
+            [("image_embeds", "float32", ["blocks", config.num_image_tokens, config.hidden_size])])
 
 
 @dataclass(frozen=True)
@@ -211,8 +225,32 @@ def build_vision(g: GraphBuilder, config: VilaConfig, tower: dict[str, np.ndarra
     if config.select_feature == "patch":
         x = g.op("Slice", x, g.ints(1), g.ints(np.iinfo(np.int64).max), g.ints(1), name="drop_first")
 
+    if config.is_s2:  # the projector is its own graph (build_projector)
+        (out_name, _, out_shape), = vision_io(config)[1]
+        g.output(x, out_name, np.float32, out_shape)
+        return None
     embeds, site = _projector(g, x, config, projector, dense, layer_norm)
     g.output(embeds, "image_embeds", np.float32, vision_io(config)[1][0][2])
+    return site
+
+
+def build_projector(g: GraphBuilder, config: VilaConfig, projector: dict[str, np.ndarray],
+                    precision: str = "fp32") -> DownsampleSite | None:
+    """dynamic_s2's projector graph (projector_io), its linears in `precision` like the tower's."""
+    if precision not in VISION_PRECISIONS:
+        raise UnsupportedFeatureError(f"vision precision {precision!r}: choose {', '.join(VISION_PRECISIONS)}")
+    (in_name, _, in_shape), = projector_io(config)[0]
+    g.input(in_name, np.float32, in_shape)
+
+    def layer_norm(x: str, key: str, params: dict[str, np.ndarray] = projector, e: float = 1e-5) -> str:
+        return g.op("LayerNormalization", x, g.weight(f"{key}.weight", params[f"{key}.weight"]),
+                    g.weight(f"{key}.bias", params[f"{key}.bias"]), axis=-1, epsilon=e, name="layernorm")
+
+    def dense(x: str, key: str, params: dict[str, np.ndarray] = projector) -> str:
+        return emit_vision_linear(g, x, key, params[f"{key}.weight"].T, params.get(f"{key}.bias"), precision)
+
+    embeds, site = _projector(g, in_name, config, projector, dense, layer_norm)
+    g.output(embeds, "image_embeds", np.float32, projector_io(config)[1][0][2])
     return site
 
 

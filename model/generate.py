@@ -97,15 +97,15 @@ def generate(
     config: GenerationConfig | None = None,
     *,
     return_logits: bool = False,
-    tiles: Sequence[int] | None = None,
+    plans: Sequence | None = None,
 ) -> GenerationResult:
     """Generate from one prompt (token ids with IMAGE_TOKEN_INDEX at each image) and its images
-    (`pixel_values` from preprocess_images; for a tiling model from preprocess_tiled, with its tile counts)."""
+    (`pixel_values` from preprocess_images; for a tiling model from preprocess_tiled, with its tile plans)."""
     cfg = config or GenerationConfig()
     cfg.validate()
     if isinstance(pixel_values, np.ndarray):
         pixel_values = torch.from_numpy(pixel_values)
-    image_embeds = (model.encode_images(pixel_values, tiles) if pixel_values is not None and len(pixel_values)
+    image_embeds = (model.encode_images(pixel_values, plans) if pixel_values is not None and len(pixel_values)
                     else None)
     inputs = model.build_inputs([list(input_ids)], image_embeds)
     prompt_len = inputs.inputs_embeds.shape[1]
@@ -158,6 +158,6 @@ def chat(
         cfg = dataclasses.replace(cfg, stop_token_ids=checkpoint.tokenizer.stop_token_ids(checkpoint.template))
     prompt = render(checkpoint.template, messages)
     input_ids = checkpoint.tokenizer.tokenize_prompt(prompt)
-    pixel_values, tiles = preprocess_tiled(list(images), checkpoint.model.image_processor_config)
-    result = generate(checkpoint.model, input_ids, pixel_values, cfg, tiles=tiles)
+    pixel_values, plans = preprocess_tiled(list(images), checkpoint.model.image_processor_config)
+    result = generate(checkpoint.model, input_ids, pixel_values, cfg, plans=plans)
     return checkpoint.tokenizer.decode(result.token_ids)

@@ -22,6 +22,7 @@ from torch import nn
 
 from vlm_edge.common.errors import InputError
 from vlm_edge.common.image import ImageProcessorConfig
+from vlm_edge.common.tiling import TilePlan, s2_image_embeds
 from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX
 from vlm_edge.common.vila_config import VilaConfig
 
@@ -60,8 +61,10 @@ class VilaModel(nn.Module):
 
     @property
     def image_processor_config(self) -> ImageProcessorConfig:
-        return ImageProcessorConfig.from_preprocessor_config(self.config.preprocessor, self.config.image_aspect_ratio,
-                                                             min_tiles=self.config.min_tiles, max_tiles=self.config.max_tiles)
+        c = self.config
+        return ImageProcessorConfig.from_preprocessor_config(c.preprocessor, c.image_aspect_ratio, min_tiles=c.min_tiles,
+                                                             max_tiles=c.max_tiles, s2_scales=c.s2_scales if c.is_s2 else (),
+                                                             s2_output_scale=c.s2_output_scale)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,17 +83,30 @@ class VilaModel(nn.Module):
             features = features[:, 1:]
         return features
 
-    def encode_images(self, pixel_values: torch.Tensor, tiles: Sequence[int] | None = None
+    def encode_images(self, pixel_values: torch.Tensor, plans: Sequence[TilePlan] | None = None
                       ) -> torch.Tensor | list[torch.Tensor]:
-        """[N, 3, H, W] -> projected image embeddings [N, T, D]. With `tiles` (tiles per image, from
-        preprocess_tiled) the rows are tiles: one [tiles_i * T, D] tensor per image, its tiles' tokens
-        one after the other (NVILA-Lite's dynamic tiling)."""
+        """[N, 3, H, W] -> projected image embeddings [N, T, D]. With `plans` (one per image, from
+        preprocess_tiled) the rows are tiles, and the result is one [tokens, D] tensor per image:
+        dynamic: its tiles' T tokens one tile after the other (NVILA-Lite); dynamic_s2: the tiles'
+        features merged across scales, projected per tower-sized block, tokens in row order over
+        the merged grid (NVILA; common/tiling.py, shared with the runtime)."""
+        if plans is None:
+            if self.config.is_s2:
+                raise InputError("a dynamic_s2 model needs the tile plans of its images (preprocess_tiled)")
+            return self.mm_projector(self.vision_features(pixel_values))
+        if sum(p.num_tiles for p in plans) != pixel_values.shape[0]:
+            raise InputError(f"{pixel_values.shape[0]} tiles of pixels for images of "
+                             f"{[p.num_tiles for p in plans]} tiles")
+        if self.config.is_s2:
+            features = self.vision_features(pixel_values).float().cpu().numpy()
+
+            def project(blocks):
+                return self.mm_projector(torch.from_numpy(blocks).to(self.device, self.dtype)).float().cpu().numpy()
+
+            embeds = s2_image_embeds(features, list(plans), project, self.config.s2_output_scale)
+            return [torch.from_numpy(e).to(self.device, self.dtype) for e in embeds]
         embeds = self.mm_projector(self.vision_features(pixel_values))
-        if tiles is None:
-            return embeds
-        if sum(tiles) != embeds.shape[0]:
-            raise InputError(f"{embeds.shape[0]} tiles of pixels for images of {list(tiles)} tiles")
-        return [part.reshape(-1, part.shape[-1]) for part in embeds.split(list(tiles))]
+        return [part.reshape(-1, part.shape[-1]) for part in embeds.split([p.num_tiles for p in plans])]
 
     # ---- splicing --------------------------------------------------------------------------
     def build_inputs(

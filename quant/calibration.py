@@ -118,8 +118,8 @@ def calibration_embeds(calib: CalibrationSet, checkpoint: Checkpoint, *, samples
         for conversation in calib.conversations:
             prompt = render(checkpoint.template, conversation.messages, add_generation_prompt=False)
             ids = tokenizer.tokenize_prompt(prompt)
-            pixels, tiles = preprocess_tiled([load_image(p) for p in conversation.images], model.image_processor_config)
-            images = model.encode_images(torch.from_numpy(pixels), tiles) if len(pixels) else None
+            pixels, plans = preprocess_tiled([load_image(p) for p in conversation.images], model.image_processor_config)
+            images = model.encode_images(torch.from_numpy(pixels), plans) if len(pixels) else None
             pieces.append(model.build_inputs([ids], images).inputs_embeds[0])
             total += len(pieces[-1])
             if total >= needed:

@@ -66,8 +66,11 @@ CASES: dict[str, tuple[Callable[[Path], None], type, str]] = {
         lambda r: _edit_json(r / "mm_projector" / "config.json", mm_projector_type="ldpv2"),
         UnsupportedFeatureError, "mm_projector_type='ldpv2'"),
     "s2 enabled": (lambda r: _edit_json(r / "config.json", s2=True), UnsupportedFeatureError, "s2=true"),
-    "dynamic_s2": (lambda r: _edit_json(r / "config.json", image_aspect_ratio="dynamic_s2"), UnsupportedFeatureError,
-                   "image_aspect_ratio='dynamic_s2'"),
+    "unknown aspect ratio": (lambda r: _edit_json(r / "config.json", image_aspect_ratio="anyres"), UnsupportedFeatureError,
+                             "image_aspect_ratio='anyres'"),
+    # VILA1.5's s2_scales (336,...) do not start at this tower's size: dynamic_s2 cannot tile with them
+    "dynamic_s2 scales off the tower": (lambda r: _edit_json(r / "config.json", image_aspect_ratio="dynamic_s2"),
+                                        CheckpointError, "s2_scales='336,672,1008' must rise in multiples"),
     "unknown LLM architecture": (lambda r: _edit_json(r / "llm" / "config.json", architectures=["MistralForCausalLM"]),
                                  UnsupportedFeatureError, "MistralForCausalLM"),
     "bad token order": (lambda r: _edit_json(r / "mm_projector" / "config.json", downsample_token_order="diagonal"),

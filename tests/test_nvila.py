@@ -138,8 +138,8 @@ def test_nvila_lite_layout_loads_and_matches_transformers(nvila_lite, rng):
     assert cfg.chat_template == "qwen2" and cfg.num_image_tokens == 9 and (cfg.min_tiles, cfg.max_tiles) == (1, 12)
     hf_vision = SiglipVisionModel.from_pretrained(str(nvila_lite / "vision_tower"), dtype=torch.float32).eval()
     hf_llm = Qwen2ForCausalLM.from_pretrained(str(nvila_lite / "llm"), dtype=torch.float32).eval()
-    pixels, tiles = preprocess_tiled(_pictures(rng), ckpt.model.image_processor_config)
-    assert tiles == [3, 4, 1]
+    pixels, plans = preprocess_tiled(_pictures(rng), ckpt.model.image_processor_config)
+    assert [p.num_tiles for p in plans] == [3, 4, 1]
     pixels = torch.from_numpy(pixels)
     want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
     np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
@@ -147,7 +147,7 @@ def test_nvila_lite_layout_loads_and_matches_transformers(nvila_lite, rng):
     np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
                                rtol=1e-5, atol=1e-5)
     # each image's tokens: its tiles projected one by one, in tile order (the thumbnail last)
-    per_image = ckpt.model.encode_images(pixels, tiles)
+    per_image = ckpt.model.encode_images(pixels, plans)
     assert [e.shape[0] for e in per_image] == [27, 36, 9]
     singles = [ckpt.model.encode_images(pixels[i:i + 1])[0] for i in range(len(pixels))]
     np.testing.assert_allclose(per_image[0].numpy(), torch.cat(singles[:3]).numpy(), rtol=1e-5, atol=1e-5)
@@ -168,8 +168,8 @@ def _tiled_parity(engine_dir, ckpt_dir, rng, steps=12):
     for prompt, images in cases:
         ours = pipe.generate(prompt, images, SamplingConfig(max_new_tokens=steps, ignore_eos=True))
         ids = pipe.prompt_ids(prompt, images)
-        pixels, tiles = preprocess_tiled(images, ref.model.image_processor_config)
-        theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), tiles=tiles)
+        pixels, plans = preprocess_tiled(images, ref.model.image_processor_config)
+        theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), plans=plans)
         assert ours.prompt_tokens == theirs.prompt_tokens  # the same number of image tokens spliced
         same += ours.token_ids == theirs.token_ids
     return same, len(cases)
@@ -202,13 +202,97 @@ def test_nvila_lite_exports_in_4_bit_and_the_runtime_matches_the_quantized_refer
     assert same == total
 
 
-def test_nvila_8b_layout_is_refused_in_one_line_naming_dynamic_s2(tmp_path):
+# ---- NVILA-8B's release layout: dynamic_s2 (scales 1x, 2x, 3x of the tile), mlp_downsample ---------------
+@pytest.fixture(scope="module")
+def nvila(tmp_path_factory):
     from fixtures import write_nvila_fixture
 
-    from vlm_edge.common.errors import UnsupportedFeatureError
+    return write_nvila_fixture(tmp_path_factory.mktemp("nvila8b") / "NVILA-8B", lite=False)
+
+
+def _board(blocks: torch.Tensor, cols: int, rows: int) -> torch.Tensor:
+    """[rows*cols, side*side, C] in row order -> [C, rows*side, cols*side], by explicit placement."""
+    n, p, c = blocks.shape
+    side = int(round(p ** 0.5))
+    out = torch.zeros(c, rows * side, cols * side)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        out[:, r * side:(r + 1) * side, q * side:(q + 1) * side] = blocks[k].T.reshape(c, side, side)
+    return out
+
+
+def s2_reference(model, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """One image's NVILA tokens the long way: tower on every tile, each scale's tiles placed on a board,
+    PyTorch's area interpolation onto the last scale's board, channels concatenated, cut into tower-sized
+    blocks, projected, the blocks' tokens placed on a board again and read row by row."""
+    cols, rows = grid
+    feats = model.vision_features(pixels)
+    maps = [_board(feats[0:1], 1, 1), _board(feats[1:5], 2, 2), _board(feats[5:], cols, rows)]
+    size = maps[-1].shape[-2:]
+    merged = torch.cat([torch.nn.functional.interpolate(m[None], size=size, mode="area")[0] for m in maps])
+    side = int(round(feats.shape[1] ** 0.5))
+    blocks = torch.stack([merged[:, r * side:(r + 1) * side, q * side:(q + 1) * side].reshape(merged.shape[0], -1).T
+                          for r in range(rows) for q in range(cols)])
+    tokens = model.mm_projector(blocks)
+    board = _board(tokens, cols, rows)
+    return board.reshape(board.shape[0], -1).T
+
+
+@torch.no_grad()
+def test_nvila_layout_loads_and_its_s2_tokens_match_a_long_hand_reference(nvila, rng):
+    from transformers import Qwen2ForCausalLM, SiglipVisionModel
+
+    from vlm_edge.common.image import image_token_count, preprocess_tiled
     from vlm_edge.model import load_checkpoint
 
-    path = write_nvila_fixture(tmp_path / "NVILA-8B", lite=False)
-    with pytest.raises(UnsupportedFeatureError, match="dynamic_s2") as info:
-        load_checkpoint(path)
-    assert "\n" not in str(info.value)
+    ckpt = load_checkpoint(nvila)
+    cfg = ckpt.config
+    assert cfg.is_s2 and cfg.s2_scales == (98, 196, 294) and cfg.s2_output_scale == -1
+    assert cfg.mm_hidden_size == 3 * 32 and cfg.projector_type == "mlp_downsample"
+    assert cfg.downsample_token_order == "row_major"  # NVILA-era code: row-major under the VILA1.5 name
+    assert cfg.chat_template == "qwen2" and cfg.num_image_tokens == 16  # 7x7 -> 8x8 -> 4x4 per block
+    hf_vision = SiglipVisionModel.from_pretrained(str(nvila / "vision_tower"), dtype=torch.float32).eval()
+    hf_llm = Qwen2ForCausalLM.from_pretrained(str(nvila / "llm"), dtype=torch.float32).eval()
+    pictures = _pictures(rng)
+    pre = ckpt.model.image_processor_config
+    pixels, plans = preprocess_tiled(pictures, pre)
+    # last-scale grids: 250x120 -> 5x2, 100x300 -> 2x6, 60x60 -> 3x3 (at least 9 tiles); plus 1 + 4 tiles
+    assert [p.grid for p in plans] == [(5, 2), (2, 6), (3, 3)] and [p.num_tiles for p in plans] == [15, 17, 14]
+    pixels = torch.from_numpy(pixels)
+    want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    ids = torch.from_numpy(rng.integers(0, cfg.llm["vocab_size"], (2, 9)))
+    np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    got = ckpt.model.encode_images(pixels, plans)
+    start = 0
+    for picture, plan, tokens in zip(pictures, plans, got):
+        ref = s2_reference(ckpt.model, pixels[start:start + plan.num_tiles], plan.grid)
+        start += plan.num_tiles
+        assert tokens.shape[0] == image_token_count(picture.shape[1::-1], pre, 16) == 16 * plan.grid[0] * plan.grid[1]
+        np.testing.assert_allclose(tokens.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_nvila_exports_in_float_and_4_bit_and_the_runtime_matches_the_reference(nvila, tmp_path, rng):
+    from vlm_edge.common.errors import UnsupportedFeatureError
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.quant.api import quantize_checkpoint
+    from vlm_edge.quant.config import QuantConfig
+
+    manifest = export_checkpoint(nvila, tmp_path / "fp", ExportConfig(vision="fp32"))
+    assert set(manifest.components) >= {"vision", "projector"} and manifest.preprocessing["tiling"] == "dynamic_s2"
+    assert manifest.validation["vision"]["rel_err"] <= 1e-4 and manifest.validation["decoder.fp"]["greedy_identical"] >= 9
+    same, total = _tiled_parity(tmp_path / "fp", nvila, rng)
+    assert same == total
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(f"Line {i}: a small red circle at the top left and a big blue square." for i in range(64)))
+    quantize_checkpoint(nvila, tmp_path / "awq", QuantConfig(group_size=32, calib=str(calib)))
+    manifest = export_checkpoint(tmp_path / "awq", tmp_path / "q", ExportConfig(awq4=True, vision="fp32"))
+    assert manifest.validation["decoder.ort"]["passed"]
+    same, total = _tiled_parity(tmp_path / "q", tmp_path / "awq", rng)
+    assert same == total
+
+    with pytest.raises(UnsupportedFeatureError, match="dynamic_s2"):  # said plainly, before any work
+        export_checkpoint(nvila, tmp_path / "trt", ExportConfig(awq4=True, flavours=("ort", "trt"), method="rtn"))

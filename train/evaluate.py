@@ -41,8 +41,8 @@ def vqa_results(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> l
     results = []
     for sample in heldout_vqa(data, per_type):
         prompt = tokenizer.tokenize_prompt(render(template, (sample.messages or [])[:1]))
-        pixels, tiles = preprocess_tiled(sample.images, model.image_processor_config)
-        answer = tokenizer.decode(generate(model, prompt, pixels, config, tiles=tiles).token_ids).strip()
+        pixels, plans = preprocess_tiled(sample.images, model.image_processor_config)
+        answer = tokenizer.decode(generate(model, prompt, pixels, config, plans=plans).token_ids).strip()
         results.append((sample, answer == sample.answer))
     model.train(was_training)
     return results
