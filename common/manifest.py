@@ -128,6 +128,8 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
     if not isinstance(model, dict):
         raise CheckpointError(f"{where}: model must be an object; re-export the engine")
     dims = {key: _int_field(model, key, bounds, f"{where}: model") for key, bounds in MODEL_INTS.items()}
+    if "num_video_frames" in model:  # engines from before video input have none (8 is used)
+        _int_field(model, "num_video_frames", (1, 256), f"{where}: model")
     vocab = dims["vocab_size"]
     stops = model.get("stop_token_ids")
     if not (isinstance(stops, list) and stops and all(isinstance(t, int) and 0 <= t < vocab for t in stops)):

@@ -129,12 +129,18 @@ def split_grid(x: np.ndarray, cols: int, rows: int) -> np.ndarray:
     return np.ascontiguousarray(blocks.reshape(rows * cols, h * w, c))
 
 
-def merge_s2(features: np.ndarray, plan: TilePlan, output_scale: int = -1) -> np.ndarray:
+def merge_s2(features: np.ndarray, plan: TilePlan, output_scale: int = -1, scales: int = 0) -> np.ndarray:
     """One image's tower features [num_tiles, P, C] -> the projector's input [blocks, P, scales*C].
 
     Each scale's tiles are merged into one map, every map is area-resized to the map of scale
     `output_scale` (NVILA: -1, the last), the maps are concatenated along channels, and the result
-    is cut back into tower-sized blocks, row by row (the projector runs on each block)."""
+    is cut back into tower-sized blocks, row by row (the projector runs on each block). A picture
+    seen whole (a video frame: plan mode "single") is one block, its features repeated `scales`
+    times along channels, as NVILA does for pictures it does not tile."""
+    if plan.mode == "single":
+        if scales < 1 or features.shape[0] != 1:
+            raise ValueError("s2: a whole picture is one tile, repeated over the model's scales")
+        return np.concatenate([features] * scales, axis=-1)
     maps, start = [], 0
     grids = [(s, s) for s in plan.scale_grids] + [plan.grid]
     for cols, rows in grids:
@@ -159,16 +165,19 @@ def merge_s2_tokens(tokens: np.ndarray, plan: TilePlan, output_scale: int = -1) 
 def output_grid(plan: TilePlan, output_scale: int = -1) -> tuple[int, int]:
     """(cols, rows) of tower-sized blocks the projector sees for one image."""
     if plan.mode != "s2":
-        return plan.grid
+        return plan.grid  # (1, 1) for a picture seen whole
     return ([(s, s) for s in plan.scale_grids] + [plan.grid])[output_scale]
 
 
-def s2_image_embeds(features: np.ndarray, plans: list[TilePlan], project, output_scale: int = -1) -> list[np.ndarray]:
+def s2_image_embeds(features: np.ndarray, plans: list[TilePlan], project, output_scale: int = -1,
+                    scales: int = 0) -> list[np.ndarray]:
     """Tower features of all images' tiles [tiles, P, C] -> one [tokens, D] array per image, through
     `project` ([blocks, P, scales*C] -> [blocks, t, D]: the projector graph, or the reference's)."""
     out, start = [], 0
     for plan in plans:
-        blocks = merge_s2(features[start:start + plan.num_tiles], plan, output_scale)
+        blocks = merge_s2(features[start:start + plan.num_tiles], plan, output_scale, scales)
         start += plan.num_tiles
-        out.append(merge_s2_tokens(np.asarray(project(blocks), np.float32), plan, output_scale))
+        tokens = np.asarray(project(blocks), np.float32)
+        out.append(tokens.reshape(-1, tokens.shape[-1]) if plan.mode == "single"
+                   else merge_s2_tokens(tokens, plan, output_scale))
     return out

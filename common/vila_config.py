@@ -126,6 +126,11 @@ class VilaConfig:
         return int(self.top.get("max_tiles", 12))
 
     @property
+    def num_video_frames(self) -> int:
+        """How many frames of a video the model takes (VILA's num_video_frames; 8 when not saved)."""
+        return int(self.top.get("num_video_frames", 8))
+
+    @property
     def default_token_order(self) -> str | None:
         """The order a checkpoint that records none was trained with: VILA1.5-era mlp_downsample
         column-major; NVILA-era code (dynamic aspect ratios) row-major under the same name."""
@@ -276,6 +281,8 @@ class VilaConfig:
             if int(split) != self.image_size:
                 raise UnsupportedFeatureError(f"config.json: s2_max_split_size={split} differs from the tower's image "
                                               f"size {self.image_size}; only tower-sized tiles are supported")
+        if not 1 <= self.num_video_frames <= 256:
+            raise CheckpointError(f"config.json: num_video_frames={self.num_video_frames} must be 1..256")
         if not 1 <= self.min_tiles <= self.max_tiles <= 64:
             raise CheckpointError(f"config.json: min_tiles={self.min_tiles} and max_tiles={self.max_tiles} must satisfy "
                                   "1 <= min_tiles <= max_tiles <= 64")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vlm_edge.common.cli import run
 from vlm_edge.common.log import setup_logging
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", required=True, help="the question; <image> marks where each image goes "
                                                    "(default: all images first)")
     p.add_argument("--image", action="append", default=[], help="an image file (repeat for several)")
+    p.add_argument("--video", help="a video file (MP4, AVI, MKV, WebM; needs OpenCV): the model's num_video_frames "
+                                   "frames, sampled uniformly, in place of images; <video> in the prompt marks where")
     p.add_argument("--system", help="a system prompt (templates that have one)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="default auto: CUDA when it works, else CPU")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -48,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
         from .pipeline import Generation, load
 
+        from vlm_edge.common.errors import InputError
+
+        if args.video and args.image:
+            raise InputError("give --image or --video, not both")
         images = [load_image(path) for path in args.image]  # a bad file fails before the engine loads
+        if args.video and not Path(args.video).is_file():
+            raise InputError(f"video {args.video} does not exist or is not a file")
         pipe = load(args.engine, args.backend, threads=args.threads, verify=args.verify)
         messages = args.prompt
         if args.system is not None:
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 text = "".join("<image>\n" for _ in args.image) + text
             messages = [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
         result = Generation([], "", "length", 0)
-        for piece in pipe.stream(messages, images, config, result=result):
+        for piece in pipe.stream(messages, images, config, result=result, video=args.video):
             print(piece, end="", flush=True)
         print()
         if args.stats:

@@ -14,6 +14,7 @@ stop string is held back until the next token decides it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -32,6 +33,7 @@ from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import Message, get_template, render
 from vlm_edge.common.tiling import s2_image_embeds
+from vlm_edge.common.video import DEFAULT_NUM_FRAMES, read_frames, with_video
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
 
 from .backends import open_session, resolve_backend
@@ -164,15 +166,21 @@ class Pipeline:
             timings["image_load"] = time.perf_counter() - t0
         return pils
 
-    def image_tokens(self, pils: Sequence) -> list[int]:
-        """How many embeddings each decoded image takes in the prompt."""
-        return [image_token_count(p.size, self.preprocess, self.model["num_image_tokens"]) for p in pils]
+    @property
+    def num_video_frames(self) -> int:
+        return int(self.model.get("num_video_frames", DEFAULT_NUM_FRAMES))
 
-    def _encode(self, pils: Sequence, timings: dict[str, float] | None = None) -> tuple[list[np.ndarray], list[str]]:
-        keys = [hashlib.sha1(f"{p.size}{p.mode}".encode() + p.tobytes()).hexdigest() for p in pils]
+    def image_tokens(self, pils: Sequence, whole: bool = False) -> list[int]:
+        """How many embeddings each decoded image takes in the prompt (`whole`: video frames, never tiled)."""
+        pre = dataclasses.replace(self.preprocess, tiling="none") if whole else self.preprocess
+        return [image_token_count(p.size, pre, self.model["num_image_tokens"]) for p in pils]
+
+    def _encode(self, pils: Sequence, timings: dict[str, float] | None = None, whole: bool = False
+                ) -> tuple[list[np.ndarray], list[str]]:
+        keys = [hashlib.sha1(f"{p.size}{p.mode}{whole}".encode() + p.tobytes()).hexdigest() for p in pils]
         missing = [i for i, k in enumerate(keys) if k not in self._image_cache]
         if missing:
-            embeds = self.run_vision([pils[i] for i in missing], timings)
+            embeds = self.run_vision([pils[i] for i in missing], timings, whole)
             for i, e in zip(missing, embeds):
                 self._image_cache[keys[i]] = e
                 if len(self._image_cache) > IMAGE_CACHE_SIZE:
@@ -181,12 +189,15 @@ class Pipeline:
             self._image_cache.move_to_end(k)
         return [self._image_cache[k] for k in keys], keys
 
-    def run_vision(self, pils: Sequence, timings: dict[str, float] | None = None) -> list[np.ndarray]:
+    def run_vision(self, pils: Sequence, timings: dict[str, float] | None = None, whole: bool = False
+                   ) -> list[np.ndarray]:
         """One [tokens, D] array per decoded image (no cache); safe to call from one other thread. A
-        tiling model's tiles all go through the vision graph as one batch. `timings`, when given, gets
-        the seconds spent in "preprocess" and "vision_graph"."""
+        tiling model's tiles all go through the vision graph as one batch; `whole` pictures (video
+        frames) are not tiled. `timings`, when given, gets the seconds spent in "preprocess" and
+        "vision_graph"."""
         t0 = time.perf_counter()
-        cut = [image_tiles(p, self.preprocess) for p in pils]
+        pre = dataclasses.replace(self.preprocess, tiling="none") if whole else self.preprocess
+        cut = [image_tiles(p, pre) for p in pils]
         plans = [plan for _, plan in cut]
         pixels = np.stack([preprocess_image(t, self.preprocess) for tiles, _ in cut for t in tiles])
         t1 = time.perf_counter()
@@ -194,7 +205,7 @@ class Pipeline:
         if self.projector is not None:  # dynamic_s2: merge each image's scales, then project its blocks
             projector = self.projector
             embeds = s2_image_embeds(rows, plans, lambda b: projector.run(None, {"features": b})[0],
-                                     self.preprocess.s2_output_scale)
+                                     self.preprocess.s2_output_scale, len(self.preprocess.s2_scales))
         else:
             bounds = np.cumsum([0, *(p.num_tiles for p in plans)])
             embeds = [rows[a:b].reshape(-1, rows.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -221,19 +232,29 @@ class Pipeline:
     # ---- generation ----------------------------------------------------------------------------
     def stream(self, messages: str | Sequence[Message], images: Sequence[ImageInput] = (),
                config: SamplingConfig | None = None, *, result: Generation | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+               should_stop: Callable[[], bool] | None = None,
+               video: str | os.PathLike | Sequence[ImageInput] | None = None) -> Iterator[str]:
         """Yield the answer's text as it is produced. `result`, when given, is filled in.
         `should_stop` is asked before each decode step; True ends the answer (finish_reason
-        "cancelled"): a server's client went away or its timeout passed."""
+        "cancelled"): a server's client went away or its timeout passed. `video`: a clip file,
+        taken as the model's num_video_frames frames (common/video.py), or its frames, in place of
+        images."""
         cfg = config or SamplingConfig()
         cfg.validate()
         images = list(images)
-        ids = self.prompt_ids(messages, images)
         result = result if result is not None else Generation([], "", "length", 0)
         start = time.perf_counter()
+        whole = video is not None
+        if whole:
+            if images:
+                raise InputError("give images or a video, not both in one request")
+            images = (read_frames(video, self.num_video_frames) if isinstance(video, (str, os.PathLike))
+                      else list(video))  # frames already decoded (the server's video_url parts)
+            messages = with_video(messages, len(images))
+        ids = self.prompt_ids(messages, images)
         pils = self.load_images(images, result.timings)
-        self._check_context(ids, self.image_tokens(pils), cfg, result)
-        image_embeds, image_keys = self._encode(pils, result.timings) if images else (None, [])
+        self._check_context(ids, self.image_tokens(pils, whole), cfg, result)
+        image_embeds, image_keys = self._encode(pils, result.timings, whole) if images else (None, [])
         result.timings["vision"] = time.perf_counter() - start
         yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start, should_stop)
 
@@ -325,9 +346,10 @@ class Pipeline:
         return text[len(lead):] if lead and text.startswith(lead) else text
 
     def generate(self, messages: str | Sequence[Message], images: Sequence[ImageInput] = (),
-                 config: SamplingConfig | None = None) -> Generation:
+                 config: SamplingConfig | None = None, *, video: str | os.PathLike | None = None) -> Generation:
+        """The whole answer at once (stream's arguments)."""
         result = Generation([], "", "length", 0)
-        for _ in self.stream(messages, images, config, result=result):
+        for _ in self.stream(messages, images, config, result=result, video=video):
             pass
         return result
 

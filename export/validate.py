@@ -122,7 +122,8 @@ def run_vision(checkpoint: Checkpoint, engine_dir: Path, vision_file: str, image
             ref_images = model.encode_images(torch.from_numpy(pixels)).float().numpy()
         return rows, ref_images, plans
     projector = session(engine_dir / projector_file)
-    out = s2_image_embeds(rows, plans, lambda b: projector.run(None, {"features": b})[0], checkpoint.config.s2_output_scale)
+    out = s2_image_embeds(rows, plans, lambda b: projector.run(None, {"features": b})[0],
+                          checkpoint.config.s2_output_scale, len(checkpoint.config.s2_scales))
     with torch.no_grad():
         ref = [e.float().numpy() for e in model.encode_images(torch.from_numpy(pixels), plans)]
     t = model.config.num_image_tokens  # as rows of T tokens, like the other models' images

@@ -103,7 +103,8 @@ class VilaModel(nn.Module):
             def project(blocks):
                 return self.mm_projector(torch.from_numpy(blocks).to(self.device, self.dtype)).float().cpu().numpy()
 
-            embeds = s2_image_embeds(features, list(plans), project, self.config.s2_output_scale)
+            embeds = s2_image_embeds(features, list(plans), project, self.config.s2_output_scale,
+                                     len(self.config.s2_scales))
             return [torch.from_numpy(e).to(self.device, self.dtype) for e in embeds]
         embeds = self.mm_projector(self.vision_features(pixel_values))
         return [part.reshape(-1, part.shape[-1]) for part in embeds.split([p.num_tiles for p in plans])]

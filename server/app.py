@@ -41,8 +41,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vlm_edge.common.errors import InputError, VlmEdgeError
 from vlm_edge.common.image import fit_image, refits
 from vlm_edge.common.log import get_logger
+from vlm_edge.common.video import video_prompt
 
-from .images import (DecodeBudget, ImageLimits, ImageRejected, fetch_image, release_freed_memory,
+from .images import (DecodeBudget, ImageLimits, ImageRejected, fetch_image, fetch_video, release_freed_memory,
                      use_mmap_for_large_blocks)
 from .metrics import Metrics
 from .schema import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -200,7 +201,7 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
         if worker.error is not None or not worker.ready.is_set() or worker.closing:
             raise APIError(503, "the engine is loading" if worker.error is None and not worker.closing
                            else "the server cannot take requests now", type_="server_error")
-        messages, images, sampling = await run_in_threadpool(prepare, body, config, worker, budget)
+        messages, images, sampling, video = await run_in_threadpool(prepare, body, config, worker, budget)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -208,7 +209,7 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
         job = Job(messages, images, sampling,
                   on_piece=lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("piece", piece)),
                   on_done=lambda result, error: loop.call_soon_threadsafe(events.put_nowait, ("done", (result, error))),
-                  deadline=start + config.timeout)
+                  deadline=start + config.timeout, video=video)
         try:
             worker.submit(job)
         except Busy:
@@ -346,7 +347,7 @@ def _replay(body: bytes, receive):
 
 
 def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
-            budget: DecodeBudget | None = None) -> tuple[list, list, Any]:
+            budget: DecodeBudget | None = None) -> tuple[list, list, Any, list | None]:
     """Messages with <image> placeholders, decoded images and the sampling config; APIError when a
     part of the request cannot be served. Runs in a thread pool (image decoding is CPU work).
     Each image is fitted to the vision tower's input size as soon as it is decoded, so a request
@@ -358,29 +359,46 @@ def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
 
 
 def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
-             budget: DecodeBudget | None) -> tuple[list, list, Any]:
+             budget: DecodeBudget | None) -> tuple[list, list, Any, list | None]:
     from vlm_edge.edge import SamplingConfig
 
     check_text(body, worker.pipe)
     pre = worker.pipe.preprocess
     fit = None if refits(pre) else (lambda image: fit_image(image, pre))
     messages, images = [], []
+    video, video_message = None, None  # a video_url part's frames, and the message that holds it
     for i, message in enumerate(body.messages):
         if isinstance(message.content, str):
-            if "<image>" in message.content:
-                raise APIError(400, f"messages[{i}]: '<image>' is reserved; send images as image_url parts",
-                               param=f"messages.{i}.content")
+            if "<image>" in message.content or "<video>" in message.content:
+                raise APIError(400, f"messages[{i}]: '<image>' and '<video>' are reserved; send images and videos as "
+                               "image_url and video_url parts", param=f"messages.{i}.content")
             messages.append({"role": message.role, "content": message.content})
             continue
         pieces = []
         for j, part in enumerate(message.content):
             label = f"messages[{i}].content[{j}]"
             if part.type == "text":
-                if "<image>" in part.text:
-                    raise APIError(400, f"{label}: '<image>' is reserved; send images as image_url parts",
-                                   param=f"messages.{i}.content.{j}")
+                if "<image>" in part.text or "<video>" in part.text:
+                    raise APIError(400, f"{label}: '<image>' and '<video>' are reserved; send images and videos as "
+                                   "image_url and video_url parts", param=f"messages.{i}.content.{j}")
                 pieces.append(part.text)
                 continue
+            if part.type == "video_url":
+                if message.role != "user":
+                    raise APIError(400, f"{label}: videos are only taken in user messages", param=f"messages.{i}")
+                if video is not None or images:
+                    raise APIError(400, f"{label}: one video per request, and not with images", param="messages",
+                                   code="too_many_videos")
+                try:
+                    video = fetch_video(part.video_url.url, config.limits, label, worker.pipe.num_video_frames)
+                except ImageRejected as e:
+                    raise APIError(e.status, str(e), param=f"messages.{i}.content.{j}.video_url", code=e.code) from None
+                video_message = len(messages)
+                pieces.append("<video>\n")
+                continue
+            if video is not None:
+                raise APIError(400, f"{label}: one video per request, and not with images", param="messages",
+                               code="too_many_videos")
             if message.role != "user":
                 raise APIError(400, f"{label}: images are only taken in user messages", param=f"messages.{i}")
             if len(images) == config.max_images:
@@ -403,14 +421,21 @@ def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
     pipe = worker.pipe
     try:
         sampling.validate()
-        ids = pipe.prompt_ids(messages, images)
         from vlm_edge.edge.pipeline import Generation
 
-        pipe._check_context(ids, pipe.image_tokens(images), sampling, Generation([], "", "length", 0))
+        if video is not None:
+            shown = [dict(m) for m in messages]
+            shown[video_message]["content"] = video_prompt(shown[video_message]["content"], len(video))
+            ids = pipe.prompt_ids(shown, video)
+            tokens = pipe.image_tokens(video, whole=True)
+        else:
+            ids = pipe.prompt_ids(messages, images)
+            tokens = pipe.image_tokens(images)
+        pipe._check_context(ids, tokens, sampling, Generation([], "", "length", 0))
     except InputError as e:
         code = "context_length_exceeded" if "context" in str(e) else None
         raise APIError(400, str(e), param="messages", code=code) from None
-    return messages, images, sampling
+    return messages, images, sampling, video
 
 
 def _utf8_bytes(text: str, param: str) -> int:

@@ -58,6 +58,42 @@ class ImageLimits:
         return self.local_root is not None
 
 
+VIDEO_SUFFIX = {"mp4": ".mp4", "quicktime": ".mov", "x-msvideo": ".avi", "x-matroska": ".mkv", "webm": ".webm"}
+
+
+def fetch_video(url: str, limits: ImageLimits, label: str, frames: int) -> list[Image.Image]:
+    """The `frames` RGB frames (sampled uniformly) of the clip a video_url's data URL carries, or
+    ImageRejected saying why not. Only data URLs: a video is decoded from a private temporary file."""
+    import tempfile
+
+    from vlm_edge.common.errors import InputError, UnsupportedFeatureError
+    from vlm_edge.common.video import read_frames
+
+    if not url.startswith("data:"):
+        raise ImageRejected(f"{label}: send the video as a data URL (data:video/mp4;base64,...)", code="invalid_video")
+    head, _, payload = url.partition(",")
+    kind = head[len("data:video/"):].split(";")[0] if head.startswith("data:video/") else ""
+    if kind not in VIDEO_SUFFIX or ";base64" not in head:
+        raise ImageRejected(f"{label}: a video data URL must look like data:video/mp4;base64,... "
+                            f"(mp4, quicktime, x-msvideo, x-matroska or webm)", code="invalid_video")
+    if len(payload) * 3 // 4 > limits.max_bytes:
+        raise ImageRejected(f"{label}: the video is over the server's limit of {limits.max_bytes} bytes", 413,
+                            "video_too_large")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRejected(f"{label}: the data URL's base64 payload is not valid base64", code="invalid_video") from None
+    with tempfile.TemporaryDirectory(prefix="vlm-serve-video-") as tmp:
+        path = Path(tmp) / f"clip{VIDEO_SUFFIX[kind]}"
+        path.write_bytes(data)
+        try:
+            return read_frames(path, frames)
+        except UnsupportedFeatureError as e:  # no OpenCV on this server
+            raise ImageRejected(f"{label}: this server cannot decode video: {e}", 501, "video_unsupported") from None
+        except InputError as e:
+            raise ImageRejected(f"{label}: {str(e).replace(str(path), 'the video')}", code="invalid_video") from None
+
+
 def fetch_image(url: str, limits: ImageLimits, label: str, *, budget: DecodeBudget | None = None,
                 fit: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
     """The RGB image an image_url points at (passed through `fit` while its decode memory is

@@ -33,7 +33,17 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+class VideoURL(_Strict):
+    url: str = Field(description="data:video/mp4;base64,... (MP4, AVI, MKV or WebM; one video per request, "
+                                 "without images): the model's num_video_frames frames, sampled uniformly")
+
+
+class VideoPart(_Strict):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):

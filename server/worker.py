@@ -39,6 +39,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     reason: str = ""  # why it was cancelled: disconnect | timeout | shutdown
+    video: list | None = None  # a video_url part's decoded frames (then images is empty)
 
 
 class Worker:
@@ -132,7 +133,8 @@ class Worker:
 
         result = Generation([], "", "length", 0)
         try:
-            for piece in self.pipe.stream(job.messages, job.images, job.config, result=result, should_stop=should_stop):
+            for piece in self.pipe.stream(job.messages, job.images, job.config, result=result, should_stop=should_stop,
+                                          video=job.video):
                 job.on_piece(piece)
         except Exception as e:
             self._finish(job, None, e)

@@ -175,6 +175,34 @@ def _tiled_parity(engine_dir, ckpt_dir, rng, steps=12):
     return same, len(cases)
 
 
+def _video_parity(engine_dir, ckpt_dir, tmp_path, steps=8):
+    """A clip: its frames are seen whole (not tiled; for dynamic_s2 one block, features repeated over
+    the scales, as NVILA does), 8 of them, and the runtime answers as the reference does."""
+    import dataclasses
+
+    cv2 = pytest.importorskip("cv2", reason="video decoding needs OpenCV")
+    from fixtures import scene_frames, write_video
+
+    from vlm_edge.common.image import preprocess_tiled
+    from vlm_edge.common.video import read_frames, video_prompt
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.model import GenerationConfig, load_checkpoint
+    from vlm_edge.model.generate import generate
+
+    assert cv2
+    frames, _ = scene_frames(seconds=1.0, fps=10, size=120)
+    clip = write_video(tmp_path / "clip.mp4", frames)
+    pipe = load(engine_dir, "ort-cpu")
+    ours = pipe.generate("What happens?", config=SamplingConfig(max_new_tokens=steps, ignore_eos=True), video=clip)
+    kept = read_frames(clip, 8)
+    ref = load_checkpoint(ckpt_dir)
+    ids = pipe.prompt_ids(video_prompt("What happens?", 8), kept)
+    pixels, plans = preprocess_tiled(kept, dataclasses.replace(ref.model.image_processor_config, tiling="none"))
+    theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), plans=plans)
+    assert ours.prompt_tokens == theirs.prompt_tokens == len(ids) - 8 + 8 * ref.config.num_image_tokens
+    assert ours.token_ids == theirs.token_ids
+
+
 def test_nvila_lite_exports_in_float_and_the_runtime_tiles_like_the_reference(nvila_lite, tmp_path, rng):
     from vlm_edge.export.api import export_checkpoint
     from vlm_edge.export.config import ExportConfig
@@ -184,6 +212,7 @@ def test_nvila_lite_exports_in_float_and_the_runtime_tiles_like_the_reference(nv
     assert manifest.validation["vision"]["rel_err"] <= 1e-4 and manifest.validation["decoder.fp"]["greedy_identical"] >= 9
     same, total = _tiled_parity(tmp_path / "fp", nvila_lite, rng)
     assert same == total
+    _video_parity(tmp_path / "fp", nvila_lite, tmp_path)
 
 
 def test_nvila_lite_exports_in_4_bit_and_the_runtime_matches_the_quantized_reference(nvila_lite, tmp_path, rng):
@@ -285,6 +314,7 @@ def test_nvila_exports_in_float_and_4_bit_and_the_runtime_matches_the_reference(
     assert manifest.validation["vision"]["rel_err"] <= 1e-4 and manifest.validation["decoder.fp"]["greedy_identical"] >= 9
     same, total = _tiled_parity(tmp_path / "fp", nvila, rng)
     assert same == total
+    _video_parity(tmp_path / "fp", nvila, tmp_path)
 
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(f"Line {i}: a small red circle at the top left and a big blue square." for i in range(64)))

@@ -143,6 +143,22 @@ def test_openai_client_plain_streaming_and_an_image(served, engine, picture):
     assert system.usage.completion_tokens <= 8
 
 
+def test_openai_client_sends_a_video_url_part(served, engine, tmp_path):
+    """vLLM's video_url content part, as a data URL: the answer is the runtime's about the same clip."""
+    pytest.importorskip("cv2", reason="video decoding needs OpenCV")
+    from fixtures import scene_frames, write_video
+
+    frames, _ = scene_frames(seconds=1.0, fps=10, size=64)
+    clip = write_video(tmp_path / "scene.mp4", frames)
+    url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What colour is the shape?"}]
+    got = served.client().chat.completions.create(model="micro", messages=[{"role": "user", "content": content}],
+                                                  max_tokens=8)
+    ref = load(engine, "ort-cpu").generate("What colour is the shape?", config=SamplingConfig(max_new_tokens=8),
+                                           video=clip)
+    assert got.choices[0].message.content == ref.text and got.usage.prompt_tokens == ref.prompt_tokens
+
+
 def test_sixteen_concurrent_streams_all_get_their_whole_answer(served, engine, picture):
     prompts = [f"Repeat after me: {' '.join(['cat', 'dog', 'red', 'blue'][: 1 + i % 4])} {i}" for i in range(16)]
     refs = {p: expected(engine, p, [], 12).text for p in prompts}
@@ -296,6 +312,10 @@ def _image(url):
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _video(url):
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
 TEXT = {"type": "text", "text": "What is it?"}
 OK = {"model": "micro", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -340,6 +360,13 @@ BAD_INPUTS = [
         {"role": "user", "content": "word " * 200_000}]}, 400, "bytes of text, more than"),
     ("a GIF (not a format we decode)", _user(_image(data_url(_png_as("GIF"))), TEXT), 400, "PNG, JPEG, WebP or BMP"),
     ("a TIFF", _user(_image(data_url(_png_as("TIFF"))), TEXT), 400, "PNG, JPEG, WebP or BMP"),
+    ("video not as a data URL", _user(_video("/tmp/clip.mp4"), TEXT), 400, "invalid_video"),
+    ("undecodable video", _user(_video("data:video/mp4;base64," + base64.b64encode(b"not a video").decode()), TEXT),
+     400, "invalid_video"),
+    ("not a video data URL", _user(_video("data:image/png;base64,aGk="), TEXT), 400, "invalid_video"),
+    ("a video with an image", _user(_image(data_url(_png())), _video("data:video/mp4;base64,aGk="), TEXT), 400,
+     "too_many_videos"),
+    ("reserved <video> text", {"model": "micro", "messages": [{"role": "user", "content": "<video> hi"}]}, 400, None),
     ("two user turns in a row", {"model": "micro", "messages": [{"role": "user", "content": "a"},
                                                                 {"role": "user", "content": "b"}]}, 400, None),
 ]

@@ -1,0 +1,102 @@
+"""Video input: a clip becomes `num_video_frames` images, sampled uniformly, in the prompt as images.
+
+Sampling: the clip's n decoded frames are split into k equal spans and the frame at the middle of
+each span is kept (index floor((i + 0.5) * n / k), i = 0..k-1): first and last frames are not
+favoured, and a clip of fewer than k frames gives all of them. Frames are decoded one after another
+(no seeking, which some containers do inexactly) and only the kept ones are held.
+
+In the prompt a video is its frames as images, each on its own line: `<video>` in the text is
+replaced by k `<image>` lines; text without one gets them in front (as VILA's video prompts).
+Decoding needs OpenCV (the jetson extra), imported only here; numpy + Pillow otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError, UnsupportedFeatureError
+
+VIDEO_TOKEN = "<video>"
+DEFAULT_NUM_FRAMES = 8  # VILA1.5's and NVILA's num_video_frames
+
+
+def sample_indices(total: int, count: int) -> list[int]:
+    """Which of `total` frames to keep for `count` (the module docstring)."""
+    if count < 1:
+        raise InputError(f"the number of video frames must be at least 1, got {count}")
+    if total <= count:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def _cv2():
+    try:
+        import cv2  # noqa: PLC0415  (opencv-python-headless: the jetson extra)
+    except ImportError:
+        raise UnsupportedFeatureError('video input needs OpenCV: pip install "vlm-edge[jetson]"') from None
+    return cv2
+
+
+def read_frames(path: str | os.PathLike, count: int = DEFAULT_NUM_FRAMES) -> list[Image.Image]:
+    """`count` RGB frames of the clip at `path`, sampled uniformly."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video {path} does not exist or is not a file")
+    cv2 = _cv2()
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise InputError(f"video {path} could not be opened; pass an MP4, AVI, MKV or WebM file OpenCV can decode")
+        frames: list[np.ndarray] = []
+        while True:  # count first: CAP_PROP_FRAME_COUNT is an estimate in some containers
+            ok = capture.grab()
+            if not ok:
+                break
+            frames.append(None)  # type: ignore[arg-type]
+        total = len(frames)
+    finally:
+        capture.release()
+    if total == 0:
+        raise InputError(f"video {path} has no frames OpenCV can decode")
+    wanted = set(sample_indices(total, count))
+    capture = cv2.VideoCapture(str(path))
+    kept: list[Image.Image] = []
+    try:
+        for index in range(total):
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            if index in wanted:
+                kept.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    finally:
+        capture.release()
+    if len(kept) != len(wanted):
+        raise InputError(f"video {path} stopped decoding after {len(kept)} of the {len(wanted)} frames to keep")
+    return kept
+
+
+def video_prompt(text: str, frames: int) -> str:
+    """The text with its video as `frames` image placeholders (the module docstring)."""
+    lines = "".join("<image>\n" for _ in range(frames))
+    if text.count(VIDEO_TOKEN) > 1:
+        raise InputError("the prompt has more than one <video>; one video per request")
+    if VIDEO_TOKEN in text:
+        return text.replace(VIDEO_TOKEN, lines.rstrip("\n"))
+    return lines + text
+
+
+def with_video(messages, frames: int):
+    """A prompt string or a conversation with its video as `frames` image placeholders (in the last
+    user turn of a conversation)."""
+    if isinstance(messages, str):
+        return video_prompt(messages, frames)
+    out = [dict(m) for m in messages]
+    users = [i for i, m in enumerate(out) if m.get("role") == "user"]
+    if not users:
+        raise InputError("a video needs a user message to go with")
+    out[users[-1]]["content"] = video_prompt(str(out[users[-1]].get("content", "")), frames)
+    return out
