@@ -119,14 +119,19 @@ def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None =
 
     # mm_projector/: mlp_downsample, keys layers.1 (LayerNorm 4C), layers.2 (4C -> H), layers.4 (H -> H)
     _save_json(root / "mm_projector" / "config.json", dict(projector_cfg, _name_or_path="./mm_projector"))
-    c4, h = 4 * TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
-    projector = {
+    projector = downsample_projector_weights(TINY_VISION["hidden_size"], TINY_LLM["hidden_size"])
+    save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
+    return root
+
+
+def downsample_projector_weights(c: int, h: int) -> dict:
+    """Random mlp_downsample (2x2) weights: layers.1 LayerNorm(4C), layers.2 4C -> H, layers.4 H -> H."""
+    c4 = 4 * c
+    return {
         "layers.1.weight": 1 + 0.1 * torch.randn(c4), "layers.1.bias": 0.1 * torch.randn(c4),
         "layers.2.weight": torch.randn(h, c4) / c4**0.5, "layers.2.bias": 0.1 * torch.randn(h),
         "layers.4.weight": torch.randn(h, h) / h**0.5, "layers.4.bias": 0.1 * torch.randn(h),
     }
-    save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
-    return root
 
 
 def tiny_config(*, llm: str = "llama", vision: str = "siglip", projector: str = "mlp_downsample",
@@ -328,12 +333,7 @@ def write_nvila_fixture(root: Path, *, lite: bool = True, seed: int = 0) -> Path
             "layers.5.weight": torch.randn(h, c3) / c3**0.5, "layers.5.bias": 0.1 * torch.randn(h),
             "layers.7.weight": torch.randn(h, h) / h**0.5, "layers.7.bias": 0.1 * torch.randn(h),
         }
-    else:  # layers.1 LN(4C), .2 4C -> H, .4 H -> H
-        c4 = 4 * c
-        projector = {
-            "layers.1.weight": 1 + 0.1 * torch.randn(c4), "layers.1.bias": 0.1 * torch.randn(c4),
-            "layers.2.weight": torch.randn(h, c4) / c4**0.5, "layers.2.bias": 0.1 * torch.randn(h),
-            "layers.4.weight": torch.randn(h, h) / h**0.5, "layers.4.bias": 0.1 * torch.randn(h),
-        }
+    else:
+        projector = downsample_projector_weights(c, h)
     save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
     return root

@@ -125,6 +125,15 @@ def _pictures(rng):
             rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)]
 
 
+def _matches_transformers(ckpt, hf_vision, hf_llm, pixels, rng) -> None:
+    """Our vision features and LLM logits equal transformers' SigLIP and Qwen2 classes on the same files."""
+    want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    ids = torch.from_numpy(rng.integers(0, ckpt.config.llm["vocab_size"], (2, 9)))
+    np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
 @torch.no_grad()
 def test_nvila_lite_layout_loads_and_matches_transformers(nvila_lite, rng):
     from transformers import Qwen2ForCausalLM, SiglipVisionModel
@@ -141,11 +150,7 @@ def test_nvila_lite_layout_loads_and_matches_transformers(nvila_lite, rng):
     pixels, plans = preprocess_tiled(_pictures(rng), ckpt.model.image_processor_config)
     assert [p.num_tiles for p in plans] == [3, 4, 1]
     pixels = torch.from_numpy(pixels)
-    want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-    np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    ids = torch.from_numpy(rng.integers(0, cfg.llm["vocab_size"], (2, 9)))
-    np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
-                               rtol=1e-5, atol=1e-5)
+    _matches_transformers(ckpt, hf_vision, hf_llm, pixels, rng)
     # each image's tokens: its tiles projected one by one, in tile order (the thumbnail last)
     per_image = ckpt.model.encode_images(pixels, plans)
     assert [e.shape[0] for e in per_image] == [27, 36, 9]
@@ -288,11 +293,7 @@ def test_nvila_layout_loads_and_its_s2_tokens_match_a_long_hand_reference(nvila,
     # last-scale grids: 250x120 -> 5x2, 100x300 -> 2x6, 60x60 -> 3x3 (at least 9 tiles); plus 1 + 4 tiles
     assert [p.grid for p in plans] == [(5, 2), (2, 6), (3, 3)] and [p.num_tiles for p in plans] == [15, 17, 14]
     pixels = torch.from_numpy(pixels)
-    want = hf_vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-    np.testing.assert_allclose(ckpt.model.vision_features(pixels).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    ids = torch.from_numpy(rng.integers(0, cfg.llm["vocab_size"], (2, 9)))
-    np.testing.assert_allclose(ckpt.model.llm(input_ids=ids).logits.numpy(), hf_llm(input_ids=ids).logits.numpy(),
-                               rtol=1e-5, atol=1e-5)
+    _matches_transformers(ckpt, hf_vision, hf_llm, pixels, rng)
     got = ckpt.model.encode_images(pixels, plans)
     start = 0
     for picture, plan, tokens in zip(pictures, plans, got):
