@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "markers": {"patch": "markers"},  # multi-image prompts "Image 1: <image>\nImage 2: <image>\n..."
     "multi3": {"patch": "multi3"},  # training multi-image questions name the object by colour, shape or both
     "four-markers": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}, "patch": "markers"},
+    "mimetic": {"patch": "mimetic"},  # mimetic attention init of the LLM (W_q ~ W_k, W_o ~ W_v^T)
+    "pos05": {"config": {"vision_position_std": 0.5}},
+    "pos2": {"config": {"vision_position_std": 2.0}},
     "four-multi3": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0), "CAPTION_COUNT_WEIGHTS": (1.0, 1.0, 1.0, 1.0)},
                     "patch": "multi3"},
 }
@@ -123,7 +126,41 @@ def _patch_multi3(datasets: Any) -> None:
     datasets._multi_image = multi
 
 
-PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3}
+def _patch_mimetic(datasets: Any) -> None:
+    """Mimetic attention init for the from-scratch LLM: each head's key weights start as its query
+    weights plus noise (W_q W_k^T close to a projection: a token attends to tokens like itself), and
+    each head's output weights as its value weights transposed (W_o W_v close to +a projection)."""
+    import torch
+
+    from vlm_edge.train import trainer
+
+    new_model = trainer.Trainer._new_model
+
+    def mimetic(self: Any, config: Any) -> Any:
+        checkpoint = new_model(self, config)
+        llm = checkpoint.model.llm
+        heads, kv_heads = llm.config.num_attention_heads, llm.config.num_key_value_heads
+        with torch.no_grad():
+            for layer in llm.model.layers:
+                a = layer.self_attn
+                d = a.q_proj.weight.shape[0] // heads
+                q = a.q_proj.weight.view(heads, d, -1)
+                k = a.k_proj.weight.view(kv_heads, d, -1)
+                for g in range(kv_heads):
+                    group = q[g * (heads // kv_heads):(g + 1) * (heads // kv_heads)]
+                    base = k[g].clone()
+                    for h in range(group.shape[0]):
+                        group[h].copy_(base + 0.3 * torch.randn_like(base) * base.std())
+                v = a.v_proj.weight.view(kv_heads, d, -1)
+                o = a.o_proj.weight.view(-1, heads, d)
+                for h in range(heads):
+                    o[:, h, :].copy_(v[h // (heads // kv_heads)].t() * (o.std() / v.std()))
+        return checkpoint
+
+    trainer.Trainer._new_model = mimetic
+
+
+PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3, "mimetic": _patch_mimetic}
 
 
 def _seeds(text: str) -> list[int]:

@@ -130,6 +130,16 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
     dims = {key: _int_field(model, key, bounds, f"{where}: model") for key, bounds in MODEL_INTS.items()}
     if "num_video_frames" in model:  # engines from before video input have none (8 is used)
         _int_field(model, "num_video_frames", (1, 256), f"{where}: model")
+    if "video_pool_sizes" in model:  # NVILA's temporal-spatial pooling of video frames
+        sizes = model["video_pool_sizes"]
+        if not (isinstance(sizes, list) and sizes and all(isinstance(s, list) and len(s) == 3 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in s) for s in sizes)):
+            raise CheckpointError(f"{where}: model.video_pool_sizes={sizes!r} must be a list of [t, h, w] integers "
+                                  "from 1 to 256; re-export the engine")
+        frames = model.get("num_video_frames", 8)
+        if any(frames % s[0] for s in sizes):
+            raise CheckpointError(f"{where}: model.num_video_frames={frames} is not a multiple of every "
+                                  f"video_pool_sizes t ({sizes}); re-export the engine")
     vocab = dims["vocab_size"]
     stops = model.get("stop_token_ids")
     if not (isinstance(stops, list) and stops and all(isinstance(t, int) and 0 <= t < vocab for t in stops)):

@@ -31,6 +31,7 @@ from typing import Any
 from .errors import CheckpointError, UnsupportedFeatureError
 from .fsutil import atomic_write_json, read_json
 from .log import get_logger
+from .video import video_pool_sizes
 
 log = get_logger(__name__)
 
@@ -129,6 +130,11 @@ class VilaConfig:
     def num_video_frames(self) -> int:
         """How many frames of a video the model takes (VILA's num_video_frames; 8 when not saved)."""
         return int(self.top.get("num_video_frames", 8))
+
+    @property
+    def video_pool_sizes(self) -> list[tuple[int, int, int]]:
+        """NVILA's temporal-spatial pooling of video frames ([] when the frames are kept as they are)."""
+        return video_pool_sizes(self.top.get("video_encoder"))
 
     @property
     def default_token_order(self) -> str | None:
@@ -283,6 +289,14 @@ class VilaConfig:
                                               f"size {self.image_size}; only tower-sized tiles are supported")
         if not 1 <= self.num_video_frames <= 256:
             raise CheckpointError(f"config.json: num_video_frames={self.num_video_frames} must be 1..256")
+        if int(self.top.get("num_time_tokens") or 0):
+            raise UnsupportedFeatureError(f"config.json: num_time_tokens={self.top['num_time_tokens']} (time tokens "
+                                          "in video prompts) is not supported")
+        if self.video_pool_sizes:
+            frames = self.num_video_frames
+            if any(frames % t for t, _, _ in self.video_pool_sizes):
+                raise CheckpointError(f"config.json: num_video_frames={frames} is not a multiple of every video "
+                                      f"pool size's t ({self.video_pool_sizes})")
         if not 1 <= self.min_tiles <= self.max_tiles <= 64:
             raise CheckpointError(f"config.json: min_tiles={self.min_tiles} and max_tiles={self.max_tiles} must satisfy "
                                   "1 <= min_tiles <= max_tiles <= 64")

@@ -33,7 +33,7 @@ from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check
 from vlm_edge.common.splice import splice_embeddings
 from vlm_edge.common.templates import Message, get_template, render
 from vlm_edge.common.tiling import s2_image_embeds
-from vlm_edge.common.video import DEFAULT_NUM_FRAMES, read_frames, with_video
+from vlm_edge.common.video import DEFAULT_NUM_FRAMES, check_pooling, pool_video, read_frames, with_video
 from vlm_edge.common.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, TextTokenizer
 
 from .backends import open_session, resolve_backend
@@ -170,6 +170,21 @@ class Pipeline:
     def num_video_frames(self) -> int:
         return int(self.model.get("num_video_frames", DEFAULT_NUM_FRAMES))
 
+    @property
+    def video_pool_sizes(self) -> list[tuple[int, int, int]]:
+        """NVILA's temporal-spatial pooling of video frames ([] keeps every frame; common/video.py)."""
+        return [tuple(s) for s in self.model.get("video_pool_sizes", [])]  # type: ignore[misc]
+
+    def video_tokens(self, frames: Sequence) -> list[int]:
+        """The embeddings each picture a video's decoded `frames` become takes in the prompt: one per
+        frame, or with pooling one per pooled frame (fewer, and fewer tokens each)."""
+        pool = self.video_pool_sizes
+        if not pool:
+            return self.image_tokens(frames, whole=True)
+        tokens = int(self.model["num_image_tokens"])
+        check_pooling(len(frames), tokens, pool, "the video")
+        return [tokens // (h * w) for t, h, w in pool for _ in range(len(frames) // t)]
+
     def image_tokens(self, pils: Sequence, whole: bool = False) -> list[int]:
         """How many embeddings each decoded image takes in the prompt (`whole`: video frames, never tiled)."""
         pre = dataclasses.replace(self.preprocess, tiling="none") if whole else self.preprocess
@@ -250,11 +265,19 @@ class Pipeline:
                 raise InputError("give images or a video, not both in one request")
             images = (read_frames(video, self.num_video_frames) if isinstance(video, (str, os.PathLike))
                       else list(video))  # frames already decoded (the server's video_url parts)
-            messages = with_video(messages, len(images))
-        ids = self.prompt_ids(messages, images)
-        pils = self.load_images(images, result.timings)
-        self._check_context(ids, self.image_tokens(pils, whole), cfg, result)
+            pils = self.load_images(images, result.timings)
+            tokens = self.video_tokens(pils)
+            messages = with_video(messages, len(tokens))
+            ids = self.prompt_ids(messages, tokens)
+        else:
+            ids = self.prompt_ids(messages, images)
+            pils = self.load_images(images, result.timings)
+            tokens = self.image_tokens(pils)
+        self._check_context(ids, tokens, cfg, result)
         image_embeds, image_keys = self._encode(pils, result.timings, whole) if images else (None, [])
+        if whole and self.video_pool_sizes:  # NVILA's pooling of the frames' tokens
+            image_embeds = pool_video(image_embeds, self.video_pool_sizes)
+            image_keys = [hashlib.sha1(e.tobytes()).hexdigest() for e in image_embeds]
         result.timings["vision"] = time.perf_counter() - start
         yield from self._answer_stream(ids, image_embeds, image_keys, cfg, result, start, should_stop)
 

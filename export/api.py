@@ -263,6 +263,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         "head_dim": spec.head_dim, "vocab_size": spec.vocab, "intermediate_size": vila.llm["intermediate_size"], "max_positions": spec.max_positions,
         "image_size": vila.image_size, "num_image_tokens": vila.num_image_tokens,
         "num_video_frames": vila.num_video_frames,
+        **({"video_pool_sizes": [list(v) for v in vila.video_pool_sizes]} if vila.video_pool_sizes else {}),
         "bos_token_id": checkpoint.tokenizer.bos_id, "eos_token_id": checkpoint.tokenizer.eos_id,
         "stop_token_ids": stops,
         "vision": {"hidden_size": vila.vision_tower["hidden_size"],

@@ -98,15 +98,20 @@ def generate(
     *,
     return_logits: bool = False,
     plans: Sequence | None = None,
+    video: bool = False,
 ) -> GenerationResult:
     """Generate from one prompt (token ids with IMAGE_TOKEN_INDEX at each image) and its images
-    (`pixel_values` from preprocess_images; for a tiling model from preprocess_tiled, with its tile plans)."""
+    (`pixel_values` from preprocess_images; for a tiling model from preprocess_tiled, with its tile plans;
+    `video`: the pixels are a video's frames, one picture each or per pooled frame: encode_video)."""
     cfg = config or GenerationConfig()
     cfg.validate()
     if isinstance(pixel_values, np.ndarray):
         pixel_values = torch.from_numpy(pixel_values)
-    image_embeds = (model.encode_images(pixel_values, plans) if pixel_values is not None and len(pixel_values)
-                    else None)
+    if video and pixel_values is not None and len(pixel_values):  # whole frames; pooled where the config asks
+        image_embeds = model.encode_video(pixel_values, plans)
+    else:
+        image_embeds = (model.encode_images(pixel_values, plans) if pixel_values is not None and len(pixel_values)
+                        else None)
     inputs = model.build_inputs([list(input_ids)], image_embeds)
     prompt_len = inputs.inputs_embeds.shape[1]
     max_positions = int(model.config.llm.get("max_position_embeddings", 1 << 30))

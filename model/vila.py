@@ -109,6 +109,27 @@ class VilaModel(nn.Module):
         embeds = self.mm_projector(self.vision_features(pixel_values))
         return [part.reshape(-1, part.shape[-1]) for part in embeds.split([p.num_tiles for p in plans])]
 
+    def encode_video(self, pixel_values: torch.Tensor, plans: Sequence[TilePlan] | None = None) -> list[torch.Tensor]:
+        """[frames, 3, H, W] (whole frames) -> one [tokens, D] tensor per picture the video is in the
+        prompt: each frame, or with the config's video pool sizes (NVILA's TSPVideoEncoder) each
+        pooled frame: the mean over t consecutive frames and h x w blocks of the square token grid.
+        `plans`: the frames' single-picture plans, which a dynamic_s2 model needs (encode_images)."""
+        frames = (torch.stack(list(self.encode_images(pixel_values, plans))) if plans is not None
+                  else self.mm_projector(self.vision_features(pixel_values)))  # [n, T, D]
+        sizes = self.config.video_pool_sizes
+        if not sizes:
+            return list(frames)
+        n, tokens, dim = frames.shape
+        side = int(round(tokens ** 0.5))
+        volume = frames.reshape(n, side, side, dim).permute(3, 0, 1, 2).unsqueeze(0).float()  # [1, D, n, side, side]
+        out: list[torch.Tensor] = []
+        for t, h, w in sizes:
+            if n % t or side % h or side % w or side * side != tokens:
+                raise InputError(f"{n} frames of {tokens} tokens cannot be pooled by [{t}, {h}, {w}]")
+            pooled = torch.nn.functional.avg_pool3d(volume, (t, h, w))[0]  # [D, n/t, side/h, side/w]
+            out += [p.reshape(dim, -1).t().to(frames.dtype) for p in pooled.unbind(1)]
+        return out
+
     # ---- splicing --------------------------------------------------------------------------
     def build_inputs(
         self,

@@ -425,9 +425,9 @@ def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
 
         if video is not None:
             shown = [dict(m) for m in messages]
-            shown[video_message]["content"] = video_prompt(shown[video_message]["content"], len(video))
-            ids = pipe.prompt_ids(shown, video)
-            tokens = pipe.image_tokens(video, whole=True)
+            tokens = pipe.video_tokens(video)  # one picture per frame, or per pooled frame
+            shown[video_message]["content"] = video_prompt(shown[video_message]["content"], len(tokens))
+            ids = pipe.prompt_ids(shown, tokens)
         else:
             ids = pipe.prompt_ids(messages, images)
             tokens = pipe.image_tokens(images)

@@ -246,6 +246,57 @@ def train_colour_model(root: Path, steps: int = 400) -> Path:
     return root / "engine"
 
 
+VIDEO_QUESTIONS = {"first": "Which colour appears first?", "last": "Which colour appears last?"}
+
+
+def train_video_model(root: Path, steps: int = 1000, frames: int = 8) -> Path:
+    """The micro preset trained by the training module on two video questions, "Which colour appears
+    first?" and "... last?", over `frames`-frame clips of 2-3 segments, each segment one colour (the
+    shape and its cell change from frame to frame), then exported with 4-bit weights: root/engine.
+    The frames are rendered by our scene renderer; a record is a LLaVA-format multi-image
+    conversation with the frames as its images, in the prompt the runtime builds for a video."""
+    import json
+    import random
+
+    from vlm_edge.common.video import video_prompt
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.train.recipe import default_config
+    from vlm_edge.train.scenes import CELLS, COLOURS, SHAPES, Scene, Shape, render
+    from vlm_edge.train.trainer import Trainer
+
+    rng = random.Random(0)
+    images = root / "images"
+    images.mkdir(parents=True)
+    pool: dict[str, list[str]] = {}
+    for colour in COLOURS:  # a few renderings of every (colour, shape, cell): the frames' pool
+        for k in range(3 * len(SHAPES) * len(CELLS)):
+            scene = Scene(objects=(Shape(SHAPES[k % len(SHAPES)], colour, "big", CELLS[k // len(SHAPES) % len(CELLS)]),),
+                          background=rng.randint(225, 255))
+            name = f"{colour}-{k}.png"
+            render(scene, 28, rng).save(images / name)
+            pool.setdefault(colour, []).append(name)
+    records = []
+    for _ in range(2000):
+        colours = rng.sample(list(COLOURS), rng.randint(2, 3))
+        cuts = sorted(rng.sample(range(1, frames), len(colours) - 1))
+        spans = [b - a for a, b in zip([0, *cuts], [*cuts, frames])]
+        clip = [rng.choice(pool[c]) for c, n in zip(colours, spans) for _ in range(n)]
+        which = rng.choice(list(VIDEO_QUESTIONS))
+        records.append({"image": clip, "conversations": [
+            {"from": "human", "value": video_prompt(VIDEO_QUESTIONS[which], frames)},
+            {"from": "gpt", "value": colours[0] if which == "first" else colours[-1]}]})
+    (root / "videos.json").write_text(json.dumps(records))
+    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / "videos.json"),
+                            image_folder=str(images))
+    for stage, n in zip(config.stages, (10, 30, steps)):
+        stage.steps = n
+    config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
+    Trainer(config, root / "ckpt").run()
+    export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
+    return root / "engine"
+
+
 NVILA_CONFIG = Path(__file__).resolve().parent / "data" / "nvila-8b.config.json"  # the public release's, verbatim
 NVILA_TILE = 98  # tiny tower: 98-pixel tiles of 14-pixel patches, a 7x7 grid (odd, not a multiple of 3)
 

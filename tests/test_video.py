@@ -105,3 +105,157 @@ def test_vlm_run_takes_a_video(micro_engine, tmp_path):
     out = subprocess.run(["vlm-run", str(micro_engine / "engine"), "--video", str(tmp_path / "none.mp4"), "--prompt", "x"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "none.mp4" in out.stderr
+
+
+# ---- NVILA's temporal-spatial pooling (video_encoder: TSPVideoEncoder with pool_sizes) ----------------------
+TSP = "llava.model.encoders.TSPVideoEncoder"
+
+
+def pool_by_loops(frames, pool_sizes):
+    """The pooling written out: for each (t, h, w), every pooled frame's tokens row by row over the
+    pooled grid, each the plain mean of its t x h x w source tokens (tokens: a row-major square grid)."""
+    n, tokens, dim = frames.shape
+    side = int(round(tokens ** 0.5))
+    out = []
+    for t, h, w in pool_sizes:
+        for f in range(n // t):
+            rows = []
+            for r in range(side // h):
+                for c in range(side // w):
+                    total = np.zeros(dim, np.float64)
+                    for df in range(t):
+                        for dr in range(h):
+                            for dc in range(w):
+                                total += frames[f * t + df, (r * h + dr) * side + c * w + dc]
+                    rows.append(total / (t * h * w))
+            out.append(np.array(rows))
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[(4, 1, 1)], [(2, 2, 2)], [(8, 1, 1), (1, 2, 2)], [(1, 1, 1)]])
+def test_pool_video_equals_the_loops(sizes):
+    from vlm_edge.common.video import pool_video
+
+    frames = np.random.default_rng(0).standard_normal((8, 16, 5)).astype(np.float32)  # a 4x4 token grid
+    ours, theirs = pool_video(list(frames), sizes), pool_by_loops(frames, sizes)
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_video_encoder_config_is_read_or_refused_in_one_line():
+    import json
+
+    from vlm_edge.common.errors import CheckpointError, UnsupportedFeatureError
+    from vlm_edge.common.video import check_pooling, video_pool_sizes
+
+    assert video_pool_sizes(None) == []
+    assert video_pool_sizes({"_target_": "llava.model.encoders.BasicVideoEncoder"}) == []
+    assert video_pool_sizes(json.dumps({"_target_": TSP, "pool_sizes": [[8, 1, 1]]})) == [(8, 1, 1)]  # as NVILA's scripts pass it
+    with pytest.raises(UnsupportedFeatureError, match="not supported"):
+        video_pool_sizes({"_target_": "llava.model.encoders.Other"})
+    with pytest.raises(UnsupportedFeatureError, match="sep_tokens"):
+        video_pool_sizes({"_target_": TSP, "pool_sizes": [[8, 1, 1]], "sep_tokens": "\n"})
+    with pytest.raises(CheckpointError, match="pool_sizes"):
+        video_pool_sizes({"_target_": TSP, "pool_sizes": [[8, 1]]})
+    with pytest.raises(CheckpointError, match="not JSON"):
+        video_pool_sizes("{oops")
+    with pytest.raises(InputError, match="5 frames"):
+        check_pooling(5, 4, [(4, 1, 1)], "the video")
+
+
+def test_a_pooling_checkpoint_exports_and_answers_a_clip_like_the_reference(micro_engine, tmp_path):
+    """The micro checkpoint given NVILA's TSP video encoder with two pool sizes, [4, 1, 1] (2 pictures of
+    4 tokens from 8 frames) and [8, 2, 2] (1 picture of 1 token): exported, the runtime's prompt and
+    greedy answer about a clip equal the reference's; the config's mistakes are refused."""
+    import json
+    import shutil
+
+    from fixtures import scene_frames, write_video
+
+    from vlm_edge.common.errors import CheckpointError
+    from vlm_edge.common.image import preprocess_images
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.model import GenerationConfig, load_checkpoint
+    from vlm_edge.model.generate import generate
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(micro_engine / "awq", ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["video_encoder"] = json.dumps({"_target_": TSP, "pool_sizes": [[4, 1, 1], [8, 2, 2]]})
+    (ckpt / "config.json").write_text(json.dumps(config))
+    export_checkpoint(ckpt, tmp_path / "engine", ExportConfig(awq4=True, prompts=1))
+    pipe = load(tmp_path / "engine", "ort-cpu")
+    assert pipe.video_pool_sizes == [(4, 1, 1), (8, 2, 2)]
+
+    frames, _ = scene_frames(seconds=1.0, fps=10, size=64)
+    clip = write_video(tmp_path / "scene.mp4", frames)
+    ours = pipe.generate("What colour is the shape?", config=SamplingConfig(max_new_tokens=8, ignore_eos=True), video=clip)
+    kept = read_frames(clip, 8)
+    ids = pipe.prompt_ids(video_prompt("What colour is the shape?", 3), [None] * 3)
+    ref = load_checkpoint(ckpt)
+    pixels = preprocess_images(kept, ref.model.image_processor_config)
+    theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=8, stop_token_ids=[]), video=True)
+    assert ours.prompt_tokens == len(ids) - 3 + 4 + 4 + 1 == theirs.prompt_tokens
+    assert ours.token_ids == theirs.token_ids
+
+    short = write_video(tmp_path / "short.mp4", frames[:5])  # 5 frames: not a multiple of 4
+    with pytest.raises(InputError, match="5 frames"):
+        pipe.generate("What?", video=short)
+    config["video_encoder"] = {"_target_": TSP, "pool_sizes": [[3, 1, 1]]}  # 8 frames do not split in threes
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="num_video_frames=8"):
+        load_checkpoint(ckpt)
+    config["video_encoder"], config["num_time_tokens"] = None, 100
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="num_time_tokens=100"):
+        load_checkpoint(ckpt)
+
+
+# ---- a video question answered by a model trained on rendered clips -----------------------------------------
+@pytest.fixture(scope="module")
+def video_model(tmp_path_factory):
+    from fixtures import train_video_model
+
+    return train_video_model(tmp_path_factory.mktemp("video"))
+
+
+CLIPS = [  # (colour, shape) per segment of a second (10 frames at 10 fps)
+    (("red", "circle"), ("blue", "square"), ("green", "triangle")),
+    (("yellow", "triangle"), ("purple", "circle")),
+    (("blue", "circle"), ("red", "square"), ("yellow", "circle")),
+    (("green", "square"), ("red", "triangle")),
+]
+
+
+def test_a_trained_model_answers_which_colour_appears_first_and_last(video_model, tmp_path):
+    """The micro preset trained on "Which colour appears first / last?" over 8-frame clips of our
+    scenes (tests/fixtures.py: train_video_model) answers about MPEG-4 clips rendered and encoded
+    here, through vlm-run's pipeline: the clip's 8 sampled frames (the middle of equal spans) carry
+    the segments' colours in order, and the answers name the first and the last segment's colour."""
+    from fixtures import VIDEO_QUESTIONS, scene_frames, write_video
+
+    from vlm_edge.edge import SamplingConfig, load
+    from vlm_edge.train.scenes import COLOURS
+
+    pipe = load(video_model, "ort-cpu")
+    right = []
+    for k, segments in enumerate(CLIPS):
+        frames, colours = scene_frames(segments, seconds=1.0, fps=10, size=64, seed=k)
+        clip = write_video(tmp_path / f"clip{k}.mp4", frames)
+        kept = read_frames(clip, 8)
+        seen = [min(COLOURS, key=lambda c: _distance(f, COLOURS[c])) for f in kept]  # each kept frame's shape colour
+        assert seen == [colours[i] for i in sample_indices(len(frames), 8)]
+        for which, question in VIDEO_QUESTIONS.items():
+            answer = pipe.generate(question, config=SamplingConfig(max_new_tokens=4), video=clip).text.strip()
+            right.append(answer == (segments[0][0] if which == "first" else segments[-1][0]))
+    assert all(right), right
+
+
+def _distance(frame, rgb) -> float:
+    """How far the frame's most saturated pixels (the shape; the background is grey) are from `rgb`."""
+    pixels = np.asarray(frame, np.float32).reshape(-1, 3)
+    shape = pixels[np.ptp(pixels, axis=1) > 60]
+    return float(np.abs(shape.mean(axis=0) - np.asarray(rgb, np.float32)).sum())
