@@ -9,6 +9,8 @@ VILA1.5 preprocessing, from `vision_tower/preprocessor_config.json` and the chec
               each tile is one row of the vision batch
     "dynamic_s2" (NVILA): the tiles of each of s2_scales, the last one's grid by aspect ratio; their
               features are merged per image before the projector (common/tiling.py)
+    "s2" (VILA1.5's S2): the preprocessed picture resized bicubically to each of s2_scales and cut into
+              tower-sized tiles; the features are merged onto the first scale's grid
     then:     rescale (x * rescale_factor, 1/255), normalize ((x - mean) / std)
 
 The resize filter is the processor's `resample` (3 = bicubic) and goes through Pillow, as the
@@ -17,6 +19,7 @@ transformers image processors do. Output: float32 [N, 3, H, W].
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -58,7 +61,7 @@ class ImageProcessorConfig:
     do_resize: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
-    tiling: str = "none"  # "none" | "dynamic" | "dynamic_s2": one image -> several tiles (common/tiling.py)
+    tiling: str = "none"  # "none" | "dynamic" | "dynamic_s2" | "s2": one image -> several tiles (common/tiling.py)
     min_tiles: int = 1
     max_tiles: int = 12
     s2_scales: tuple[int, ...] = ()  # dynamic_s2: the scales in pixels (448, 896, 1344 for NVILA-8B)
@@ -67,7 +70,7 @@ class ImageProcessorConfig:
     @classmethod
     def from_preprocessor_config(cls, cfg: dict[str, Any], image_aspect_ratio: str = "resize", *,
                                  min_tiles: int = 1, max_tiles: int = 12, s2_scales: tuple[int, ...] = (),
-                                 s2_output_scale: int = -1) -> "ImageProcessorConfig":
+                                 s2_output_scale: int = -1, s2: bool = False) -> "ImageProcessorConfig":
         # VILA resizes to the crop size when the processor has one (CLIP), else to `size` (SigLIP).
         if "crop_size" in cfg and cfg["crop_size"] is not None:
             height, width = _parse_size(cfg["crop_size"], "crop_size")
@@ -90,10 +93,10 @@ class ImageProcessorConfig:
             do_resize=bool(cfg.get("do_resize", True)),
             do_rescale=bool(cfg.get("do_rescale", True)),
             do_normalize=bool(cfg.get("do_normalize", True)),
-            tiling=image_aspect_ratio if image_aspect_ratio in ("dynamic", "dynamic_s2") else "none",
+            tiling=image_aspect_ratio if image_aspect_ratio in ("dynamic", "dynamic_s2") else "s2" if s2 else "none",
             min_tiles=int(min_tiles),
             max_tiles=int(max_tiles),
-            s2_scales=tuple(int(x) for x in s2_scales) if image_aspect_ratio == "dynamic_s2" else (),
+            s2_scales=tuple(int(x) for x in s2_scales) if image_aspect_ratio == "dynamic_s2" or s2 else (),
             s2_output_scale=int(s2_output_scale),
         )
 
@@ -193,7 +196,27 @@ def image_tiles(image: Image.Image, cfg: ImageProcessorConfig) -> tuple[list[Ima
         return dynamic_tiles(image, cfg.width, cfg.min_tiles, cfg.max_tiles)
     if cfg.tiling == "dynamic_s2":
         return s2_tiles(image, cfg.width, cfg.s2_scales, cfg.max_tiles)
+    if cfg.tiling == "s2":
+        raise ValueError("s2 tiles are cut from the preprocessed pixels: use image_pixels")
     return [image], TilePlan("single")
+
+
+def image_pixels(image: Image.Image, cfg: ImageProcessorConfig) -> tuple[np.ndarray, "TilePlan"]:
+    """One image -> the tower's input [tiles, 3, H, W] and its plan: its tiles preprocessed one by one,
+    or for VILA1.5's S2 ("s2") the preprocessed picture resized to each scale and cut
+    (common/tiling.py: s2_pixel_tiles)."""
+    from .tiling import s2_pixel_tiles
+
+    if cfg.tiling == "s2":
+        return s2_pixel_tiles(preprocess_image(image, cfg), cfg.s2_scales)
+    tiles, plan = image_tiles(image, cfg)
+    return np.stack([preprocess_image(t, cfg) for t in tiles]), plan
+
+
+def whole_pictures(cfg: ImageProcessorConfig) -> ImageProcessorConfig:
+    """The settings for pictures seen whole (video frames): no aspect-ratio tiling. S2's scales
+    stay: they are part of how the tower sees any picture."""
+    return cfg if cfg.tiling in ("none", "s2") else dataclasses.replace(cfg, tiling="none")
 
 
 def image_token_count(size: tuple[int, int], cfg: ImageProcessorConfig, tokens_per_block: int) -> int:
@@ -201,7 +224,7 @@ def image_token_count(size: tuple[int, int], cfg: ImageProcessorConfig, tokens_p
     tokens_per_block (the projector's output for one tower-sized picture) times the blocks."""
     from .tiling import choose_grid
 
-    if cfg.tiling == "none":
+    if cfg.tiling in ("none", "s2"):  # S2: merged onto the first scale's grid, one block
         return tokens_per_block
     if cfg.tiling == "dynamic":
         cols, rows = choose_grid(size[0], size[1], cfg.width, cfg.min_tiles, cfg.max_tiles)
@@ -219,8 +242,8 @@ def preprocess_tiled(images: Sequence[ImageInput], cfg: ImageProcessorConfig) ->
     image). Without tiling every image is one tile."""
     pixels, plans = [], []
     for i, img in enumerate(images):
-        tiles, plan = image_tiles(load_image(img, name=image_label(img, i, len(images))), cfg)
-        pixels += [preprocess_image(t, cfg) for t in tiles]
+        tiles, plan = image_pixels(load_image(img, name=image_label(img, i, len(images))), cfg)
+        pixels += list(tiles)
         plans.append(plan)
     if not pixels:
         return np.zeros((0, 3, cfg.height, cfg.width), np.float32), plans

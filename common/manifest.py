@@ -110,7 +110,7 @@ MODEL_INTS = {  # field -> (least, most)
 }
 KINDS = ("vision", "decoder", "embeddings", "tokenizer", "projector")  # a component named "decoder.ort" is of kind decoder
 PREPROCESSING_INTS = {"height": (1, 1 << 14), "width": (1, 1 << 14)}
-TILINGS = ("none", "dynamic", "dynamic_s2")  # common/image.py: ImageProcessorConfig.tiling
+TILINGS = ("none", "dynamic", "dynamic_s2", "s2")  # common/image.py: ImageProcessorConfig.tiling
 
 
 def _int_field(d: dict[str, Any], key: str, bounds: tuple[int, int], where: str) -> int:
@@ -158,7 +158,7 @@ def validate(manifest: Manifest, where: str = "manifest") -> None:
             _int_field(pre, key, (1, 64), f"{where}: preprocessing")
     if pre.get("min_tiles", 1) > pre.get("max_tiles", 12):
         raise CheckpointError(f"{where}: preprocessing.min_tiles is above max_tiles; re-export the engine")
-    if pre.get("tiling") == "dynamic_s2":
+    if pre.get("tiling") in ("dynamic_s2", "s2"):
         scales, out = pre.get("s2_scales"), pre.get("s2_output_scale")
         if not (isinstance(scales, list) and 2 <= len(scales) <= 8 and all(isinstance(v, int) for v in scales)
                 and scales[0] == pre.get("width") and all(b > a and b % scales[0] == 0 for a, b in zip(scales, scales[1:]))

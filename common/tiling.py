@@ -98,6 +98,48 @@ def s2_tiles(image: Image.Image, tile: int, scales: tuple[int, ...], max_tiles: 
     return tiles, TilePlan("s2", (cols, rows), False, sides)
 
 
+def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """[n_out, n_in] weights of bicubic interpolation along one axis, as PyTorch's
+    interpolate(mode="bicubic", align_corners=False) computes them: source x = (o + 0.5) * n_in / n_out
+    - 0.5, Keys' cubic with a = -0.75 over the 4 nearest samples, indices clamped at the edges."""
+    f = np.float32  # PyTorch computes the source positions and weights in float32 for float32 pixels
+    m = np.zeros((n_out, n_in), np.float64)
+    scale, a = f(n_in) / f(n_out), f(a)
+    for o in range(n_out):
+        x = scale * (f(o) + f(0.5)) - f(0.5)
+        base = int(np.floor(x))
+        t = f(x - f(base))
+        for k, d in zip(range(-1, 3), (t + f(1), t, f(1) - t, f(2) - t)):  # each sample's distance from x
+            w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            m[o, min(max(base + k, 0), n_in - 1)] += float(w)
+    return m
+
+
+def bicubic_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[C, H, W] float pixels -> [C, height, width], bicubic without antialiasing (the S2 wrapper
+    resizes its normalized pixel tensor this way)."""
+    rows, cols = _cubic_matrix(x.shape[1], height), _cubic_matrix(x.shape[2], width)
+    return np.einsum("oh,chw,pw->cop", rows, x.astype(np.float64), cols).astype(np.float32)
+
+
+def s2_pixel_tiles(pixels: np.ndarray, scales: tuple[int, ...]) -> tuple[np.ndarray, "TilePlan"]:
+    """VILA1.5's S2: one preprocessed picture [3, S, S] (S = scales[0], the tower's size) -> the
+    tower's tiles at every scale [n, 3, S, S] and their plan. Each scale is the picture resized
+    bicubically to scale x scale and cut into (scale / S)^2 tiles, row by row; the features are
+    merged back onto the first scale's grid (merge_s2 with output scale 0)."""
+    first = scales[0]
+    if pixels.shape[1:] != (first, first) or any(s % first for s in scales):
+        raise CheckpointError(f"s2: a {pixels.shape[2]}x{pixels.shape[1]} picture for scales {scales}; the first scale "
+                              "must be the picture's size and the others its multiples")
+    tiles = []
+    for scale in scales:
+        big = pixels if scale == first else bicubic_resize(pixels, scale, scale)
+        k = scale // first
+        tiles += [big[:, r * first:(r + 1) * first, c * first:(c + 1) * first] for r in range(k) for c in range(k)]
+    sides = tuple(s // first for s in scales)
+    return np.stack(tiles).astype(np.float32), TilePlan("s2", (sides[-1], sides[-1]), False, sides[:-1])
+
+
 def area_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     """[C, H, W] -> [C, height, width] by area averaging: output cell i covers the input cells
     floor(i*H/height) .. ceil((i+1)*H/height) - 1, each weighted alike (PyTorch's "area" mode)."""

@@ -159,7 +159,13 @@ class VilaConfig:
 
     @property
     def is_s2(self) -> bool:
-        return self.image_aspect_ratio == "dynamic_s2"
+        """Multi-scale features: NVILA's dynamic_s2, or VILA1.5's S2 (s2: true; s2_pixels)."""
+        return self.image_aspect_ratio == "dynamic_s2" or self.s2_pixels
+
+    @property
+    def s2_pixels(self) -> bool:
+        """VILA1.5's S2: the preprocessed picture resized to each scale (common/tiling.py: s2_pixel_tiles)."""
+        return bool(self.top.get("s2")) and self.image_aspect_ratio not in NVILA_ASPECT_RATIOS
 
     @property
     def s2_scales(self) -> tuple[int, ...]:
@@ -239,11 +245,12 @@ class VilaConfig:
                 f"config.json: model_type {model_type!r} is not a VILA-class checkpoint "
                 "(expected 'llava_llama', as in VILA1.5 releases)"
             )
-        if self.top.get("s2"):
-            raise UnsupportedFeatureError(
-                "config.json: s2=true (S2 multi-scale vision features) is not supported yet; "
-                "use a checkpoint trained without S2"
-            )
+        if self.top.get("s2") and self.image_aspect_ratio in NVILA_ASPECT_RATIOS:
+            raise UnsupportedFeatureError(f"config.json: s2=true with image_aspect_ratio={self.image_aspect_ratio} is not "
+                                          "supported (S2 is VILA1.5's; NVILA's is dynamic_s2)")
+        if self.s2_pixels and self.s2_output_scale != 0:
+            raise UnsupportedFeatureError(f"config.json: s2_resize_output_to_scale_idx={self.s2_output_scale} with s2=true "
+                                          "is not supported (only 0: the features merged onto the first scale's grid)")
         if self.image_aspect_ratio not in ASPECT_RATIOS:
             raise UnsupportedFeatureError(
                 f"config.json: image_aspect_ratio={self.image_aspect_ratio!r} is not supported yet "

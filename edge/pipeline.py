@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from vlm_edge.common.errors import CheckpointError, InputError, UnsupportedFeatureError
-from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_tiles, image_token_count,
-                                   load_image, preprocess_image)
+from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_pixels, image_token_count,
+                                   load_image, whole_pictures)
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import TOKENIZER_DIR, Manifest, check_files, check_graph
 from vlm_edge.common.splice import splice_embeddings
@@ -118,8 +118,8 @@ class Pipeline:
         self.projector = None  # dynamic_s2 (NVILA): the projector graph after the per-image scale merge
         if self.backend == "tensorrt":
             if "projector" in components:
-                raise UnsupportedFeatureError(f"{self.dir}: this dynamic_s2 (NVILA) engine runs on ONNX Runtime only so "
-                                              "far; use --backend ort-cpu or ort-cuda")
+                raise UnsupportedFeatureError(f"{self.dir}: this multi-scale (NVILA dynamic_s2 or VILA1.5 S2) engine runs "
+                                              "on ONNX Runtime only so far; use --backend ort-cpu or ort-cuda")
             from .tensorrt import open_tensorrt
 
             self.vision, self.decoder = open_tensorrt(self.dir, self.manifest, self.context)
@@ -187,7 +187,7 @@ class Pipeline:
 
     def image_tokens(self, pils: Sequence, whole: bool = False) -> list[int]:
         """How many embeddings each decoded image takes in the prompt (`whole`: video frames, never tiled)."""
-        pre = dataclasses.replace(self.preprocess, tiling="none") if whole else self.preprocess
+        pre = whole_pictures(self.preprocess) if whole else self.preprocess
         return [image_token_count(p.size, pre, self.model["num_image_tokens"]) for p in pils]
 
     def _encode(self, pils: Sequence, timings: dict[str, float] | None = None, whole: bool = False
@@ -211,10 +211,10 @@ class Pipeline:
         frames) are not tiled. `timings`, when given, gets the seconds spent in "preprocess" and
         "vision_graph"."""
         t0 = time.perf_counter()
-        pre = dataclasses.replace(self.preprocess, tiling="none") if whole else self.preprocess
-        cut = [image_tiles(p, pre) for p in pils]
+        pre = whole_pictures(self.preprocess) if whole else self.preprocess
+        cut = [image_pixels(p, pre) for p in pils]
         plans = [plan for _, plan in cut]
-        pixels = np.stack([preprocess_image(t, self.preprocess) for tiles, _ in cut for t in tiles])
+        pixels = np.concatenate([tiles for tiles, _ in cut])
         t1 = time.perf_counter()
         rows = self.vision.run(None, {"pixel_values": pixels})[0]
         if self.projector is not None:  # dynamic_s2: merge each image's scales, then project its blocks

@@ -145,8 +145,9 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     model, vila = checkpoint.model, checkpoint.config
     components: dict[str, Component] = {}
     if vila.is_s2 and "trt" in flavours:
-        raise UnsupportedFeatureError("image_aspect_ratio dynamic_s2 (NVILA) exports for ONNX Runtime only so far: the "
-                                      "TensorRT engine of its separate projector graph is not built yet; drop --flavour trt")
+        which = "S2 (s2: true)" if vila.s2_pixels else "image_aspect_ratio dynamic_s2 (NVILA)"
+        raise UnsupportedFeatureError(f"{which} exports for ONNX Runtime only so far: the TensorRT engine of its "
+                                      "separate projector graph is not built yet; drop --flavour trt")
 
     checkpoint.tokenizer.save(tmp / TOKENIZER_DIR)
     tok_files = sorted(f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir())

@@ -5,6 +5,7 @@
                                                    an LLM folder's weights with the preset's vision tower
     vlm-model info ckpt/                           what a checkpoint holds
     vlm-model generate ckpt/ --image x.png --prompt "What is in the image?"
+    vlm-model generate ckpt/ --video clip.mp4 --prompt "Which colour appears last?"
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, help=f"user message; put {IMAGE_TOKEN} where each image goes "
                      f"(if absent, one {IMAGE_TOKEN} per image is put in front)")
     gen.add_argument("--image", action="append", default=[], help="image file (repeat for several images)")
+    gen.add_argument("--video", help="a video file instead of images (needs OpenCV): the checkpoint's num_video_frames "
+                     "frames, sampled as vlm-run --video does")
     gen.add_argument("--system", help="system prompt (default: the chat template's)")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -121,7 +124,7 @@ def _generate(args: argparse.Namespace) -> None:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
-    print(chat(ckpt, messages, args.image, config))
+    print(chat(ckpt, messages, args.image, config, video=args.video))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from vlm_edge.common.errors import InputError
-from vlm_edge.common.image import ImageInput, preprocess_tiled
+from vlm_edge.common.image import ImageInput, preprocess_tiled, whole_pictures
 from vlm_edge.common.templates import Message, render
 from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX
 
@@ -156,13 +156,25 @@ def chat(
     messages: Sequence[Message],
     images: Sequence[ImageInput] = (),
     config: GenerationConfig | None = None,
+    video: str | None = None,
 ) -> str:
-    """Render `messages` with the checkpoint's template, generate, and decode the answer."""
+    """Render `messages` with the checkpoint's template, generate, and decode the answer. `video`: a
+    clip file in place of images, taken as the runtime takes it (common/video.py): num_video_frames
+    frames seen whole, pooled where the config asks."""
+    from vlm_edge.common.video import pooled_frames, read_frames, with_video
+
     cfg = config or GenerationConfig()
     if not cfg.stop_token_ids:
         cfg = dataclasses.replace(cfg, stop_token_ids=checkpoint.tokenizer.stop_token_ids(checkpoint.template))
+    pre = checkpoint.model.image_processor_config
+    if video is not None:
+        if images:
+            raise InputError("give images or a video, not both")
+        images = read_frames(video, checkpoint.config.num_video_frames)
+        messages = with_video(list(messages), pooled_frames(len(images), checkpoint.config.video_pool_sizes))
+        pre = whole_pictures(pre)
     prompt = render(checkpoint.template, messages)
     input_ids = checkpoint.tokenizer.tokenize_prompt(prompt)
-    pixel_values, plans = preprocess_tiled(list(images), checkpoint.model.image_processor_config)
-    result = generate(checkpoint.model, input_ids, pixel_values, cfg, plans=plans)
+    pixel_values, plans = preprocess_tiled(list(images), pre)
+    result = generate(checkpoint.model, input_ids, pixel_values, cfg, plans=plans, video=video is not None)
     return checkpoint.tokenizer.decode(result.token_ids)

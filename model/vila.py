@@ -64,7 +64,7 @@ class VilaModel(nn.Module):
         c = self.config
         return ImageProcessorConfig.from_preprocessor_config(c.preprocessor, c.image_aspect_ratio, min_tiles=c.min_tiles,
                                                              max_tiles=c.max_tiles, s2_scales=c.s2_scales if c.is_s2 else (),
-                                                             s2_output_scale=c.s2_output_scale)
+                                                             s2_output_scale=c.s2_output_scale, s2=c.s2_pixels)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -57,8 +57,10 @@ def _save_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None = None) -> Path:
-    """Write a VILA1.5-3b-layout checkpoint with tiny widths into `root` and return it."""
+def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None = None, s2: bool = False) -> Path:
+    """Write a VILA1.5-3b-layout checkpoint with tiny widths into `root` and return it. s2=True: the
+    layout of VILA1.5's S2 releases (`...-s2`: s2 true, s2_scales of 1x, 2x and 3x the tower's size,
+    s2_max_split_size the tower's size, the projector on 3 x the tower's width)."""
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(seed)
@@ -74,8 +76,12 @@ def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None =
     vision_cfg = copy.deepcopy(top["vision_tower_cfg"])
     vision_cfg.update(TINY_VISION)
     projector_cfg = copy.deepcopy(top["mm_projector_cfg"])
+    scales = 3 if s2 else 1
     top.update(llm_cfg=llm_cfg, vision_tower_cfg=vision_cfg, mm_projector_cfg=projector_cfg,
-               hidden_size=TINY_LLM["hidden_size"], mm_hidden_size=TINY_VISION["hidden_size"])
+               hidden_size=TINY_LLM["hidden_size"], mm_hidden_size=scales * TINY_VISION["hidden_size"])
+    if s2:
+        size = TINY_VISION["image_size"]
+        top.update(s2=True, s2_scales=f"{size},{2 * size},{3 * size}", s2_max_split_size=size)
     _save_json(root / "config.json", top)
 
     # llm/: transformers-4.36 style files, two shards
@@ -119,7 +125,7 @@ def write_release_fixture(root: Path, *, seed: int = 0, spm_model: Path | None =
 
     # mm_projector/: mlp_downsample, keys layers.1 (LayerNorm 4C), layers.2 (4C -> H), layers.4 (H -> H)
     _save_json(root / "mm_projector" / "config.json", dict(projector_cfg, _name_or_path="./mm_projector"))
-    projector = downsample_projector_weights(TINY_VISION["hidden_size"], TINY_LLM["hidden_size"])
+    projector = downsample_projector_weights(scales * TINY_VISION["hidden_size"], TINY_LLM["hidden_size"])
     save_file(projector, str(root / "mm_projector" / "model.safetensors"), metadata={"format": "pt"})
     return root
 

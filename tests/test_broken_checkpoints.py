@@ -65,7 +65,9 @@ CASES: dict[str, tuple[Callable[[Path], None], type, str]] = {
     "unknown projector type": (
         lambda r: _edit_json(r / "mm_projector" / "config.json", mm_projector_type="ldpv2"),
         UnsupportedFeatureError, "mm_projector_type='ldpv2'"),
-    "s2 enabled": (lambda r: _edit_json(r / "config.json", s2=True), UnsupportedFeatureError, "s2=true"),
+    # VILA1.5-3b's own s2_scales (336,...) do not start at this tower's size: S2 cannot cut its tiles
+    "s2 scales off the tower": (lambda r: _edit_json(r / "config.json", s2=True), CheckpointError,
+                                "s2_scales='336,672,1008' must rise in multiples"),
     "unknown aspect ratio": (lambda r: _edit_json(r / "config.json", image_aspect_ratio="anyres"), UnsupportedFeatureError,
                              "image_aspect_ratio='anyres'"),
     # VILA1.5's s2_scales (336,...) do not start at this tower's size: dynamic_s2 cannot tile with them

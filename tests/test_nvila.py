@@ -182,13 +182,12 @@ def _tiled_parity(engine_dir, ckpt_dir, rng, steps=12):
 
 def _video_parity(engine_dir, ckpt_dir, tmp_path, steps=8):
     """A clip: its frames are seen whole (not tiled; for dynamic_s2 one block, features repeated over
-    the scales, as NVILA does), 8 of them, and the runtime answers as the reference does."""
-    import dataclasses
-
+    the scales, as NVILA does; VILA1.5's S2 sees every frame at every scale: whole_pictures), 8 of
+    them, and the runtime answers as the reference does. Returns the frames' plans."""
     cv2 = pytest.importorskip("cv2", reason="video decoding needs OpenCV")
     from fixtures import scene_frames, write_video
 
-    from vlm_edge.common.image import preprocess_tiled
+    from vlm_edge.common.image import preprocess_tiled, whole_pictures
     from vlm_edge.common.video import read_frames, video_prompt
     from vlm_edge.edge import SamplingConfig, load
     from vlm_edge.model import GenerationConfig, load_checkpoint
@@ -202,10 +201,11 @@ def _video_parity(engine_dir, ckpt_dir, tmp_path, steps=8):
     kept = read_frames(clip, 8)
     ref = load_checkpoint(ckpt_dir)
     ids = pipe.prompt_ids(video_prompt("What happens?", 8), kept)
-    pixels, plans = preprocess_tiled(kept, dataclasses.replace(ref.model.image_processor_config, tiling="none"))
+    pixels, plans = preprocess_tiled(kept, whole_pictures(ref.model.image_processor_config))
     theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), plans=plans)
     assert ours.prompt_tokens == theirs.prompt_tokens == len(ids) - 8 + 8 * ref.config.num_image_tokens
     assert ours.token_ids == theirs.token_ids
+    return plans
 
 
 def test_nvila_lite_exports_in_float_and_the_runtime_tiles_like_the_reference(nvila_lite, tmp_path, rng):
@@ -303,27 +303,37 @@ def test_nvila_layout_loads_and_its_s2_tokens_match_a_long_hand_reference(nvila,
         np.testing.assert_allclose(tokens.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_nvila_exports_in_float_and_4_bit_and_the_runtime_matches_the_reference(nvila, tmp_path, rng):
-    from vlm_edge.common.errors import UnsupportedFeatureError
+def multi_scale_exports(ckpt, tmp_path, rng, tiling: str, video_parity) -> None:
+    """A multi-scale checkpoint exported in float (the tower and the projector as two graphs) and,
+    after AWQ, in 4-bit: each validates, and the runtime answers pictures (and a clip, through
+    `video_parity`) token for token like the reference."""
     from vlm_edge.export.api import export_checkpoint
     from vlm_edge.export.config import ExportConfig
     from vlm_edge.quant.api import quantize_checkpoint
     from vlm_edge.quant.config import QuantConfig
 
-    manifest = export_checkpoint(nvila, tmp_path / "fp", ExportConfig(vision="fp32"))
-    assert set(manifest.components) >= {"vision", "projector"} and manifest.preprocessing["tiling"] == "dynamic_s2"
+    manifest = export_checkpoint(ckpt, tmp_path / "fp", ExportConfig(vision="fp32"))
+    assert set(manifest.components) >= {"vision", "projector"} and manifest.preprocessing["tiling"] == tiling
     assert manifest.validation["vision"]["rel_err"] <= 1e-4 and manifest.validation["decoder.fp"]["greedy_identical"] >= 9
-    same, total = _tiled_parity(tmp_path / "fp", nvila, rng)
+    same, total = _tiled_parity(tmp_path / "fp", ckpt, rng)
     assert same == total
-    _video_parity(tmp_path / "fp", nvila, tmp_path)
+    video_parity(tmp_path / "fp", ckpt, tmp_path)
 
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(f"Line {i}: a small red circle at the top left and a big blue square." for i in range(64)))
-    quantize_checkpoint(nvila, tmp_path / "awq", QuantConfig(group_size=32, calib=str(calib)))
+    quantize_checkpoint(ckpt, tmp_path / "awq", QuantConfig(group_size=32, calib=str(calib)))
     manifest = export_checkpoint(tmp_path / "awq", tmp_path / "q", ExportConfig(awq4=True, vision="fp32"))
     assert manifest.validation["decoder.ort"]["passed"]
     same, total = _tiled_parity(tmp_path / "q", tmp_path / "awq", rng)
     assert same == total
+
+
+def test_nvila_exports_in_float_and_4_bit_and_the_runtime_matches_the_reference(nvila, tmp_path, rng):
+    from vlm_edge.common.errors import UnsupportedFeatureError
+    from vlm_edge.export.api import export_checkpoint
+    from vlm_edge.export.config import ExportConfig
+
+    multi_scale_exports(nvila, tmp_path, rng, "dynamic_s2", _video_parity)
 
     with pytest.raises(UnsupportedFeatureError, match="dynamic_s2"):  # said plainly, before any work
         export_checkpoint(nvila, tmp_path / "trt", ExportConfig(awq4=True, flavours=("ort", "trt"), method="rtn"))

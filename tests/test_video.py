@@ -259,3 +259,23 @@ def _distance(frame, rgb) -> float:
     pixels = np.asarray(frame, np.float32).reshape(-1, 3)
     shape = pixels[np.ptp(pixels, axis=1) > 60]
     return float(np.abs(shape.mean(axis=0) - np.asarray(rgb, np.float32)).sum())
+
+
+def test_the_reference_cli_takes_a_video_and_answers_as_the_runtime(video_model, tmp_path):
+    """`vlm-model generate --video` (the PyTorch reference) on the trained checkpoint: the same
+    answer as the exported engine, and a clear one-line error for a missing clip."""
+    from fixtures import scene_frames, write_video
+
+    from vlm_edge.edge import SamplingConfig, load
+
+    frames, _ = scene_frames(CLIPS[0], seconds=1.0, fps=10, size=64, seed=0)
+    clip = write_video(tmp_path / "clip.mp4", frames)
+    question = "Which colour appears last?"
+    out = subprocess.run(["vlm-model", "generate", str(video_model.parent / "ckpt"), "--video", str(clip),
+                          "--prompt", question, "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    runtime = load(video_model, "ort-cpu").generate(question, config=SamplingConfig(max_new_tokens=4), video=clip)
+    assert out.stdout.strip() == runtime.text.strip() == "green"
+    out = subprocess.run(["vlm-model", "generate", str(video_model.parent / "ckpt"), "--video", str(tmp_path / "none.mp4"),
+                          "--prompt", question], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "none.mp4" in out.stderr
