@@ -218,17 +218,32 @@ def write_video(path: Path, frames, fps: int = 10) -> Path:
     return path
 
 
-def train_colour_model(root: Path, steps: int = 400) -> Path:
-    """The micro preset trained by the training module on one question, "What colour is the shape?",
-    over one-shape scenes (seconds), then exported with 4-bit weights: root/engine."""
+def _train_micro_on(root: Path, name: str, records: list, images: Path, steps: int) -> Path:
+    """The micro preset trained on LLaVA-format `records` alone in SFT (written to root/name, images in
+    `images`), then exported with 4-bit weights: root/ckpt and root/engine."""
     import json
-    import random
 
     from vlm_edge.export.api import export_checkpoint
     from vlm_edge.export.config import ExportConfig
     from vlm_edge.train.recipe import default_config
-    from vlm_edge.train.scenes import CELLS, COLOURS, SHAPES, Scene, Shape, render
     from vlm_edge.train.trainer import Trainer
+
+    (root / name).write_text(json.dumps(records))
+    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / name), image_folder=str(images))
+    for stage, n in zip(config.stages, (10, 30, steps)):
+        stage.steps = n
+    config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
+    Trainer(config, root / "ckpt").run()
+    export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
+    return root / "engine"
+
+
+def train_colour_model(root: Path, steps: int = 400) -> Path:
+    """The micro preset trained by the training module on one question, "What colour is the shape?",
+    over one-shape scenes (seconds), then exported with 4-bit weights: root/engine."""
+    import random
+
+    from vlm_edge.train.scenes import CELLS, COLOURS, SHAPES, Scene, Shape, render
 
     rng = random.Random(0)
     images = root / "images"
@@ -241,15 +256,7 @@ def train_colour_model(root: Path, steps: int = 400) -> Path:
         render(scene, 28, rng).save(images / f"{i}.png")
         records.append({"image": f"{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": colour}]})
-    (root / "colours.json").write_text(json.dumps(records))
-    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / "colours.json"),
-                            image_folder=str(images))
-    for stage, n in zip(config.stages, (10, 30, steps)):
-        stage.steps = n
-    config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
-    Trainer(config, root / "ckpt").run()
-    export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
-    return root / "engine"
+    return _train_micro_on(root, "colours.json", records, images, steps)
 
 
 VIDEO_QUESTIONS = {"first": "Which colour appears first?", "last": "Which colour appears last?"}
@@ -261,15 +268,10 @@ def train_video_model(root: Path, steps: int = 1000, frames: int = 8) -> Path:
     shape and its cell change from frame to frame), then exported with 4-bit weights: root/engine.
     The frames are rendered by our scene renderer; a record is a LLaVA-format multi-image
     conversation with the frames as its images, in the prompt the runtime builds for a video."""
-    import json
     import random
 
     from vlm_edge.common.video import video_prompt
-    from vlm_edge.export.api import export_checkpoint
-    from vlm_edge.export.config import ExportConfig
-    from vlm_edge.train.recipe import default_config
     from vlm_edge.train.scenes import CELLS, COLOURS, SHAPES, Scene, Shape, render
-    from vlm_edge.train.trainer import Trainer
 
     rng = random.Random(0)
     images = root / "images"
@@ -292,15 +294,7 @@ def train_video_model(root: Path, steps: int = 1000, frames: int = 8) -> Path:
         records.append({"image": clip, "conversations": [
             {"from": "human", "value": video_prompt(VIDEO_QUESTIONS[which], frames)},
             {"from": "gpt", "value": colours[0] if which == "first" else colours[-1]}]})
-    (root / "videos.json").write_text(json.dumps(records))
-    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / "videos.json"),
-                            image_folder=str(images))
-    for stage, n in zip(config.stages, (10, 30, steps)):
-        stage.steps = n
-    config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
-    Trainer(config, root / "ckpt").run()
-    export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
-    return root / "engine"
+    return _train_micro_on(root, "videos.json", records, images, steps)
 
 
 NVILA_CONFIG = Path(__file__).resolve().parent / "data" / "nvila-8b.config.json"  # the public release's, verbatim
