@@ -1,6 +1,6 @@
 """Is training bit-identical across hosts? Weight digests of short tiny-preset runs, to compare.
 
-    python benchmarks/train_repro.py [--work /tmp/repro] [--steps align=3,pretrain=4,sft=6]
+    python benchmarks/train_repro.py [--work /tmp/repro] [--steps vision=3,align=3,pretrain=4,sft=6]
     python benchmarks/train_repro.py --checkpoint ckpt/       # the digest of a checkpoint you have
 
 Trains the tiny preset for a few steps with `--numerics portable` and `--numerics native`, each in
@@ -54,7 +54,7 @@ def cpu_name() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/vlm-train-repro", help="folder for the runs' checkpoints")
-    p.add_argument("--steps", default="align=3,pretrain=4,sft=6")
+    p.add_argument("--steps", default="vision=3,align=3,pretrain=4,sft=6")
     p.add_argument("--checkpoint", help="only print this checkpoint's digest and the kernels it was trained with")
     args = p.parse_args()
     print(f"host: {cpu_name()}, {platform.machine()}")

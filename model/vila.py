@@ -186,9 +186,9 @@ class VilaModel(nn.Module):
     ):
         """Full forward pass; returns the LLM's output (logits, and loss when labels are given).
 
-        `loss_only=True` (training) returns just the loss, with the LM head applied only where a
-        label follows: in SFT about one position in eight carries loss, and the head's matmul
-        over the rest is wasted. Same value as transformers' causal-LM loss: cross-entropy of
+        `loss_only=True` (training) returns just the loss and the image embeddings it used, with the
+        LM head applied only where a label follows: in SFT about one position in eight carries loss,
+        and the head's matmul over the rest is wasted. Same value as transformers' causal-LM loss: cross-entropy of
         position t's logits against label t+1, summed over labelled positions and divided by
         `num_items_in_batch` (or averaged when it is not given).
         """
@@ -197,7 +197,9 @@ class VilaModel(nn.Module):
         if loss_only:
             if inputs.labels is None:
                 raise ValueError("loss_only needs labels")
-            return self._loss(inputs, llm_kwargs.pop("num_items_in_batch", None))
+            out = self._loss(inputs, llm_kwargs.pop("num_items_in_batch", None))
+            out.image_embeds = image_embeds if isinstance(image_embeds, torch.Tensor) else None
+            return out
         return self.llm(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -221,6 +223,7 @@ class VilaModel(nn.Module):
 @dataclass
 class LossOutput:
     loss: torch.Tensor
+    image_embeds: torch.Tensor | None = None  # [N, T, D], the projector's output the loss was computed on
 
 
 def _pad(samples: list[torch.Tensor], labels: list[torch.Tensor] | None, side: str) -> MultimodalInputs:

@@ -174,13 +174,14 @@ def tiny_config(*, llm: str = "llama", vision: str = "siglip", projector: str = 
 
 
 def train_micro(out: Path, steps: tuple[int, int, int] = (10, 50, 100)) -> Path:
-    """The `micro` preset trained by the training module (seconds), with its calibration/ set."""
+    """The `micro` preset trained by the training module (seconds), with its calibration/ set;
+    `steps` are align, pretrain and sft's (the vision stage keeps the recipe's)."""
     from vlm_edge.train.recipe import default_config
     from vlm_edge.train.trainer import Trainer
 
     config = default_config("micro", eval_per_type=0, device="cpu")
-    for stage, n in zip(config.stages, steps):
-        stage.steps = n
+    for stage in config.stages:
+        stage.steps = dict(zip(("align", "pretrain", "sft"), steps)).get(stage.name, stage.steps)
     Trainer(config, out).run()
     return out
 
@@ -229,7 +230,10 @@ def _train_micro_on(root: Path, name: str, records: list, images: Path, steps: i
     from vlm_edge.train.trainer import Trainer
 
     (root / name).write_text(json.dumps(records))
-    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / name), image_folder=str(images))
+    config = default_config("micro", eval_per_type=0, device="cpu", user_data=str(root / name), image_folder=str(images),
+                            probe_weight=0.0)
+    # VILA's three stages only, no probes: these pictures are not the synthetic scenes the probes name
+    config.stages = [s for s in config.stages if not s.pictures_only]
     for stage, n in zip(config.stages, (10, 30, steps)):
         stage.steps = n
     config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16

@@ -18,6 +18,7 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
 from vlm_edge.model.vila import IGNORE_INDEX
 
 from .datasets import Sample
+from .picture_stage import FIELDS, IGNORE, picture_targets
 
 
 @dataclass
@@ -25,6 +26,9 @@ class Batch:
     input_ids: list[list[int]]
     labels: list[list[int]]
     pixel_values: np.ndarray  # float32 [N_images, 3, H, W], images in sample order
+    # int64 [N_images, tokens, fields]: what each image token's cell holds (train/picture_stage.py),
+    # IGNORE for images without a known scene (users' data); None when the probes are off
+    picture_targets: np.ndarray | None = None
 
     @property
     def num_targets(self) -> int:
@@ -52,10 +56,18 @@ def encode(sample: Sample, tokenizer: TextTokenizer, template: ChatTemplate) -> 
     return ids, labels
 
 
-def collate(samples: list[Sample], tokenizer: TextTokenizer, template: ChatTemplate, image_cfg: ImageProcessorConfig) -> Batch:
+def collate(samples: list[Sample], tokenizer: TextTokenizer, template: ChatTemplate, image_cfg: ImageProcessorConfig,
+            cells: list[int] | None = None) -> Batch:
+    """`cells` (the scene cell of each image token, picture_stage.token_cells) adds the probes' targets."""
     encoded = [encode(s, tokenizer, template) for s in samples]
     images = [image for s in samples for image in s.images]
-    return Batch([e[0] for e in encoded], [e[1] for e in encoded], preprocess_images(images, image_cfg))
+    targets = None
+    if cells is not None:
+        unknown = np.full((len(cells), len(FIELDS)), IGNORE, dtype=np.int64)
+        rows = [picture_targets(s.scenes[k], cells) if s.scenes else unknown
+                for s in samples for k in range(len(s.images))]
+        targets = np.stack(rows) if rows else np.empty((0, len(cells), len(FIELDS)), dtype=np.int64)
+    return Batch([e[0] for e in encoded], [e[1] for e in encoded], preprocess_images(images, image_cfg), targets)
 
 
 def by_length(batch: Batch, image_tokens: int, max_tokens: int = 768) -> list[Batch]:
@@ -75,7 +87,11 @@ def by_length(batch: Batch, image_tokens: int, max_tokens: int = 768) -> list[Ba
         if groups[-1] and (len(groups[-1]) + 1) * lengths[i] > max_tokens:
             groups.append([])
         groups[-1].append(i)
+    def images_of(group: list[int], per_image: np.ndarray | None) -> np.ndarray | None:
+        if per_image is None or not len(batch.pixel_values):
+            return per_image
+        return np.concatenate([per_image[first_image[i]:first_image[i + 1]] for i in group])
+
     return [Batch([batch.input_ids[i] for i in g], [batch.labels[i] for i in g],
-                  np.concatenate([batch.pixel_values[first_image[i]:first_image[i + 1]] for i in g])
-                  if len(batch.pixel_values) else batch.pixel_values)
+                  images_of(g, batch.pixel_values), images_of(g, batch.picture_targets))  # type: ignore[arg-type]
             for g in groups]

@@ -1,6 +1,7 @@
-"""`vlm-train` and `vlm-eval`: train a VILA-class checkpoint with the 3-stage recipe, and measure it.
+"""`vlm-train` and `vlm-eval`: train a VILA-class checkpoint with VILA's 3-stage recipe (after a vision
+stage for towers trained from scratch), and measure it.
 
-    vlm-train --preset tiny -o ckpt/                 align -> pretrain -> sft, then evaluate
+    vlm-train --preset tiny -o ckpt/                 vision -> align -> pretrain -> sft, then evaluate
     vlm-train -o ckpt/ --resume                      continue an interrupted run
     torchrun --nproc_per_node 2 -m vlm_edge.train.cli --preset tiny -o ckpt/     data-parallel
     vlm-eval ckpt/                                   held-out accuracy per question type + perplexity
@@ -23,7 +24,7 @@ def _stage_steps(text: str) -> dict[str, int]:
         pairs = [item.split("=") for item in text.split(",")]
         return {name.strip(): int(value) for name, value in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected align=N,pretrain=N,sft=N, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected stage=N pairs (vision, align, pretrain, sft), got {text!r}") from None
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     p.add_argument("--force", action="store_true", help="start over in a non-empty --output")
-    p.add_argument("--steps", type=_stage_steps, help="override stage steps, e.g. align=50,pretrain=100,sft=500")
+    p.add_argument("--steps", type=_stage_steps,
+                   help="override stage steps, e.g. vision=200,align=50,pretrain=100,sft=500")
     p.add_argument("--lr", type=float, help="override every stage's peak learning rate")
     p.add_argument("--batch-size", type=int, help="override every stage's global batch size")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the recipe's)")
@@ -42,7 +44,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-llm", help="start from this LLM folder (config.json, safetensors, tokenizer) "
                    "instead of the preset's random one; its tokenizer and chat template are used")
     p.add_argument("--init-vision", help="start from this vision tower folder (config.json, safetensors, "
-                   "preprocessor_config.json)")
+                   "preprocessor_config.json); the vision stage, for towers trained from scratch, is skipped")
     p.add_argument("--eval-per-type", type=int, help="held-out questions per type in the final evaluation (0 = skip)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -62,6 +64,8 @@ def build_config(args: argparse.Namespace):
 
     config = default_config(args.preset, seed=args.seed, device=args.device, precision=args.precision)
     for stage in config.stages:
+        if args.init_vision and stage.pictures_only:
+            stage.steps = 0  # a tower that has learnt to see elsewhere keeps what it learnt
         if args.steps and stage.name in args.steps:
             stage.steps = args.steps[stage.name]
         if args.lr:
@@ -78,6 +82,8 @@ def build_config(args: argparse.Namespace):
         config.eval_per_type = args.eval_per_type
     config.user_data, config.image_folder = args.data, args.image_folder
     config.init_llm, config.init_vision = args.init_llm, args.init_vision
+    if args.init_vision:
+        config.probe_weight = 0.0  # the probes name synthetic scenes' cells; another tower's tokens need not map to them
     if args.numerics:
         config.numerics = args.numerics
     if args.threads is not None:

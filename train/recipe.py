@@ -1,5 +1,7 @@
 """The training configuration: VILA's three-stage recipe as data, saved with every checkpoint.
 
+    vision   (towers trained from scratch) vision tower + projector, pictures alone: each image
+                       token learns to tell what its cell holds (train/picture_stage.py)
     stage 0  align     projector only (vision tower and LLM frozen), image-caption pairs
     stage 1  pretrain  + the LLM (and, for models trained from scratch, the vision tower),
                        interleaved documents and caption pairs
@@ -18,7 +20,7 @@ from typing import Any
 from vlm_edge.common.errors import InputError
 
 MODULES = ("vision_tower", "mm_projector", "llm")
-DATA_KINDS = ("caption", "interleaved", "vqa", "describe", "text", "user")
+DATA_KINDS = ("picture", "caption", "interleaved", "vqa", "describe", "text", "user")
 
 
 @dataclass
@@ -40,6 +42,13 @@ class StageConfig:
         bad = set(self.mix) - set(DATA_KINDS)
         if bad or not self.mix or min(self.mix.values()) < 0:
             raise InputError(f"stage {self.name}: data mix {self.mix} must weight kinds from {', '.join(DATA_KINDS)}")
+        if "picture" in self.mix and (set(self.mix) != {"picture"} or "llm" in self.train):
+            raise InputError(f"stage {self.name}: pictures (no text) cannot be mixed with other kinds or train the llm")
+
+    @property
+    def pictures_only(self) -> bool:
+        """A vision stage: pictures without text, the loss is train/picture_stage.py's."""
+        return set(self.mix) == {"picture"}
 
 
 @dataclass
@@ -63,6 +72,9 @@ class TrainConfig:
     # (a fifth of the tokens' variance instead of a few percent), and position answers with two or
     # three shapes rise from chance to about 75% (docs/training.md).
     vision_position_std: float | None = None
+    # Weight of the vision probes' loss (train/picture_stage.py) beside the LM loss in the stages after
+    # the vision stage: it keeps what the tower learnt to see there from washing out. 0 turns it off.
+    probe_weight: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
     # portable: the same weights on every x86-64 CPU (train/numerics.py) | native: each host's fastest kernels
@@ -78,6 +90,8 @@ class TrainConfig:
             raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         if self.numerics not in ("portable", "native"):
             raise InputError(f"numerics {self.numerics!r} is unknown; choose portable or native")
+        if self.probe_weight < 0:
+            raise InputError(f"probe_weight {self.probe_weight} must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads {self.threads} must be >= 1")
         for stage in self.stages:
@@ -97,9 +111,13 @@ class TrainConfig:
         return cls(**d)
 
 
-def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scratch: bool) -> list[StageConfig]:
+def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scratch: bool,
+            vision: tuple[int, float, int] | None = None) -> list[StageConfig]:
+    """VILA's three stages; `vision` = (steps, peak lr, batch) puts the vision stage first."""
     llm_and_vision = ("vision_tower", "mm_projector", "llm") if from_scratch else ("mm_projector", "llm")
-    return [
+    first = [StageConfig("vision", vision[0], vision[1], vision[2], ("vision_tower", "mm_projector"), {"picture": 1.0})
+             ] if vision else []
+    return first + [
         StageConfig("align", align, lr, batch, ("mm_projector",), {"caption": 1.0}),
         StageConfig("pretrain", pretrain, lr, batch, llm_and_vision, {"interleaved": 0.15, "caption": 0.85}),
         StageConfig("sft", sft, lr, batch, ("vision_tower", "mm_projector", "llm"), {"vqa": 0.7, "describe": 0.15, "text": 0.15}),
@@ -108,15 +126,16 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
 
 # preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
 RECIPES: dict[str, list[StageConfig]] = {
-    "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True),  # tests: seconds
-    "tiny": _recipe(align=50, pretrain=350, sft=1450, lr=7e-4, batch=32, from_scratch=True),
+    "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True, vision=(4, 2e-3, 8)),  # tests
+    "tiny": _recipe(align=50, pretrain=350, sft=1450, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 
 
 # preset -> TrainConfig fields its recipe sets (overridable like any other field)
 PRESET_OPTIONS: dict[str, dict[str, Any]] = {
-    "tiny": {"vision_position_std": 1.0},
+    "micro": {"probe_weight": 1.0},
+    "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0},
 }
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -38,6 +39,7 @@ from vlm_edge.common.fsutil import atomic_directory, recover_directory
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import get_template, render
 from vlm_edge.common.fsutil import read_json
+from vlm_edge.common.image import preprocess_images
 from vlm_edge.common.tokenizer import default_chat_template
 from vlm_edge.common.vila_config import PREPROCESSOR_FILE
 from vlm_edge.model.architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES
@@ -49,12 +51,14 @@ from . import numerics
 from .batching import by_length, collate
 from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
+from .picture_stage import FIELDS, PictureProbes, ProbedModel, picture_targets, target_counts, token_cells
 from .recipe import StageConfig, TrainConfig
 from .tokenizer import train_tokenizer
 
 log = get_logger(__name__)
 TRAINING_DIR = "training"
 CALIBRATION_DIR = "calibration"  # held-out conversations + images that vlm-quant calibrates on
+PROBES_FILE = "probes.pt"  # the vision stage's linear probes, kept while that stage is unfinished (resume)
 
 
 @dataclass
@@ -164,6 +168,16 @@ class Trainer:
                 raise InputError(f"stage {stage.name}: batch size {stage.batch_size} does not split over {self.par.world} processes")
         self.config = config
         self.model = self.checkpoint.model.to(self.device)
+        # the probes on the image tokens (train/picture_stage.py): trained in the vision stage, and
+        # with probe_weight > 0 beside the LM loss in every later stage; never part of the checkpoint
+        self.probes: PictureProbes | None = None
+        self.cells: list[int] | None = None  # the scene cell of each image token, where probes are on
+        if config.probe_weight > 0 or any(s.pictures_only and s.steps > 0 for s in config.stages):
+            self.cells = token_cells(self.model.config.downsample_token_order, self.model.config.num_image_tokens)
+            self.probes = PictureProbes(self.model.config.hidden_size, config.seed).to(self.device)
+            saved = self.output / TRAINING_DIR / PROBES_FILE
+            if resume and saved.is_file():
+                self.probes.load_state_dict(torch.load(saved, map_location=self.device))
         image_size = self.model.config.image_size
         user = load_conversations(config.user_data, config.image_folder) if config.user_data else None
         self.data = SyntheticData(image_size, config.seed)
@@ -235,40 +249,28 @@ class Trainer:
         for name in ("vision_tower", "mm_projector", "llm"):
             getattr(model, name).requires_grad_(name in stage.train)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        # with probes (train/picture_stage.py), a step differentiates the model and them as one module
+        trained: torch.nn.Module = (model if self.probes is None
+                                    else ProbedModel(model, self.probes, self.config.probe_weight))
+        params = [p for p in trained.parameters() if p.requires_grad]
         # fused: one kernel over all parameters instead of a loop of small ops (about 10% of a CPU step)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=self.config.weight_decay,
                                       fused=True)
         if self.state.step:
             optimizer.load_state_dict(torch.load(self.output / TRAINING_DIR / "optimizer.pt", map_location=self.device))
-        wrapped = model
+        wrapped = trained
         if self.par.world > 1:
-            wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-        template = self.checkpoint.template
-        image_cfg = model.image_processor_config
-        image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
+            wrapped = torch.nn.parallel.DistributedDataParallel(trained, find_unused_parameters=True)
         bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        start, tokens_seen, losses = time.time(), 0, []
+        train_step = self._picture_step if stage.pictures_only else self._text_step
+        unit = "img" if stage.pictures_only else "tok"
+        start, seen, losses, probed = time.time(), 0, [], []
         first = self.state.step
         for step in range(self.state.step, stage.steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(stage, step)
-            batch = collate(self.mix.batch(index, stage, step, self.par), self.checkpoint.tokenizer, template, image_cfg)
-            targets = torch.tensor(float(batch.num_targets), device=self.device)
-            if self.par.world > 1:
-                dist.all_reduce(targets)
-            micro = by_length(batch, image_tokens)
-            loss = torch.zeros((), device=self.device)
-            for k, part in enumerate(micro):  # gradients add up; DDP syncs on the last backward only
-                sync = wrapped.no_sync() if self.par.world > 1 and k < len(micro) - 1 else contextlib.nullcontext()
-                pixels = torch.from_numpy(part.pixel_values).to(self.device)
-                with sync:
-                    with autocast:
-                        out = wrapped(part.input_ids, pixels, part.labels, loss_only=True,
-                                      num_items_in_batch=targets / self.par.world)
-                    out.loss.backward()
-                loss += out.loss.detach()
+            loss, count, accuracy = train_step(wrapped, self.mix.batch(index, stage, step, self.par), autocast)
             if self.config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             optimizer.step()
@@ -277,23 +279,82 @@ class Trainer:
                 dist.all_reduce(loss)
                 loss /= self.par.world
             losses.append(float(loss))
-            images = len(batch.pixel_values)
-            tokens_seen += (sum(len(ids) for ids in batch.input_ids) + images * (image_tokens - 1)) * self.par.world
+            if accuracy is not None:
+                probed.append(accuracy)
+            seen += count * self.par.world
             self.state.step = step + 1
             done = self.state.step == stage.steps
             if self.state.step % self.config.log_every == 0 or done:
                 elapsed = time.time() - start
                 rate = (self.state.step - first) / max(elapsed, 1e-9)
                 record = {"stage": stage.name, "step": self.state.step, "loss": sum(losses) / len(losses),
-                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+                          ("images_per_s" if stage.pictures_only else "tokens_per_s"): seen / max(elapsed, 1e-9)}
+                note = ""
+                if probed:  # each probe's accuracy over the steps since the last line (process 0's share)
+                    mean = torch.stack(probed).nanmean(0).tolist()
+                    record["probe_accuracy"] = {name: round(a, 4) for (name, _), a in zip(FIELDS, mean) if a == a}
+                    note = "  probes " + " ".join(f"{name} {a:.0%}" for name, a in record["probe_accuracy"].items())
                 self.state.history.append(record)
-                losses = []
+                losses, probed = [], []
                 if self.par.main:
                     eta = (stage.steps - self.state.step) / max(rate, 1e-9)
-                    log.info("%s %d/%d  loss %.4f  %.0f tok/s  eta %s", stage.name, self.state.step, stage.steps,
-                             record["loss"], record["tokens_per_s"], _duration(eta))
+                    log.info("%s %d/%d  loss %.4f  %.0f %s/s%s  eta %s", stage.name, self.state.step, stage.steps,
+                             record["loss"], seen / max(elapsed, 1e-9), unit, note, _duration(eta))
             if done or self.state.step % self.config.checkpoint_every == 0:
                 self._save(optimizer)
+
+    def _counts(self, targets: np.ndarray | None) -> torch.Tensor | None:
+        """The probes' denominators for the whole global batch (target_counts summed over processes), per process."""
+        if targets is None:
+            return None
+        counts = torch.from_numpy(target_counts(targets)).to(self.device)
+        if self.par.world > 1:
+            dist.all_reduce(counts)
+        return counts / self.par.world  # DDP averages the processes' gradients, as num_items_in_batch
+
+    def _text_step(self, wrapped: torch.nn.Module, samples: list[Sample], autocast
+                   ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Forward and backward over one global batch of text (with images): (loss, tokens, probe accuracy)."""
+        model = self.model
+        batch = collate(samples, self.checkpoint.tokenizer, self.checkpoint.template, model.image_processor_config,
+                        self.cells)
+        image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
+        targets = torch.tensor(float(batch.num_targets), device=self.device)
+        if self.par.world > 1:
+            dist.all_reduce(targets)
+        counts = self._counts(batch.picture_targets)
+        micro = by_length(batch, image_tokens)
+        loss = torch.zeros((), device=self.device)
+        accuracy = []
+        for k, part in enumerate(micro):  # gradients add up; DDP syncs on the last backward only
+            sync = wrapped.no_sync() if self.par.world > 1 and k < len(micro) - 1 else contextlib.nullcontext()
+            pixels = torch.from_numpy(part.pixel_values).to(self.device)
+            probes = {} if counts is None else {
+                "picture_targets": torch.from_numpy(part.picture_targets).to(self.device), "target_counts": counts}
+            with sync:
+                with autocast:
+                    out = wrapped(part.input_ids, pixels, part.labels, loss_only=True,
+                                  num_items_in_batch=targets / self.par.world, **probes)
+                out.loss.backward()
+            loss += out.loss.detach()
+            if getattr(out, "probe_accuracy", None) is not None:
+                accuracy.append(out.probe_accuracy)
+        images = len(batch.pixel_values)
+        return (loss, sum(len(ids) for ids in batch.input_ids) + images * (image_tokens - 1),
+                torch.stack(accuracy).nanmean(0) if accuracy else None)
+
+    def _picture_step(self, wrapped: torch.nn.Module, samples: list[Sample], autocast
+                      ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Forward and backward of the vision stage over pictures alone: (probe loss, pictures, accuracy)."""
+        if self.cells is None:
+            raise InputError("the vision stage needs its probes: set probe_weight > 0 or give the stage steps")
+        pixels = torch.from_numpy(preprocess_images([s.images[0] for s in samples], self.model.image_processor_config))
+        targets = np.stack([picture_targets(s.scenes[0], self.cells) for s in samples])  # type: ignore[index]
+        with autocast:
+            out = wrapped(None, pixels.to(self.device), picture_targets=torch.from_numpy(targets).to(self.device),
+                          target_counts=self._counts(targets))
+        out.loss.backward()
+        return out.loss.detach(), len(samples), out.probe_accuracy
 
     # ---- checkpoints
     def _save(self, optimizer: torch.optim.Optimizer | None, evaluation: dict | None = None) -> None:
@@ -307,6 +368,8 @@ class Trainer:
                 (state_dir / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=2) + "\n")
                 if optimizer is not None and self.state.stage < len(self.config.stages):
                     torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+                    if self.probes is not None:
+                        torch.save(self.probes.state_dict(), state_dir / PROBES_FILE)
                 if evaluation is not None:
                     (state_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         self.par.barrier()

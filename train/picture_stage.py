@@ -1,0 +1,144 @@
+"""The vision stage, first for a vision tower trained from scratch: learn to see before learning to talk.
+
+VILA starts from a SigLIP tower that was pretrained on image-text pairs before VILA ever saw it.
+The tiny preset's tower starts from random weights, and without a stage of its own it learnt to
+see only through the LLM's loss, which came late: the features that tell a circle from a square
+formed in the last few hundred SFT steps, and the circuits that look objects up in the LLM
+formed later still, or not at all (docs/training.md, "Seeing first").
+
+This stage trains the tower and the projector (the LLM is untouched) to say, from each image
+token alone, what its cell of the scene holds. Linear probes read six fields from the projector's
+output, the embeddings the LLM will consume:
+
+    field    classes                                       where it is defined
+    kind     empty / a shape / part of a written word      every token
+    colour   6 colours                                     tokens of a shape
+    shape    circle / square / triangle                    tokens of a shape
+    size     small / big                                   tokens of a shape
+    cell     top left / top right / bottom left / ...     every token
+    word     the 10 words                                  tokens of a word picture
+
+The loss is the sum over fields of the mean cross-entropy over the tokens where the field is
+defined. In the stages after it, the same loss on the pictures of each batch is added to the LM
+loss with weight `TrainConfig.probe_weight` (1 for tiny), so that the LM's gradients do not wash
+out what the tower learnt here. The probes are never part of the checkpoint: its layout does not
+change. They need one image token per cell of the scene's 2x2 grid (the `tiny` and `micro`
+presets: 28 px pictures, 7 px patches, a 2x2 downsample); other shapes are refused in one line.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm_edge.common.errors import InputError
+
+from .scenes import CELLS, COLOURS, SHAPES, SIZES, WORDS, Scene
+
+FIELDS: tuple[tuple[str, int], ...] = (("kind", 3), ("colour", len(COLOURS)), ("shape", len(SHAPES)),
+                                       ("size", len(SIZES)), ("cell", len(CELLS)), ("word", len(WORDS)))
+IGNORE = -100  # a field that is not defined for a token (the colour of an empty cell)
+EMPTY, SHAPE, WORD = 0, 1, 2  # the kind field
+GRID = 2  # the scenes' cells form a 2x2 grid
+
+
+def token_cells(token_order: str | None, num_tokens: int) -> list[int]:
+    """The scene cell (index into CELLS, reading order) of each image token.
+
+    The downsample projector emits its 2x2 tokens column-major (VILA1.5-era: t = col * 2 + row)
+    or row-major (t = row * 2 + col); model/projector.py."""
+    if num_tokens != GRID * GRID:
+        raise InputError(f"the vision stage needs one image token per cell of the {GRID}x{GRID} scene grid; "
+                         f"this model has {num_tokens} image tokens per picture: set its steps to 0 "
+                         "(--steps vision=0)")
+    if token_order == "row_major":
+        return list(range(GRID * GRID))
+    if token_order == "column_major":
+        return [(t % GRID) * GRID + t // GRID for t in range(GRID * GRID)]
+    raise InputError(f"the vision stage needs a 2x2 downsample projector; token order {token_order!r}")
+
+
+def picture_targets(scene: Scene, cells: list[int]) -> np.ndarray:
+    """[tokens, len(FIELDS)] int64 class indices of each token's fields, IGNORE where undefined."""
+    out = np.full((len(cells), len(FIELDS)), IGNORE, dtype=np.int64)
+    by_cell = {o.cell: o for o in scene.objects}
+    for t, cell in enumerate(cells):
+        out[t, 4] = cell
+        if scene.word is not None:
+            out[t, 0], out[t, 5] = WORD, WORDS.index(scene.word)
+        elif CELLS[cell] in by_cell:
+            o = by_cell[CELLS[cell]]
+            out[t, :4] = SHAPE, list(COLOURS).index(o.colour), SHAPES.index(o.shape), SIZES.index(o.size)
+        else:
+            out[t, 0] = EMPTY
+    return out
+
+
+def target_counts(targets: np.ndarray) -> np.ndarray:
+    """[fields] float32: tokens with each field defined, the loss's denominators for a whole batch
+    (a batch cut into micro-batches, or split over processes, sums to the loss of the whole)."""
+    return (targets.reshape(-1, len(FIELDS)) != IGNORE).sum(0).astype(np.float32)
+
+
+class PictureProbes(nn.Module):
+    """One linear probe per field on the projector's output (the LLM's input embeddings)."""
+
+    def __init__(self, hidden: int, seed: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for _, n in FIELDS)
+        generator = torch.Generator().manual_seed(seed)  # the probes' init leaves the global RNG alone
+        with torch.no_grad():
+            for head in self.heads:
+                bound = hidden ** -0.5  # nn.Linear's own range
+                head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+                head.bias.zero_()
+
+    def forward(self, embeds: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeds [N, tokens, D], targets [N, tokens, fields], counts [fields] (target_counts of the
+        whole batch) -> (sum over fields of the cross-entropy summed over defined tokens / count,
+        accuracy per field [fields], NaN where a field is undefined in these embeddings)."""
+        flat, targets = embeds.reshape(-1, embeds.shape[-1]), targets.reshape(-1, len(FIELDS))
+        loss = embeds.new_zeros((), dtype=torch.float32)
+        accuracy = []
+        for j, head in enumerate(self.heads):
+            keep = targets[:, j] != IGNORE
+            if not bool(keep.any()):
+                accuracy.append(torch.tensor(float("nan")))
+                continue
+            logits = head(flat[keep]).float()
+            loss = loss + nn.functional.cross_entropy(logits, targets[keep, j], reduction="sum") / counts[j].clamp(min=1)
+            accuracy.append((logits.argmax(-1) == targets[keep, j]).float().mean().detach().cpu())
+        return loss, torch.stack(accuracy)
+
+
+class ProbedModel(nn.Module):
+    """The model with the probes on its image tokens: what a training step differentiates, as one
+    module, so that torchrun's DDP syncs the probes' gradients with the model's.
+
+    Vision stage:  forward(None, pixels, picture_targets=..., target_counts=...) -> probe loss
+    other stages:  forward(input_ids, pixels, labels, loss_only=True, ...) -> LM loss + weight x probe loss
+    """
+
+    def __init__(self, model: nn.Module, probes: PictureProbes, weight: float):
+        super().__init__()
+        self.model, self.probes, self.weight = model, probes, weight
+
+    def forward(self, input_ids, pixel_values: torch.Tensor, labels=None, *, picture_targets: torch.Tensor,
+                target_counts: torch.Tensor, **kwargs) -> "ProbedLoss":
+        if input_ids is None:  # pictures alone
+            loss, accuracy = self.probes(self.model.encode_images(pixel_values), picture_targets, target_counts)
+            return ProbedLoss(loss, accuracy)
+        out = self.model(input_ids, pixel_values, labels, **kwargs)
+        if out.image_embeds is None or not self.weight:
+            return ProbedLoss(out.loss, None)
+        probe_loss, accuracy = self.probes(out.image_embeds, picture_targets, target_counts)
+        return ProbedLoss(out.loss + self.weight * probe_loss, accuracy)
+
+
+class ProbedLoss(NamedTuple):
+    loss: torch.Tensor
+    probe_accuracy: torch.Tensor | None  # [fields]
