@@ -45,7 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "counts111": {"data": {"SFT_COUNT_WEIGHTS": None}},  # equally likely counts, fact captions kept
     "nofacts": {"data": {"FACT_CAPTION_PROBABILITY": 0.0}},
     "posinit1": {"config": {"vision_position_std": 1.0}},  # vision position embeddings at init: std 1, not 1/sqrt(width)
-    "smoke": {"stages": {"align": {"steps": 2}, "pretrain": {"steps": 2}, "sft": {"steps": 4}}},  # checks this script
+    "smoke": {"stages": {"vision": {"steps": 2}, "align": {"steps": 2}, "pretrain": {"steps": 2}, "sft": {"steps": 4}}},
     # scenes that fill all four cells: SFT 1:2:2:2 or 1:1:2:4 shapes, and captions of 1-4 shapes
     "sft1222": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 2.0, 2.0, 2.0)}},
     "sft1124": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}},
@@ -62,6 +62,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pos2": {"config": {"vision_position_std": 2.0}},
     "four-multi3": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0), "CAPTION_COUNT_WEIGHTS": (1.0, 1.0, 1.0, 1.0)},
                     "patch": "multi3"},
+    # the parts of the recipe of 2026-12-05, each taken away (docs/training.md, "Seeing first")
+    "novision": {"stages": {"vision": {"steps": 0}}},  # no vision stage (the probes still train beside the LM loss)
+    "noprobes": {"config": {"probe_weight": 0.0}},  # the vision stage, then no probe loss in later stages
+    "noseeing": {"stages": {"vision": {"steps": 0}}, "config": {"probe_weight": 0.0}},  # neither
+    "wholecells": {"patch": "wholecells"},  # cell names as one token each ("top left"), not two
+    "posany": {"data": {"POSITION_MIN_OBJECTS": 1, "POSITION_COUNT_WEIGHTS": (1.0, 2.0, 2.0)}},  # position on any scene
+    "caption123": {"data": {"CAPTION_COUNT_WEIGHTS": None}},  # captions of 1-3 shapes
 }
 
 
@@ -160,7 +167,14 @@ def _patch_mimetic(datasets: Any) -> None:
     trainer.Trainer._new_model = mimetic
 
 
-PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3, "mimetic": _patch_mimetic}
+def _patch_wholecells(datasets: Any) -> None:
+    from vlm_edge.train import tokenizer
+
+    tokenizer.WHOLE_WORDS = tokenizer.WHOLE_CELLS
+
+
+PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3, "mimetic": _patch_mimetic,
+           "wholecells": _patch_wholecells}
 
 
 def _seeds(text: str) -> list[int]:

@@ -2,11 +2,12 @@
 
 Kinds of sample, by training stage:
 
-    caption       <image> + one sentence describing it              stage 0 (alignment), stage 1
-    interleaved   2-3 images, each followed by a sentence about it  stage 1 (pre-training)
-    vqa           a question about one or two images, short answer  stage 2 (SFT)
-    describe      "Describe the image." answered with the caption   stage 2 (SFT)
-    text          a text-only instruction                           stage 2 (SFT)
+    picture       one picture, no text: its scene is the target     vision (train/picture_stage.py)
+    caption       <image> + one sentence describing it              align, pretrain
+    interleaved   2-3 images, each followed by a sentence about it  pretrain
+    vqa           a question about one or two images, short answer  sft
+    describe      "Describe the image." answered with the caption   sft
+    text          a text-only instruction                           sft
 
 Sample i of a stream is a pure function of (seed, split, kind, i), so a batch does not depend
 on how many processes share the work or whether a run was resumed.
@@ -31,7 +32,7 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
 
-DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "describe", "text")
+DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "describe", "text")  # with text: the tokenizer learns from them
 QUESTION_TYPES = ("colour", "shape", "count", "position", "size", "word", "multi_image")
 # Exact-match accuracy of a uniform guess among the possible answers, per question type.
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / 3, "position": 1 / len(CELLS),
@@ -53,6 +54,7 @@ class Sample:
     question_type: str | None = None
     answer: str | None = None
     objects: int | None = None  # shapes in the picture of a single-picture object question (evaluation breakdown)
+    scenes: list[Scene] | None = None  # what each image shows (synthetic data: the vision probes' targets)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,19 @@ def facts(scene: Scene, rng: random.Random) -> str | None:
 
 
 # Objects in a caption's scene: None draws 1-3, equally likely; a tuple weights 1..n objects, n <= 4
-# (scenes.random_scene). Four fill every cell; tried and not kept (docs/training.md, "Position questions").
-CAPTION_COUNT_WEIGHTS: tuple[float, ...] | None = None
+# (scenes.random_scene). 1-4, equally likely: a quarter of the captions fill every cell, where no
+# empty cell tells where the object a fact names is (docs/training.md, "Position questions").
+CAPTION_COUNT_WEIGHTS: tuple[float, ...] | None = (1.0, 1.0, 1.0, 1.0)
+
+
+# Pictures of the vision stage: 1-4 shapes, equally likely, or a word; four shapes fill every cell.
+PICTURE_COUNT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+PICTURE_WORD_PROBABILITY = 0.2
+
+
+def _picture(data: SyntheticData, rng: random.Random, split: str) -> Sample:
+    scene = data.scene(rng, split, word_probability=PICTURE_WORD_PROBABILITY, count_weights=PICTURE_COUNT_WEIGHTS)
+    return Sample([data.image(scene, rng)], kind="picture", scenes=[scene])
 
 
 def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -114,7 +127,7 @@ def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     if text is None:
         text = describe(scene)
         text = f"{text[0].upper()}{text[1:]}."
-    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text}", kind="caption")
+    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text}", kind="caption", scenes=[scene])
 
 
 def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -123,7 +136,8 @@ def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     text = describe(scene)
     messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nDescribe the image."},
                 {"role": "assistant", "content": f"{text[0].upper()}{text[1:]}."}]
-    return Sample([data.image(scene, rng)], messages=messages, kind="describe", question_type="describe")
+    return Sample([data.image(scene, rng)], messages=messages, kind="describe", question_type="describe",
+                  scenes=[scene])
 
 
 def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -131,7 +145,7 @@ def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     scenes = [data.scene(rng, split) for _ in range(count)]
     ordinals = ("first", "second", "third")
     lines = [f"{IMAGE_TOKEN}\nThe {ordinals[i]} picture shows {describe(s)}." for i, s in enumerate(scenes)]
-    return Sample([data.image(s, rng) for s in scenes], text="\n".join(lines), kind="interleaved")
+    return Sample([data.image(s, rng) for s in scenes], text="\n".join(lines), kind="interleaved", scenes=scenes)
 
 
 # ---- questions ----------------------------------------------------------------------------------
@@ -190,7 +204,7 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
     question, answer = qa
     messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}, {"role": "assistant", "content": answer}]
     return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=qtype, answer=answer,
-                  objects=len(scene.objects) if scene.word is None else None)
+                  objects=len(scene.objects) if scene.word is None else None, scenes=[scene])
 
 
 MAX_TURNS = 4
@@ -199,17 +213,26 @@ MAX_TURNS = 4
 # "the colour of any object" is the right answer. Evaluation keeps equally likely counts. A fourth
 # weight adds scenes that fill all four cells (tried, not kept: docs/training.md).
 SFT_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0)
+# Position questions are asked in SFT only about scenes of POSITION_MIN_OBJECTS or more shapes, drawn
+# 3:4 objects as 1:2 when the conversation starts with one. With one shape, "the cell that is not
+# empty" answers them, and the model learnt exactly that: its heads attended to the empty cells,
+# not to the object named, and the answers about two or three shapes were another object's cell.
+# With three or four, two shapes share a row and the answer must come from the object named.
+POSITION_MIN_OBJECTS = 3
+POSITION_COUNT_WEIGHTS: tuple[float, ...] = (0.0, 0.0, 1.0, 2.0)
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     first = rng.choice(QUESTION_TYPES + ("colour",))  # colour twice: the one question found by shape alone
     if first == "multi_image":
         return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
-    scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0, count_weights=SFT_COUNT_WEIGHTS)
+    scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0,
+                       count_weights=POSITION_COUNT_WEIGHTS if first == "position" else SFT_COUNT_WEIGHTS)
     if scene.word is not None:
         pairs = [_question(scene, "word", rng)]
     else:
-        pairs = [qa for t in QUESTION_TYPES[:5] if (qa := _question(scene, t, rng)) is not None]
+        types = [t for t in QUESTION_TYPES[:5] if t != "position" or len(scene.objects) >= POSITION_MIN_OBJECTS]
+        pairs = [qa for t in types if (qa := _question(scene, t, rng)) is not None]
         rng.shuffle(pairs)
         kept: list[tuple[str, str]] = []
         for question, answer in pairs:  # no answer may be read off an earlier turn's words
@@ -220,7 +243,7 @@ def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sa
     for k, (question, answer) in enumerate(pairs):
         messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{question}" if k == 0 else question})
         messages.append({"role": "assistant", "content": answer})
-    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first,
+    return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first, scenes=[scene],
                   answer=messages[1]["content"])
 
 
@@ -241,7 +264,7 @@ def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int
             question = f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}"
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ("first", "second")[target]}]
     return Sample([data.image(s, rng) for s in scenes], messages=messages, kind="vqa", question_type="multi_image",
-                  answer=messages[1]["content"])
+                  answer=messages[1]["content"], scenes=scenes)
 
 
 def _text(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -262,6 +285,7 @@ def _text(data: SyntheticData, rng: random.Random, split: str) -> Sample:
 
 
 _BUILDERS: dict[str, Callable[[SyntheticData, random.Random, str], Sample]] = {
+    "picture": _picture,
     "caption": _caption,
     "interleaved": _interleaved,
     "vqa": _vqa,
