@@ -237,7 +237,13 @@ def _train_micro_on(root: Path, name: str, records: list, images: Path, steps: i
     for stage, n in zip(config.stages, (10, 30, steps)):
         stage.steps = n
     config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
-    Trainer(config, root / "ckpt").run()
+    from vlm_edge.train import datasets
+
+    kept, datasets.CAPTION_COUNT_WEIGHTS = datasets.CAPTION_COUNT_WEIGHTS, None  # the captions these models were
+    try:  # sized against (1-3 shapes); the recipe's own captions are the training module's business
+        Trainer(config, root / "ckpt").run()
+    finally:
+        datasets.CAPTION_COUNT_WEIGHTS = kept
     export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
     return root / "engine"
 

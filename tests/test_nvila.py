@@ -52,6 +52,18 @@ def test_3x3_checkpoint_round_trips_and_emits_nine_tokens(lite, rng):
         assert ckpt.model.encode_images(pixels).shape == (2, 9, ckpt.config.hidden_size)
 
 
+def _same_or_tied(ours: list[int], theirs) -> bool:
+    """The runtime's greedy tokens equal the reference's, or first differ where the reference's two
+    best logits are a near-tie (within 2e-3 of the top logit's scale): random-weight models meet such
+    ties, and which side a kernel's last bit lands on differs between CPUs (seen on an AVX2-only AMD
+    host, where one prompt of three split at a tie)."""
+    if ours == theirs.token_ids:
+        return True
+    k = next(i for i, (a, b) in enumerate(zip(ours, theirs.token_ids)) if a != b)
+    logits = theirs.logits[k].float()
+    return float(logits.max() - logits[ours[k]]) <= 2e-3 * max(1.0, float(logits.abs().max()))
+
+
 def _greedy_parity(engine_dir, ckpt_dir, rng, steps=12):
     from vlm_edge.edge import SamplingConfig, load
     from vlm_edge.model import GenerationConfig, load_checkpoint
@@ -65,8 +77,8 @@ def _greedy_parity(engine_dir, ckpt_dir, rng, steps=12):
         ours = pipe.generate(prompt, [image], SamplingConfig(max_new_tokens=steps, ignore_eos=True))
         ids = pipe.prompt_ids(prompt, [image])
         theirs = generate(ref.model, ids, preprocess_images([image], ref.model.image_processor_config),
-                          GenerationConfig(max_new_tokens=steps, stop_token_ids=[]))
-        same += ours.token_ids == theirs.token_ids
+                          GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), return_logits=True)
+        same += _same_or_tied(ours.token_ids, theirs)
     return same, len(prompts)
 
 
@@ -174,9 +186,10 @@ def _tiled_parity(engine_dir, ckpt_dir, rng, steps=12):
         ours = pipe.generate(prompt, images, SamplingConfig(max_new_tokens=steps, ignore_eos=True))
         ids = pipe.prompt_ids(prompt, images)
         pixels, plans = preprocess_tiled(images, ref.model.image_processor_config)
-        theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), plans=plans)
+        theirs = generate(ref.model, ids, pixels, GenerationConfig(max_new_tokens=steps, stop_token_ids=[]), plans=plans,
+                          return_logits=True)
         assert ours.prompt_tokens == theirs.prompt_tokens  # the same number of image tokens spliced
-        same += ours.token_ids == theirs.token_ids
+        same += _same_or_tied(ours.token_ids, theirs)
     return same, len(cases)
 
 
