@@ -54,7 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "four-posdefault": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}, "config": {"vision_position_std": None}},
     # generator changes (PATCHES below)
     "grid": {"patch": "grid"},  # the board's centre cross drawn, so an object's cell shows in its pixels
-    "markers": {"patch": "markers"},  # multi-image prompts "Image 1: <image>\nImage 2: <image>\n..."
+    "markers": {"patch": "markers"},  # multi-image prompts "Image 1: <image>\nImage 2: <image>\n..." (before NAME_IMAGES)
     "multi3": {"patch": "multi3"},  # training multi-image questions name the object by colour, shape or both
     "four-markers": {"data": {"SFT_COUNT_WEIGHTS": (1.0, 1.0, 2.0, 4.0)}, "patch": "markers"},
     "mimetic": {"patch": "mimetic"},  # mimetic attention init of the LLM (W_q ~ W_k, W_o ~ W_v^T)
@@ -67,8 +67,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "noprobes": {"config": {"probe_weight": 0.0}},  # the vision stage, then no probe loss in later stages
     "noseeing": {"stages": {"vision": {"steps": 0}}, "config": {"probe_weight": 0.0}},  # neither
     "wholecells": {"patch": "wholecells"},  # cell names as one token each ("top left"), not two
-    "posany": {"data": {"POSITION_MIN_OBJECTS": 1, "POSITION_COUNT_WEIGHTS": (1.0, 2.0, 2.0)}},  # position on any scene
     "caption123": {"data": {"CAPTION_COUNT_WEIGHTS": None}},  # captions of 1-3 shapes
+    # the parts of the look-up recipe (docs/training.md, "Looking things up"), each taken away
+    "nolookup": {"config": {"lookup_weight": 0.0}},  # no look-up loss
+    "unnamed": {"data": {"NAME_IMAGES": False}},  # multi-image prompts "<image>\n<image>\n...", nothing to name them
+    "multi1": {"data": {"FIRST_QUESTIONS": ("colour", "shape", "count", "position", "size", "word", "multi_image",
+                                            "colour")}},  # multi-image conversations 1 in 8, not 3 in 10
+    "pos34": {"data": {"POSITION_MIN_OBJECTS": 3, "POSITION_COUNT_WEIGHTS": (0.0, 0.0, 1.0, 2.0)}},  # position: 3-4 shapes only
+    "sft1450": {"stages": {"pretrain": {"steps": 350}, "sft": {"steps": 1450}}},  # the steps before (over 10 minutes)
 }
 
 
@@ -90,6 +96,7 @@ def _patch_grid(datasets: Any) -> None:
 
 def _patch_markers(datasets: Any) -> None:
     image, multi = datasets.IMAGE_TOKEN, datasets._multi_image
+    datasets.NAME_IMAGES = False  # the prompt this patch rewrites: "<image>\n<image>\n..."
 
     def labelled(data: Any, rng: Any, split: str, turns: int = 1) -> Any:
         sample = multi(data, rng, split, turns)

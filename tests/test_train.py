@@ -138,6 +138,97 @@ def test_loss_on_target_positions_equals_the_full_loss(tmp_path):
             assert torch.allclose(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-4), name
 
 
+# ---- the look-up loss ------------------------------------------------------------------------------
+def test_lookup_targets_are_the_object_each_answer_is_about():
+    """Every grounded answer is an attribute of the object it points at (or, multi-image, names the
+    picture that object is in); the queried positions are the ones that predict the answer; each
+    token of a named picture looks at the word naming it, just before the picture."""
+    from vlm_edge.train.batching import encode_with_lookups
+    from vlm_edge.train.lookup import LOOKUP_LAYER, NAMING_LAYER
+    from vlm_edge.train.scenes import CELLS
+
+    data = SyntheticData(28)
+    tokenizer = train_tokenizer(corpus(data, "plain", per_kind=200), vocab_size=300)
+    template, cells = get_template("plain"), [0, 2, 1, 3]  # column-major tokens
+    grounded = multi = 0
+    for i in range(300):
+        sample = data.sample("vqa", i)
+        answers = [m["content"] for m in sample.messages if m["role"] == "assistant"]
+        questions = [m["content"] for m in sample.messages if m["role"] == "user"]
+        assert len(sample.grounding) == len(answers)
+        for question, answer, targets in zip(questions, answers, sample.grounding):
+            if question.endswith(("written?", "there?")):
+                assert targets == ()
+                continue
+            assert targets, question
+            for image, cell in targets:
+                o = next(o for o in sample.scenes[image].objects if o.cell == CELLS[cell])
+                if sample.question_type == "multi_image":
+                    assert answer == ("first", "second")[image] and f" {o.colour} {o.shape}?" in question
+                    multi += 1
+                else:
+                    assert answer in (o.colour, o.shape, o.size, o.cell)
+                    assert f" {o.shape}" in question or f" {o.colour} " in question
+            grounded += 1
+        ids, labels, all_lookups = encode_with_lookups(sample, tokenizer, template, cells)
+        assert encode(sample, tokenizer, template) == (ids, labels)
+        lookups = [(q, t) for layer, q, t in all_lookups if layer == LOOKUP_LAYER]
+        predicted = tokenizer.decode([ids[q + 1] for q, _ in lookups])
+        assert predicted.split() == [w for a, g in zip(answers, sample.grounding) if g for w in a.split()]
+        assert all(labels[q + 1] != IGNORE_INDEX for q, _ in lookups)
+        assert {(image, cells[t]) for _, tokens in lookups for image, t in tokens} == {
+            pair for g in sample.grounding for pair in g}  # image tokens back to the objects' cells
+        naming = [(q, t) for layer, q, t in all_lookups if layer == NAMING_LAYER]
+        if sample.question_type == "multi_image":
+            assert sorted(q for q, _ in naming) == [(k, t) for k in range(2) for t in range(4)]
+            placeholders = [j for j, t in enumerate(ids) if t == -200]
+            for (k, _), span in naming:
+                assert tokenizer.decode([ids[j] for j in span]) == (" first", " second")[k]
+                assert (placeholders[k - 1] if k else 0) < span[0] and span[-1] < placeholders[k]
+        else:
+            assert naming == []
+    assert grounded > 300 and multi > 10
+
+
+def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):
+    """The look-up loss's attention weights (computed beside the model from its layers' inputs) are
+    the ones the LLM's own eager attention returns, at every queried position of both layers; its
+    gradient reaches the layers below and the projector."""
+    from vlm_edge.train.batching import collate
+    from vlm_edge.train.lookup import LOOKUP_HEAD, expanded_positions
+    from vlm_edge.train.recipe import default_config
+
+    trainer = Trainer(default_config("micro", eval_per_type=0, device="cpu", lookup_weight=1.0), tmp_path / "ckpt")
+    model = trainer.model
+    samples = [trainer.data.sample("vqa", i) for i in range(24)]
+    batch = collate(samples, trainer.checkpoint.tokenizer, trainer.checkpoint.template, model.image_processor_config,
+                    trainer.cells, targets=False, lookups=True)
+    trainer.lookup.armed = True
+    inputs = model.build_inputs(batch.input_ids, model.encode_images(torch.from_numpy(batch.pixel_values)))
+    model.llm.config._attn_implementation = "eager"  # the reference: attention weights as the model computes them
+    out = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                    position_ids=inputs.position_ids, output_attentions=True)
+    trainer.lookup.armed = False
+    count = sum(len(s) for s in batch.lookups)
+    loss, mean = trainer.lookup(batch.input_ids, batch.lookups, 4, torch.tensor(float(count)))
+    want, layers = [], set()
+    for b, (ids, sample) in enumerate(zip(batch.input_ids, batch.lookups)):
+        positions, images = expanded_positions(ids, 4)
+
+        def at(ref):
+            return positions[ref] if isinstance(ref, int) else images[ref[0]] + ref[1]
+
+        for layer, query, targets in sample:
+            want.append(sum(out.attentions[layer][b, LOOKUP_HEAD, at(query), at(t)] for t in targets))
+            layers.add(layer)
+    want = torch.stack(want)
+    assert count == len(want) > 10 and layers == {0, 1}
+    assert abs(loss.item() - (-want.log().mean().item())) < 1e-5 and abs(mean.item() - want.mean().item()) < 1e-6
+    loss.backward()
+    assert model.llm.get_decoder().layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert next(model.mm_projector.parameters()).grad is not None
+
+
 # ---- freezing --------------------------------------------------------------------------------------
 def test_frozen_modules_do_not_change(tmp_path):
     config = TrainConfig(preset="micro", eval_per_type=0, device="cpu",

@@ -18,6 +18,7 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
 from vlm_edge.model.vila import IGNORE_INDEX
 
 from .datasets import Sample
+from .lookup import LOOKUP_LAYER, NAMING_LAYER, Lookup
 from .picture_stage import FIELDS, IGNORE, picture_targets
 
 
@@ -29,6 +30,8 @@ class Batch:
     # int64 [N_images, tokens, fields]: what each image token's cell holds (train/picture_stage.py),
     # IGNORE for images without a known scene (users' data); None when the probes are off
     picture_targets: np.ndarray | None = None
+    # per sample: the look-ups of train/lookup.py (layer, query position, target positions); None when off
+    lookups: list[list[Lookup]] | None = None
 
     @property
     def num_targets(self) -> int:
@@ -38,36 +41,70 @@ class Batch:
 
 def encode(sample: Sample, tokenizer: TextTokenizer, template: ChatTemplate) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one sample; labels are IGNORE_INDEX where there is no loss."""
+    ids, labels, _ = encode_with_lookups(sample, tokenizer, template)
+    return ids, labels
+
+
+def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: ChatTemplate, cells: list[int] | None = None
+                        ) -> tuple[list[int], list[int], list[Lookup]]:
+    """(input_ids, labels, lookups): with `cells` (the scene cell of each image token), the look-ups
+    of train/lookup.py: each position that predicts the answer prefix and answer of a turn grounded
+    on one object (Sample.grounding) looks at that object's image tokens; each image token of a
+    picture named in the prompt (Sample.image_names) looks at the word that names it."""
     if sample.text is not None:
         ids = tokenizer.tokenize_prompt(sample.text) + [tokenizer.eos_id]
         labels = [IGNORE_INDEX if t == IMAGE_TOKEN_INDEX else t for t in ids]
         if tokenizer.bos_id is not None and ids[0] == tokenizer.bos_id:
             labels[0] = IGNORE_INDEX
-        return ids, labels
-    ids, labels = [], []
+        return ids, labels, []
+    ids, labels, lookups = [], [], []
+    answers = iter(sample.grounding or [])
     for k, (text, is_answer) in enumerate(render_segments(template, sample.messages or [], add_generation_prompt=False)):
         if is_answer:
             piece = tokenizer.encode(text)
             labels += piece
+            grounding = next(answers, ())
+            if cells is not None and grounding:
+                spoken = len(tokenizer.encode(text[: len(text) - len(_suffix(template, text))]))
+                tokens = tuple((image, cells.index(cell)) for image, cell in grounding)
+                lookups += [(LOOKUP_LAYER, len(ids) - 1 + j, tokens) for j in range(min(spoken, len(piece)))]
         else:
             piece = tokenizer.tokenize_prompt(text, add_special_tokens=(k == 0))
             labels += [IGNORE_INDEX] * len(piece)
         ids += piece
-    return ids, labels
+    if cells is not None and sample.image_names:
+        placeholders = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+        for k, (name, at) in enumerate(zip(sample.image_names, placeholders)):
+            word = tokenizer.encode(f" {name}")  # the pre-tokenizer splits at spaces: the same tokens in context
+            starts = [i for i in range(at - len(word) + 1) if ids[i:i + len(word)] == word]
+            if starts:  # the last mention before the picture
+                span = tuple(range(starts[-1], starts[-1] + len(word)))
+                lookups += [(NAMING_LAYER, (k, t), span) for t in range(len(cells))]
+    return ids, labels, lookups
+
+
+def _suffix(template: ChatTemplate, answer: str) -> str:
+    """The end marker an answer piece ends with (the turn's or the conversation's)."""
+    for suffix in (template.final_suffix, template.assistant_suffix):
+        if suffix and answer.endswith(suffix):
+            return suffix
+    return ""
 
 
 def collate(samples: list[Sample], tokenizer: TextTokenizer, template: ChatTemplate, image_cfg: ImageProcessorConfig,
-            cells: list[int] | None = None) -> Batch:
-    """`cells` (the scene cell of each image token, picture_stage.token_cells) adds the probes' targets."""
-    encoded = [encode(s, tokenizer, template) for s in samples]
+            cells: list[int] | None = None, *, targets: bool = True, lookups: bool = False) -> Batch:
+    """`cells` (the scene cell of each image token, picture_stage.token_cells) adds the probes' targets
+    (unless `targets` is False) and with `lookups` the look-up loss's queries."""
+    encoded = [encode_with_lookups(s, tokenizer, template, cells if lookups else None) for s in samples]
     images = [image for s in samples for image in s.images]
-    targets = None
-    if cells is not None:
+    picture = None
+    if cells is not None and targets:
         unknown = np.full((len(cells), len(FIELDS)), IGNORE, dtype=np.int64)
         rows = [picture_targets(s.scenes[k], cells) if s.scenes else unknown
                 for s in samples for k in range(len(s.images))]
-        targets = np.stack(rows) if rows else np.empty((0, len(cells), len(FIELDS)), dtype=np.int64)
-    return Batch([e[0] for e in encoded], [e[1] for e in encoded], preprocess_images(images, image_cfg), targets)
+        picture = np.stack(rows) if rows else np.empty((0, len(cells), len(FIELDS)), dtype=np.int64)
+    return Batch([e[0] for e in encoded], [e[1] for e in encoded], preprocess_images(images, image_cfg), picture,
+                 [e[2] for e in encoded] if lookups else None)
 
 
 def by_length(batch: Batch, image_tokens: int, max_tokens: int = 768) -> list[Batch]:
@@ -93,5 +130,6 @@ def by_length(batch: Batch, image_tokens: int, max_tokens: int = 768) -> list[Ba
         return np.concatenate([per_image[first_image[i]:first_image[i + 1]] for i in group])
 
     return [Batch([batch.input_ids[i] for i in g], [batch.labels[i] for i in g],
-                  images_of(g, batch.pixel_values), images_of(g, batch.picture_targets))  # type: ignore[arg-type]
+                  images_of(g, batch.pixel_values), images_of(g, batch.picture_targets),  # type: ignore[arg-type]
+                  None if batch.lookups is None else [batch.lookups[i] for i in g])
             for g in groups]

@@ -55,6 +55,10 @@ class Sample:
     answer: str | None = None
     objects: int | None = None  # shapes in the picture of a single-picture object question (evaluation breakdown)
     scenes: list[Scene] | None = None  # what each image shows (synthetic data: the vision probes' targets)
+    # per assistant turn, the (image, cell) pairs of the object its answer is about; () for answers about
+    # no one object (count, word, descriptions): the look-up loss's targets (train/lookup.py)
+    grounding: list[tuple[tuple[int, int], ...]] | None = None
+    image_names: list[str] | None = None  # the word of the prompt that names each image ("The first image: <image>")
 
 
 @dataclass(frozen=True)
@@ -166,14 +170,18 @@ OBJECT_QUESTIONS = {
 }
 
 
-def _question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] | None:
-    """(question, answer) about one scene, or None if this scene cannot answer that type."""
+Question = tuple[str, str, tuple[tuple[int, int], ...]]  # (question, answer, grounding: ((image, cell), ...))
+
+
+def _question(scene: Scene, qtype: str, rng: random.Random) -> Question | None:
+    """(question, answer, grounding) about one scene, or None if this scene cannot answer that type.
+    The grounding is ((0, cell),) for a question about one object, () otherwise."""
     if qtype == "word":
-        return ("What word is written?", scene.word) if scene.word is not None else None
+        return ("What word is written?", scene.word, ()) if scene.word is not None else None
     if scene.word is not None:
         return None
     if qtype == "count":
-        return "How many objects are there?", NUMBERS[len(scene.objects)]
+        return "How many objects are there?", NUMBERS[len(scene.objects)], ()
     question, answer, styles = OBJECT_QUESTIONS[qtype]
     options = []
     for style in styles:
@@ -185,7 +193,7 @@ def _question(scene: Scene, qtype: str, rng: random.Random) -> tuple[str, str] |
         return None
     o, ref = rng.choice(options)
     text = question.format(ref=ref.format(o=o))
-    return text[0].upper() + text[1:], getattr(o, answer)
+    return text[0].upper() + text[1:], getattr(o, answer), ((0, CELLS.index(o.cell)),)
 
 
 def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None = None) -> Sample:
@@ -201,10 +209,10 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
         qa = _question(scene, qtype, rng)
         if qa is not None:
             break
-    question, answer = qa
+    question, answer, grounding = qa
     messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}, {"role": "assistant", "content": answer}]
     return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=qtype, answer=answer,
-                  objects=len(scene.objects) if scene.word is None else None, scenes=[scene])
+                  objects=len(scene.objects) if scene.word is None else None, scenes=[scene], grounding=[grounding])
 
 
 MAX_TURNS = 4
@@ -213,17 +221,22 @@ MAX_TURNS = 4
 # "the colour of any object" is the right answer. Evaluation keeps equally likely counts. A fourth
 # weight adds scenes that fill all four cells (tried, not kept: docs/training.md).
 SFT_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0)
-# Position questions are asked in SFT only about scenes of POSITION_MIN_OBJECTS or more shapes, drawn
-# 3:4 objects as 1:2 when the conversation starts with one. With one shape, "the cell that is not
-# empty" answers them, and the model learnt exactly that: its heads attended to the empty cells,
-# not to the object named, and the answers about two or three shapes were another object's cell.
-# With three or four, two shapes share a row and the answer must come from the object named.
-POSITION_MIN_OBJECTS = 3
-POSITION_COUNT_WEIGHTS: tuple[float, ...] = (0.0, 0.0, 1.0, 2.0)
+# Position questions are asked in SFT about scenes of POSITION_MIN_OBJECTS or more shapes, drawn
+# 1:2:2:1 by shape count when the conversation starts with one. Without the look-up loss
+# (train/lookup.py) the model answered them from the empty cells, not from the object named, and
+# asking only about 3-4 shapes (where two shapes share a row) was what helped; with it, the answer
+# is read off the object, and every count can be asked (docs/training.md, "Looking things up").
+POSITION_MIN_OBJECTS = 1
+POSITION_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0, 1.0)
+
+
+# The type of an SFT conversation's first question, drawn uniformly from this pool: colour twice (the
+# one question found by shape alone), multi-image three times (the last type the model learns to answer).
+FIRST_QUESTIONS: tuple[str, ...] = QUESTION_TYPES + ("colour", "multi_image", "multi_image")
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
-    first = rng.choice(QUESTION_TYPES + ("colour",))  # colour twice: the one question found by shape alone
+    first = rng.choice(FIRST_QUESTIONS)
     if first == "multi_image":
         return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
     scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0,
@@ -234,17 +247,23 @@ def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sa
         types = [t for t in QUESTION_TYPES[:5] if t != "position" or len(scene.objects) >= POSITION_MIN_OBJECTS]
         pairs = [qa for t in types if (qa := _question(scene, t, rng)) is not None]
         rng.shuffle(pairs)
-        kept: list[tuple[str, str]] = []
-        for question, answer in pairs:  # no answer may be read off an earlier turn's words
-            if not any(answer in (q + " " + a).split() for q, a in kept):
-                kept.append((question, answer))
+        kept: list[Question] = []
+        for question, answer, grounding in pairs:  # no answer may be read off an earlier turn's words
+            if not any(answer in (q + " " + a).split() for q, a, _ in kept):
+                kept.append((question, answer, grounding))
         pairs = kept[: rng.randint(1, MAX_TURNS)]
     messages = []
-    for k, (question, answer) in enumerate(pairs):
+    for k, (question, answer, _) in enumerate(pairs):
         messages.append({"role": "user", "content": f"{IMAGE_TOKEN}\n{question}" if k == 0 else question})
         messages.append({"role": "assistant", "content": answer})
     return Sample([data.image(scene, rng)], messages=messages, kind="vqa", question_type=first, scenes=[scene],
-                  answer=messages[1]["content"])
+                  answer=messages[1]["content"], grounding=[g for _, _, g in pairs])
+
+
+# Multi-image prompts name each picture before it ("The first image: <image>\nThe second image: ..."),
+# as Qwen-VL's "Picture 1:" does: an image token's embedding is the same in either picture, and the
+# word before it is what tells them apart (docs/training.md, "Looking things up").
+NAME_IMAGES = True
 
 
 def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int = 1) -> Sample:
@@ -257,14 +276,18 @@ def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int
         if only:
             break
     rng.shuffle(only)
-    messages = []
+    messages, grounding = [], []
     for k, ((colour, shape), target) in enumerate(only[:turns]):
         question = f"Which image has a {colour} {shape}? Answer first or second."
         if k == 0:
-            question = f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}"
+            question = (f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n{question}" if NAME_IMAGES
+                        else f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}")
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ("first", "second")[target]}]
+        grounding.append(tuple((target, CELLS.index(o.cell)) for o in scenes[target].objects
+                               if (o.colour, o.shape) == (colour, shape)))
     return Sample([data.image(s, rng) for s in scenes], messages=messages, kind="vqa", question_type="multi_image",
-                  answer=messages[1]["content"], scenes=scenes)
+                  answer=messages[1]["content"], scenes=scenes, grounding=grounding,
+                  image_names=["first", "second"] if NAME_IMAGES else None)
 
 
 def _text(data: SyntheticData, rng: random.Random, split: str) -> Sample:

@@ -116,29 +116,46 @@ class PictureProbes(nn.Module):
 
 
 class ProbedModel(nn.Module):
-    """The model with the probes on its image tokens: what a training step differentiates, as one
-    module, so that torchrun's DDP syncs the probes' gradients with the model's.
+    """The model with the probes on its image tokens and the look-up loss (train/lookup.py): what a
+    training step differentiates, as one module, so that torchrun's DDP syncs the probes' gradients
+    with the model's.
 
     Vision stage:  forward(None, pixels, picture_targets=..., target_counts=...) -> probe loss
     other stages:  forward(input_ids, pixels, labels, loss_only=True, ...) -> LM loss + weight x probe loss
+                   (+ lookup_weight x look-up loss where `lookups` are given)
     """
 
-    def __init__(self, model: nn.Module, probes: PictureProbes, weight: float):
+    def __init__(self, model: nn.Module, probes: PictureProbes | None, weight: float, lookup=None,
+                 lookup_weight: float = 0.0):
         super().__init__()
         self.model, self.probes, self.weight = model, probes, weight
+        self.lookup, self.lookup_weight = lookup, lookup_weight  # a LookupLoss holds no parameters of its own
 
-    def forward(self, input_ids, pixel_values: torch.Tensor, labels=None, *, picture_targets: torch.Tensor,
-                target_counts: torch.Tensor, **kwargs) -> "ProbedLoss":
+    def forward(self, input_ids, pixel_values: torch.Tensor, labels=None, *, picture_targets: torch.Tensor | None = None,
+                target_counts: torch.Tensor | None = None, lookups=None, lookup_count: torch.Tensor | None = None,
+                **kwargs) -> "ProbedLoss":
         if input_ids is None:  # pictures alone
             loss, accuracy = self.probes(self.model.encode_images(pixel_values), picture_targets, target_counts)
             return ProbedLoss(loss, accuracy)
-        out = self.model(input_ids, pixel_values, labels, **kwargs)
-        if out.image_embeds is None or not self.weight:
-            return ProbedLoss(out.loss, None)
-        probe_loss, accuracy = self.probes(out.image_embeds, picture_targets, target_counts)
-        return ProbedLoss(out.loss + self.weight * probe_loss, accuracy)
+        looking = self.lookup is not None and self.lookup_weight > 0 and lookups is not None
+        if looking:
+            self.lookup.armed = True
+        try:
+            out = self.model(input_ids, pixel_values, labels, **kwargs)
+        finally:
+            if self.lookup is not None:
+                self.lookup.armed = False
+        loss, accuracy, attention = out.loss, None, None
+        if self.probes is not None and self.weight and out.image_embeds is not None and picture_targets is not None:
+            probe_loss, accuracy = self.probes(out.image_embeds, picture_targets, target_counts)
+            loss = loss + self.weight * probe_loss
+        if looking:
+            lookup_loss, attention = self.lookup(input_ids, lookups, self.model.config.num_image_tokens, lookup_count)
+            loss = loss + self.lookup_weight * lookup_loss
+        return ProbedLoss(loss, accuracy, attention)
 
 
 class ProbedLoss(NamedTuple):
     loss: torch.Tensor
     probe_accuracy: torch.Tensor | None  # [fields]
+    lookup_attention: torch.Tensor | None = None  # mean attention of the look-up head on its targets

@@ -75,6 +75,9 @@ class TrainConfig:
     # Weight of the vision probes' loss (train/picture_stage.py) beside the LM loss in the stages after
     # the vision stage: it keeps what the tower learnt to see there from washing out. 0 turns it off.
     probe_weight: float = 0.0
+    # Weight of the look-up loss (train/lookup.py) in the stages with questions about one object: one
+    # attention head learns to attend to the object named. 0 turns it off.
+    lookup_weight: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
     # portable: the same weights on every x86-64 CPU (train/numerics.py) | native: each host's fastest kernels
@@ -90,8 +93,8 @@ class TrainConfig:
             raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         if self.numerics not in ("portable", "native"):
             raise InputError(f"numerics {self.numerics!r} is unknown; choose portable or native")
-        if self.probe_weight < 0:
-            raise InputError(f"probe_weight {self.probe_weight} must be >= 0")
+        if self.probe_weight < 0 or self.lookup_weight < 0:
+            raise InputError(f"probe_weight {self.probe_weight} and lookup_weight {self.lookup_weight} must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads {self.threads} must be >= 1")
         for stage in self.stages:
@@ -127,7 +130,7 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
 # preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
 RECIPES: dict[str, list[StageConfig]] = {
     "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True, vision=(4, 2e-3, 8)),  # tests
-    "tiny": _recipe(align=50, pretrain=350, sft=1450, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
+    "tiny": _recipe(align=50, pretrain=200, sft=800, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 
@@ -135,7 +138,7 @@ RECIPES: dict[str, list[StageConfig]] = {
 # preset -> TrainConfig fields its recipe sets (overridable like any other field)
 PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "micro": {"probe_weight": 0.0},  # its 150-step test fixtures learn to talk too slowly beside the probe loss
-    "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0},
+    "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
 }
 
 

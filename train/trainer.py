@@ -51,6 +51,7 @@ from . import numerics
 from .batching import by_length, collate
 from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
+from .lookup import LookupLoss, lookup_count
 from .picture_stage import FIELDS, PictureProbes, ProbedModel, picture_targets, target_counts, token_cells
 from .recipe import StageConfig, TrainConfig
 from .tokenizer import train_tokenizer
@@ -171,13 +172,18 @@ class Trainer:
         # the probes on the image tokens (train/picture_stage.py): trained in the vision stage, and
         # with probe_weight > 0 beside the LM loss in every later stage; never part of the checkpoint
         self.probes: PictureProbes | None = None
-        self.cells: list[int] | None = None  # the scene cell of each image token, where probes are on
+        self.cells: list[int] | None = None  # the scene cell of each image token, where probes or look-ups are on
         if config.probe_weight > 0 or any(s.pictures_only and s.steps > 0 for s in config.stages):
             self.cells = token_cells(self.model.config.downsample_token_order, self.model.config.num_image_tokens)
             self.probes = PictureProbes(self.model.config.hidden_size, config.seed).to(self.device)
             saved = self.output / TRAINING_DIR / PROBES_FILE
             if resume and saved.is_file():
                 self.probes.load_state_dict(torch.load(saved, map_location=self.device))
+        # the look-up loss (train/lookup.py): one head learns to attend to the object an answer is about
+        self.lookup: LookupLoss | None = None
+        if config.lookup_weight > 0:
+            self.cells = token_cells(self.model.config.downsample_token_order, self.model.config.num_image_tokens)
+            self.lookup = LookupLoss(self.model.llm)
         image_size = self.model.config.image_size
         user = load_conversations(config.user_data, config.image_folder) if config.user_data else None
         self.data = SyntheticData(image_size, config.seed)
@@ -250,8 +256,9 @@ class Trainer:
             getattr(model, name).requires_grad_(name in stage.train)
         model.train()
         # with probes (train/picture_stage.py), a step differentiates the model and them as one module
-        trained: torch.nn.Module = (model if self.probes is None
-                                    else ProbedModel(model, self.probes, self.config.probe_weight))
+        trained: torch.nn.Module = (model if self.probes is None and self.lookup is None
+                                    else ProbedModel(model, self.probes, self.config.probe_weight, self.lookup,
+                                                     self.config.lookup_weight))
         params = [p for p in trained.parameters() if p.requires_grad]
         # fused: one kernel over all parameters instead of a loop of small ops (about 10% of a CPU step)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=self.config.weight_decay,
@@ -293,7 +300,11 @@ class Trainer:
                 if probed:  # each probe's accuracy over the steps since the last line (process 0's share)
                     mean = torch.stack(probed).nanmean(0).tolist()
                     record["probe_accuracy"] = {name: round(a, 4) for (name, _), a in zip(FIELDS, mean) if a == a}
-                    note = "  probes " + " ".join(f"{name} {a:.0%}" for name, a in record["probe_accuracy"].items())
+                    if record["probe_accuracy"]:
+                        note = "  probes " + " ".join(f"{name} {a:.0%}" for name, a in record["probe_accuracy"].items())
+                    if mean[-1] == mean[-1]:  # the look-up head's attention on its targets
+                        record["lookup_attention"] = round(mean[-1], 4)
+                        note += f"  look-up {mean[-1]:.0%}"
                 self.state.history.append(record)
                 losses, probed = [], []
                 if self.par.main:
@@ -317,12 +328,18 @@ class Trainer:
         """Forward and backward over one global batch of text (with images): (loss, tokens, probe accuracy)."""
         model = self.model
         batch = collate(samples, self.checkpoint.tokenizer, self.checkpoint.template, model.image_processor_config,
-                        self.cells)
+                        self.cells, targets=self.probes is not None, lookups=self.lookup is not None)
         image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
         targets = torch.tensor(float(batch.num_targets), device=self.device)
         if self.par.world > 1:
             dist.all_reduce(targets)
         counts = self._counts(batch.picture_targets)
+        lookups = None
+        if self.lookup is not None:  # the look-up loss's denominator: queried positions in the global batch
+            lookups = torch.tensor(float(lookup_count(batch.lookups)), device=self.device)
+            if self.par.world > 1:
+                dist.all_reduce(lookups)
+            lookups /= self.par.world
         micro = by_length(batch, image_tokens)
         loss = torch.zeros((), device=self.device)
         accuracy = []
@@ -331,14 +348,16 @@ class Trainer:
             pixels = torch.from_numpy(part.pixel_values).to(self.device)
             probes = {} if counts is None else {
                 "picture_targets": torch.from_numpy(part.picture_targets).to(self.device), "target_counts": counts}
+            if lookups is not None:
+                probes.update(lookups=part.lookups, lookup_count=lookups)
             with sync:
                 with autocast:
                     out = wrapped(part.input_ids, pixels, part.labels, loss_only=True,
                                   num_items_in_batch=targets / self.par.world, **probes)
                 out.loss.backward()
             loss += out.loss.detach()
-            if getattr(out, "probe_accuracy", None) is not None:
-                accuracy.append(out.probe_accuracy)
+            if getattr(out, "probe_accuracy", None) is not None or getattr(out, "lookup_attention", None) is not None:
+                accuracy.append(_reported(out.probe_accuracy, out.lookup_attention))
         images = len(batch.pixel_values)
         return (loss, sum(len(ids) for ids in batch.input_ids) + images * (image_tokens - 1),
                 torch.stack(accuracy).nanmean(0) if accuracy else None)
@@ -354,7 +373,7 @@ class Trainer:
             out = wrapped(None, pixels.to(self.device), picture_targets=torch.from_numpy(targets).to(self.device),
                           target_counts=self._counts(targets))
         out.loss.backward()
-        return out.loss.detach(), len(samples), out.probe_accuracy
+        return out.loss.detach(), len(samples), _reported(out.probe_accuracy, None)
 
     # ---- checkpoints
     def _save(self, optimizer: torch.optim.Optimizer | None, evaluation: dict | None = None) -> None:
@@ -373,6 +392,13 @@ class Trainer:
                 if evaluation is not None:
                     (state_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         self.par.barrier()
+
+
+def _reported(probe_accuracy: torch.Tensor | None, lookup_attention: torch.Tensor | None) -> torch.Tensor:
+    """[fields + 1]: each probe's accuracy, then the look-up head's attention on its targets (NaN: none)."""
+    nan = torch.tensor(float("nan"))
+    fields = probe_accuracy if probe_accuracy is not None else nan.repeat(len(FIELDS))
+    return torch.cat([fields.float().cpu(), (lookup_attention if lookup_attention is not None else nan).reshape(1).float()])
 
 
 def lr_at(stage: StageConfig, step: int) -> float:

@@ -1,0 +1,141 @@
+"""The look-up loss: one attention head learns where to look.
+
+"Where is the red circle?" is answered by finding the red circle's image token and reading its
+cell off it; "Which image has a red circle?" by finding it among two pictures' tokens and reading
+which picture it is in. The tiny model learnt the reading, but the finding formed late or not at
+all: its heads attended to the empty cells, to both shapes of a row at the second word of
+"top left", or to a whole picture (docs/training.md, "Seeing first" and "Looking things up").
+
+This loss says where to look, with head LOOKUP_HEAD of two layers:
+
+    layer LOOKUP_LAYER  every position that predicts an answer about one object (Sample.grounding:
+                        colour, shape, size, position and multi-image questions) attends to that
+                        object's image token (to all of them when it appears more than once)
+    layer NAMING_LAYER  every image token of a picture the prompt names ("The second image:
+                        <image>", Sample.image_names) attends to the word naming it, so that what
+                        the look-up reads off an object says which picture it is in
+
+The loss is -log of the head's attention weight on the targets, averaged over all such queries of
+the global batch. The heads are ordinary ones: what they carry, and every other head, is left to
+the LM loss. Nothing is added to the model; the checkpoint's layout does not change.
+
+The weights are computed beside the model's own attention, from each layer's input (captured by a
+forward pre-hook) with the layer's projections and rotary embedding, for the queried positions
+only: a few dozen rows per batch. tests/test_train.py holds them equal to the model's eager attention.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlm_edge.common.errors import InputError
+from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX
+
+LOOKUP_LAYER = 1  # the second layer: the first gathers the object's name from the question
+NAMING_LAYER = 0  # image tokens look at the word that names their picture ("The second image: <image>")
+LOOKUP_HEAD = 0
+
+# (layer, query, targets): at `query`, head LOOKUP_HEAD of `layer` should attend to `targets`. A
+# position is an index into the sample's input_ids (a text token) or (image, token) of its images.
+Lookup = tuple[int, "int | tuple[int, int]", tuple["int | tuple[int, int]", ...]]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def expanded_positions(ids: list[int], image_tokens: int) -> tuple[list[int], list[int]]:
+    """(position of each id after every <image> became `image_tokens` positions, first position of
+    each image) for one sample's input_ids."""
+    positions, images, at = [], [], 0
+    for t in ids:
+        positions.append(at)
+        if t == IMAGE_TOKEN_INDEX:
+            images.append(at)
+            at += image_tokens
+        else:
+            at += 1
+    return positions, images
+
+
+class LookupLoss:
+    """Captures attention layers' inputs during the model's forward and scores their look-ups.
+    Holds no parameters: the projections are the layers' own."""
+
+    def __init__(self, llm: nn.Module, layers: tuple[int, ...] = (NAMING_LAYER, LOOKUP_LAYER), head: int = LOOKUP_HEAD):
+        decoder_layers = llm.get_decoder().layers
+        if max(layers) >= len(decoder_layers):
+            raise InputError(f"the look-up loss needs attention layers {layers}; the LLM has {len(decoder_layers)}")
+        config = llm.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        if not 0 <= head < self.heads:
+            raise InputError(f"the look-up loss needs head {head}; the layers have {self.heads}")
+        self.head = head
+        self.attention = {layer: decoder_layers[layer].self_attn for layer in layers}
+        self._captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for layer, attention in self.attention.items():
+            attention.register_forward_pre_hook(self._capturer(layer), with_kwargs=True)
+        self.armed = False
+
+    def _capturer(self, layer: int):
+        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if self.armed:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                cos, sin = kwargs["position_embeddings"]
+                self._captured[layer] = (hidden, cos, sin)
+        return capture
+
+    def __call__(self, input_ids: list[list[int]], lookups: list[list[Lookup]], image_tokens: int,
+                 count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """After the model's forward over `input_ids` (armed): (sum over look-ups of -log the
+        attention on their targets / count, mean attention on the targets here or None)."""
+        captured, self._captured = self._captured, {}
+        by_layer: dict[int, tuple[list[int], list[int], list[list[int]]]] = {}
+        for b, (ids, sample) in enumerate(zip(input_ids, lookups)):
+            positions, images = expanded_positions(ids, image_tokens)
+
+            def at(ref) -> int:
+                return positions[ref] if isinstance(ref, int) else images[ref[0]] + ref[1]
+
+            for layer, query, targets in sample:
+                rows, queries, wanted = by_layer.setdefault(layer, ([], [], []))
+                rows.append(b)
+                queries.append(at(query))
+                wanted.append([at(t) for t in targets])
+        total, on = count.new_zeros(()), []
+        for layer, (rows, queries, wanted) in sorted(by_layer.items()):
+            if layer not in captured:
+                raise RuntimeError(f"the look-up loss saw no forward pass of layer {layer}")
+            on_target = self._on_target(*captured[layer], self.attention[layer], rows, queries, wanted)
+            total = total - on_target.sum()
+            on.append(on_target.detach().exp())
+        if not on:
+            return total, None
+        return total / count.clamp(min=1), torch.cat(on).mean().cpu()
+
+    def _on_target(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: nn.Module,
+                   rows: list[int], queries: list[int], targets: list[list[int]]) -> torch.Tensor:
+        """log of the head's attention weight on each query's targets (summed over them) [n]."""
+        b = torch.tensor(rows, device=hidden.device)
+        p = torch.tensor(queries, device=hidden.device)
+        group = self.heads // self.kv_heads
+        dim, kv = self.head_dim, self.head // group
+        q = attention.q_proj(hidden[b, p])[:, self.head * dim:(self.head + 1) * dim]  # [n, dim]
+        q = q * cos[b, p] + rotate_half(q) * sin[b, p]
+        k = attention.k_proj(hidden)[..., kv * dim:(kv + 1) * dim]  # [B, L, dim]
+        k = k * cos + rotate_half(k) * sin
+        scores = torch.einsum("nd,nld->nl", q.float(), k[b].float()) * dim ** -0.5  # [n, L]
+        causal = torch.arange(scores.shape[1], device=scores.device)[None, :] > p[:, None]
+        logp = scores.masked_fill(causal, float("-inf")).log_softmax(-1)
+        width = max(len(t) for t in targets)
+        index = torch.tensor([t + [t[0]] * (width - len(t)) for t in targets], device=scores.device)
+        valid = torch.tensor([[j < len(t) for j in range(width)] for t in targets], device=scores.device)
+        return logp.gather(1, index).masked_fill(~valid, float("-inf")).logsumexp(-1)
+
+
+def lookup_count(lookups: list[list[Lookup]] | None) -> int:
+    return 0 if lookups is None else sum(len(sample) for sample in lookups)
