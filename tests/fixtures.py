@@ -10,6 +10,8 @@ tests our loader against the release layout, not against our own writer.
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import json
 from pathlib import Path
@@ -173,6 +175,34 @@ def tiny_config(*, llm: str = "llama", vision: str = "siglip", projector: str = 
     return config
 
 
+# The synthetic data the micro fixtures were sized against (module knobs of train/datasets.py): their
+# SFT questions, and through them the corpus their tokenizer is trained on. The tiny recipe's own
+# data is the training module's business (docs/training.md); a fixture that answers in 150 steps
+# is a draw of its data, so it keeps the data it was checked with.
+FIXTURE_DATA = {
+    "FIRST_QUESTIONS": ("colour", "shape", "count", "position", "size", "word", "multi_image", "colour"),
+    "NAME_IMAGES": False,
+    "POSITION_MIN_OBJECTS": 3,
+    "POSITION_COUNT_WEIGHTS": (0.0, 0.0, 1.0, 2.0),
+}
+
+
+@contextlib.contextmanager
+def fixture_data(**more):
+    """Training data as FIXTURE_DATA (and `more`) says, for the duration of the block."""
+    from vlm_edge.train import datasets
+
+    knobs = {**FIXTURE_DATA, **more}
+    kept = {name: getattr(datasets, name) for name in knobs}
+    for name, value in knobs.items():
+        setattr(datasets, name, value)
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(datasets, name, value)
+
+
 def train_micro(out: Path, steps: tuple[int, int, int] = (10, 50, 100)) -> Path:
     """The `micro` preset trained by the training module (seconds), with its calibration/ set;
     `steps` are align, pretrain and sft's (the vision stage keeps the recipe's)."""
@@ -182,7 +212,8 @@ def train_micro(out: Path, steps: tuple[int, int, int] = (10, 50, 100)) -> Path:
     config = default_config("micro", eval_per_type=0, device="cpu")
     for stage in config.stages:
         stage.steps = dict(zip(("align", "pretrain", "sft"), steps)).get(stage.name, stage.steps)
-    Trainer(config, out).run()
+    with fixture_data():
+        Trainer(config, out).run()
     return out
 
 
@@ -237,13 +268,8 @@ def _train_micro_on(root: Path, name: str, records: list, images: Path, steps: i
     for stage, n in zip(config.stages, (10, 30, steps)):
         stage.steps = n
     config.stages[2].mix, config.stages[2].batch_size = {"user": 1.0}, 16
-    from vlm_edge.train import datasets
-
-    kept, datasets.CAPTION_COUNT_WEIGHTS = datasets.CAPTION_COUNT_WEIGHTS, None  # the captions these models were
-    try:  # sized against (1-3 shapes); the recipe's own captions are the training module's business
+    with fixture_data(CAPTION_COUNT_WEIGHTS=None):  # and the captions they were sized against (1-3 shapes)
         Trainer(config, root / "ckpt").run()
-    finally:
-        datasets.CAPTION_COUNT_WEIGHTS = kept
     export_checkpoint(root / "ckpt", root / "engine", ExportConfig(awq4=True, prompts=2))
     return root / "engine"
 

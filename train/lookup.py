@@ -119,22 +119,32 @@ class LookupLoss:
 
     def _on_target(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: nn.Module,
                    rows: list[int], queries: list[int], targets: list[list[int]]) -> torch.Tensor:
-        """log of the head's attention weight on each query's targets (summed over them) [n]."""
+        """log of the head's attention weight on each query's targets (summed over them) [n].
+
+        Rows are picked with one-hot products, not indexing: the backward of an index with
+        repeated rows accumulates in an order that varies between runs, and training must
+        give the same weights every time (train/numerics.py)."""
+        batch, length, _ = hidden.shape
+        n = len(rows)
         b = torch.tensor(rows, device=hidden.device)
         p = torch.tensor(queries, device=hidden.device)
+        pick = torch.zeros(n, batch * length, device=hidden.device, dtype=hidden.dtype)
+        pick[torch.arange(n), b * length + p] = 1
         group = self.heads // self.kv_heads
         dim, kv = self.head_dim, self.head // group
-        q = attention.q_proj(hidden[b, p])[:, self.head * dim:(self.head + 1) * dim]  # [n, dim]
-        q = q * cos[b, p] + rotate_half(q) * sin[b, p]
+        q = attention.q_proj(pick @ hidden.reshape(batch * length, -1))[:, self.head * dim:(self.head + 1) * dim]
+        q = q * cos[b, p] + rotate_half(q) * sin[b, p]  # [n, dim]; cos and sin carry no gradient
         k = attention.k_proj(hidden)[..., kv * dim:(kv + 1) * dim]  # [B, L, dim]
         k = k * cos + rotate_half(k) * sin
-        scores = torch.einsum("nd,nld->nl", q.float(), k[b].float()) * dim ** -0.5  # [n, L]
-        causal = torch.arange(scores.shape[1], device=scores.device)[None, :] > p[:, None]
-        logp = scores.masked_fill(causal, float("-inf")).log_softmax(-1)
-        width = max(len(t) for t in targets)
-        index = torch.tensor([t + [t[0]] * (width - len(t)) for t in targets], device=scores.device)
-        valid = torch.tensor([[j < len(t) for j in range(width)] for t in targets], device=scores.device)
-        return logp.gather(1, index).masked_fill(~valid, float("-inf")).logsumexp(-1)
+        own = torch.zeros(n, batch, device=hidden.device)
+        own[torch.arange(n), b] = 1
+        scores = torch.einsum("nd,bld,nb->nl", q.float(), k.float(), own) * dim ** -0.5  # [n, L]
+        position = torch.arange(length, device=hidden.device)
+        logp = scores.masked_fill(position[None, :] > p[:, None], float("-inf")).log_softmax(-1)
+        wanted = torch.zeros(n, length, dtype=torch.bool, device=hidden.device)
+        for i, t in enumerate(targets):
+            wanted[i, t] = True
+        return logp.masked_fill(~wanted, float("-inf")).logsumexp(-1)
 
 
 def lookup_count(lookups: list[list[Lookup]] | None) -> int:
