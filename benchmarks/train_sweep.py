@@ -4,7 +4,9 @@ change, and how much is the seed?
 One run of the tiny recipe moves colour and shape accuracy by 20-30 points with the random
 initialisation (docs/training.md), so a recipe change is judged on several seeds. This script runs
 (variant, seed) pairs as separate processes, several at a time, each with its own thread budget,
-and prints per question type the mean, minimum and maximum exact match over the seeds.
+and prints per question type the mean, minimum and maximum exact match over the seeds, and per
+seed how many of the README's four questions about examples/shapes.png the float model answers
+right, with its probability of "red" for the first ("What colour is the circle?").
 
     python benchmarks/train_sweep.py --variants base,heads8 --seeds 0-3 --jobs 4 --threads 2 --work /tmp/sweep
     python benchmarks/train_sweep.py ... --device cuda --jobs 12 --precision fp32   # many at once on one GPU
@@ -29,7 +31,8 @@ from typing import Any
 
 # name -> {"dims": ModelDims field overrides, "stages": {stage: StageConfig overrides}, "all_stages": {...},
 #          "data": {train.datasets module constant: value}, "config": {TrainConfig field: value},
-#          "patch": a name in PATCHES (a function that changes the data generators)}
+#          "lookup": {train.lookup module constant: value},
+#          "patch": a name in PATCHES (a function that changes the data generators or the trainer)}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},  # the current tiny recipe
     # the previous recipe (before 2026-11-22): equally likely shape counts in SFT, reading-order captions only
@@ -75,6 +78,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                             "colour")}},  # multi-image conversations 1 in 8, not 3 in 10
     "pos34": {"data": {"POSITION_MIN_OBJECTS": 3, "POSITION_COUNT_WEIGHTS": (0.0, 0.0, 1.0, 2.0)}},  # position: 3-4 shapes only
     "sft1450": {"stages": {"pretrain": {"steps": 350}, "sft": {"steps": 1450}}},  # the steps before (over 10 minutes)
+    # how much SFT the recipe needs (docs/training.md, "How much SFT the recipe needs")
+    "lookup2": {"lookup": {"EXTRA_LOOKUP_LAYERS": (2,)}},  # answers' look-ups learnt by head 0 of layer 2 too
+    "sftlr1e-3": {"stages": {"sft": {"lr": 1e-3}}},
+    "sft24x1000": {"stages": {"sft": {"batch_size": 24, "steps": 1000}}},  # more, smaller steps; 6% fewer samples
+    "sft24x875": {"stages": {"sft": {"batch_size": 24, "steps": 875}}},
+    "sft16x1070": {"stages": {"sft": {"batch_size": 16, "steps": 1070}}},
+    "frozen24x1000": {"stages": {"sft": {"batch_size": 24, "steps": 1000}}, "patch": "sftfrozen"},
+    "lookup3": {"config": {"lookup_weight": 3.0}},
+    "lookup03": {"config": {"lookup_weight": 0.3}},
+    "nofactlookups": {"data": {"FACT_LOOKUPS": False}},  # no look-ups in pre-training fact captions
+    "sft720": {"stages": {"sft": {"steps": 720}}},  # 10% fewer SFT steps
+    "multi3in10": {"data": {"FIRST_QUESTIONS": ("colour", "shape", "count", "position", "size", "word", "multi_image",
+                                                "colour", "multi_image", "multi_image")}},  # multi-image 3 in 10, not 4 in 11
+    "fit2": {"stages": {"vision": {"steps": 250}, "pretrain": {"steps": 120},
+                        "sft": {"batch_size": 24, "steps": 1000}}},
 }
 
 
@@ -180,8 +198,28 @@ def _patch_wholecells(datasets: Any) -> None:
     tokenizer.WHOLE_WORDS = tokenizer.WHOLE_CELLS
 
 
+def _patch_sftfrozen(datasets: Any) -> None:
+    """SFT with the vision tower frozen and without the probes (they only keep the tower's
+    training from washing out what it learnt to see): less work per SFT step."""
+    from vlm_edge.train import trainer
+
+    run_stage = trainer.Trainer._run_stage
+
+    def frozen(self: Any, index: int, stage: Any) -> None:
+        if stage.name != "sft":
+            return run_stage(self, index, stage)
+        stage.train = tuple(m for m in stage.train if m != "vision_tower")
+        probes, self.probes = self.probes, None
+        try:
+            run_stage(self, index, stage)
+        finally:
+            self.probes = probes
+
+    trainer.Trainer._run_stage = frozen
+
+
 PATCHES = {"grid": _patch_grid, "markers": _patch_markers, "multi3": _patch_multi3, "mimetic": _patch_mimetic,
-           "wholecells": _patch_wholecells}
+           "wholecells": _patch_wholecells, "sftfrozen": _patch_sftfrozen}
 
 
 def _seeds(text: str) -> list[int]:
@@ -203,6 +241,11 @@ def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per
     for name, value in change.get("data", {}).items():  # module-level knobs of the synthetic data
         assert hasattr(datasets, name), name
         setattr(datasets, name, value)
+    from vlm_edge.train import lookup
+
+    for name, value in change.get("lookup", {}).items():  # the look-up loss's layers
+        assert hasattr(lookup, name), name
+        setattr(lookup, name, value)
     if "patch" in change:
         PATCHES[change["patch"]](datasets)
     presets.PRESETS["tiny"] = dataclasses.replace(presets.PRESETS["tiny"], **change.get("dims", {}))
@@ -213,10 +256,55 @@ def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per
         for key, value in {**change.get("all_stages", {}), **change.get("stages", {}).get(stage.name, {})}.items():
             setattr(stage, key, value)
     start = time.time()
-    result = Trainer(config, out / "ckpt", force=True).run()
-    record = {"variant": variant, "seed": seed, "seconds": time.time() - start, **result}
+    trainer = Trainer(config, out / "ckpt", force=True)
+    result = trainer.run()
+    record = {"variant": variant, "seed": seed, "seconds": time.time() - start, **result,
+              "readme": readme_answers(trainer.checkpoint)}
     (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+# The README's questions about examples/shapes.png and their right answers
+README_QUESTIONS = {"What colour is the circle?": "red", "Where is the red circle?": "top left",
+                    "What shape is the blue object?": "square", "How many objects are there?": "three"}
+
+
+def readme_answers(checkpoint: Any, renders: int = 20) -> dict[str, Any]:
+    """The trained float model's greedy answers to the README's questions about examples/shapes.png,
+    its probability of " red" for the first, and its answers to that question about `renders` fresh
+    renders of the same scene (the renderer jitters shapes by a pixel or two): a margin, not one draw."""
+    import random
+
+    import torch
+    from PIL import Image
+
+    from vlm_edge.common.image import preprocess_images
+    from vlm_edge.common.templates import render
+    from vlm_edge.model.generate import GenerationConfig, generate
+    from vlm_edge.train.scenes import Scene, Shape
+    from vlm_edge.train.scenes import render as draw
+
+    model, tokenizer, template = checkpoint.model.eval(), checkpoint.tokenizer, checkpoint.template
+    config = GenerationConfig(max_new_tokens=8, stop_token_ids=tokenizer.stop_token_ids(template))
+    example = Image.open(Path(__file__).resolve().parents[1] / "examples" / "shapes.png").convert("RGB")
+    scene = Scene(objects=(Shape("circle", "red", "big", "top left"), Shape("square", "blue", "small", "top right"),
+                           Shape("triangle", "green", "big", "bottom right")))
+
+    def ask(question: str, image: Any) -> str:
+        prompt = tokenizer.tokenize_prompt(render(template, [{"role": "user", "content": f"<image>\n{question}"}]))
+        pixels = preprocess_images([image], model.image_processor_config)
+        return tokenizer.decode(generate(model, prompt, pixels, config).token_ids).strip()
+
+    first = next(iter(README_QUESTIONS))
+    with torch.no_grad():
+        answers = {q: ask(q, example) for q in README_QUESTIONS}
+        prompt = tokenizer.tokenize_prompt(render(template, [{"role": "user", "content": f"<image>\n{first}"}]))
+        logits = model([prompt], torch.from_numpy(preprocess_images([example], model.image_processor_config))).logits
+        p_red = float(logits[0, -1].softmax(-1)[tokenizer.encode(" red")[0]])
+        size = model.image_processor_config.width
+        fresh = [ask(first, draw(scene, size, random.Random(i))) for i in range(renders)]
+    return {"answers": answers, "right": sum(answers[q] == a for q, a in README_QUESTIONS.items()),
+            "p_red": round(p_red, 3), "renders_red": sum(a == "red" for a in fresh), "renders": renders}
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -232,18 +320,22 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                              "runs": [r["accuracy"][t] for r in runs]} for t in types},
             "perplexity": statistics.mean(r["perplexity"] for r in runs),
             "seconds": statistics.mean(r["seconds"] for r in runs),
+            # README questions answered right (of 4) and p(" red") for the first, per seed
+            "readme": [(r["readme"]["right"], r["readme"]["p_red"]) for r in runs if "readme" in r],
         }
     return table
 
 
 def format_summary(table: dict[str, dict[str, Any]]) -> str:
     types = list(next(iter(table.values()))["accuracy"])
-    lines = [f"{'variant':<14} {'seeds':>5} " + " ".join(f"{t[:11]:>17}" for t in types) + f" {'ppl':>6} {'min.':>5}",
+    lines = [f"{'variant':<14} {'seeds':>5} " + " ".join(f"{t[:11]:>17}" for t in types)
+             + f" {'ppl':>6} {'min.':>5}  README right/4, p(red)",
              f"{'':<14} {'':>5} " + " ".join(f"{'mean (min-max)':>17}" for _ in types)]
     for variant, row in table.items():
         cells = [f"{a['mean']:>6.1%} ({a['min']:.0%}-{a['max']:.0%})" for a in row["accuracy"].values()]
         lines.append(f"{variant:<14} {len(row['seeds']):>5} " + " ".join(f"{c:>17}" for c in cells)
-                     + f" {row['perplexity']:>6.3f} {row['seconds'] / 60:>5.1f}")
+                     + f" {row['perplexity']:>6.3f} {row['seconds'] / 60:>5.1f}  "
+                     + " ".join(f"{right}/{p:.2f}" for right, p in row["readme"]))
     return "\n".join(lines)
 
 

@@ -190,6 +190,39 @@ def test_lookup_targets_are_the_object_each_answer_is_about():
     assert grounded > 300 and multi > 10
 
 
+def test_fact_captions_look_at_the_object_each_fact_is_about(monkeypatch):
+    """With FACT_LOOKUPS, the positions that predict a fact caption's " small and blue, at the top
+    right" look at the object named before it ("The square is"); other documents have no look-ups."""
+    from vlm_edge.train import datasets
+    from vlm_edge.train.batching import encode_with_lookups
+    from vlm_edge.train.lookup import LOOKUP_LAYER
+    from vlm_edge.train.scenes import CELLS
+
+    monkeypatch.setattr(datasets, "FACT_LOOKUPS", True)
+    data = SyntheticData(28)
+    tokenizer = train_tokenizer(corpus(data, "plain", per_kind=200), vocab_size=300)
+    template, cells = get_template("plain"), [0, 2, 1, 3]  # column-major tokens
+    facts = 0
+    for i in range(200):
+        sample = data.sample("caption", i)
+        ids, labels, lookups = encode_with_lookups(sample, tokenizer, template, cells)
+        assert encode(sample, tokenizer, template) == (ids, labels)
+        if not sample.text_grounding:
+            assert lookups == []
+            continue
+        sentences = sample.text.split("\n", 1)[1].rstrip(".").split(". ")
+        assert len(lookups) == sum(len(tokenizer.encode(s.split(" is", 1)[1])) for s in sentences)
+        for layer, query, targets in lookups:
+            assert layer == LOOKUP_LAYER and labels[query + 1] != IGNORE_INDEX
+            ((image, token),) = targets
+            o = next(o for o in sample.scenes[0].objects if o.cell == CELLS[cells[token]])
+            said = tokenizer.decode(ids[:query + 2])  # the caption up to the token predicted
+            assert said.rsplit("The ", 1)[1].split(" is ")[0] == o.shape  # the fact being said is about o
+            facts += 1
+    assert facts > 500
+    assert all(datasets.SyntheticData(28).sample("interleaved", i).text_grounding is None for i in range(20))
+
+
 def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):
     """The look-up loss's attention weights (computed beside the model from its layers' inputs) are
     the ones the LLM's own eager attention returns, at every queried position of both layers; its

@@ -8,6 +8,7 @@ Documents (captions, interleaved text) carry loss on every text token and the cl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX, TextTokenizer
 from vlm_edge.model.vila import IGNORE_INDEX
 
 from .datasets import Sample
+from . import lookup as lookup_loss
 from .lookup import LOOKUP_LAYER, NAMING_LAYER, Lookup
 from .picture_stage import FIELDS, IGNORE, picture_targets
 
@@ -39,6 +41,16 @@ class Batch:
         return sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in self.labels)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _tokens(tokenizer: TextTokenizer, text: str, prompt: bool, add_special_tokens: bool) -> tuple[int, ...]:
+    """tokenizer.tokenize_prompt (prompt) or tokenizer.encode of `text`, remembered: the synthetic
+    conversations repeat a few hundred pieces of text, and tokenizing them was a tenth of a step's
+    Python time."""
+    if prompt:
+        return tuple(tokenizer.tokenize_prompt(text, add_special_tokens=add_special_tokens))
+    return tuple(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+
 def encode(sample: Sample, tokenizer: TextTokenizer, template: ChatTemplate) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one sample; labels are IGNORE_INDEX where there is no loss."""
     ids, labels, _ = encode_with_lookups(sample, tokenizer, template)
@@ -56,20 +68,21 @@ def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: Chat
         labels = [IGNORE_INDEX if t == IMAGE_TOKEN_INDEX else t for t in ids]
         if tokenizer.bos_id is not None and ids[0] == tokenizer.bos_id:
             labels[0] = IGNORE_INDEX
-        return ids, labels, []
+        return ids, labels, _document_lookups(sample, ids, tokenizer, cells)
     ids, labels, lookups = [], [], []
     answers = iter(sample.grounding or [])
     for k, (text, is_answer) in enumerate(render_segments(template, sample.messages or [], add_generation_prompt=False)):
         if is_answer:
-            piece = tokenizer.encode(text)
+            piece = list(_tokens(tokenizer, text, False, False))
             labels += piece
             grounding = next(answers, ())
             if cells is not None and grounding:
-                spoken = len(tokenizer.encode(text[: len(text) - len(_suffix(template, text))]))
+                spoken = len(_tokens(tokenizer, text[: len(text) - len(_suffix(template, text))], False, False))
                 tokens = tuple((image, cells.index(cell)) for image, cell in grounding)
-                lookups += [(LOOKUP_LAYER, len(ids) - 1 + j, tokens) for j in range(min(spoken, len(piece)))]
+                lookups += [(layer, len(ids) - 1 + j, tokens) for j in range(min(spoken, len(piece)))
+                            for layer in (LOOKUP_LAYER, *lookup_loss.EXTRA_LOOKUP_LAYERS)]
         else:
-            piece = tokenizer.tokenize_prompt(text, add_special_tokens=(k == 0))
+            piece = list(_tokens(tokenizer, text, True, k == 0))
             labels += [IGNORE_INDEX] * len(piece)
         ids += piece
     if cells is not None and sample.image_names:
@@ -81,6 +94,25 @@ def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: Chat
                 span = tuple(range(starts[-1], starts[-1] + len(word)))
                 lookups += [(NAMING_LAYER, (k, t), span) for t in range(len(cells))]
     return ids, labels, lookups
+
+
+def _document_lookups(sample: Sample, ids: list[int], tokenizer: TextTokenizer, cells: list[int] | None
+                      ) -> list[Lookup]:
+    """The look-ups of a document's grounded text (Sample.text_grounding): each position that
+    predicts a token of a span looks at the span's object. A span is found by tokenizing the text
+    before its ends (the pre-tokenizer splits at spaces and punctuation, so a prefix tokenizes as in
+    context; a span where it does not is left out)."""
+    if cells is None or not sample.text_grounding or sample.text is None:
+        return []
+    lookups: list[Lookup] = []
+    for start, end, grounding in sample.text_grounding:
+        first = _tokens(tokenizer, sample.text[:start], True, True)
+        last = _tokens(tokenizer, sample.text[:end], True, True)
+        if tuple(ids[:len(last)]) != last or last[:len(first)] != first:
+            continue
+        tokens = tuple((image, cells.index(cell)) for image, cell in grounding)
+        lookups += [(LOOKUP_LAYER, p - 1, tokens) for p in range(len(first), len(last))]
+    return lookups
 
 
 def _suffix(template: ChatTemplate, answer: str) -> str:

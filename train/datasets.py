@@ -58,6 +58,9 @@ class Sample:
     # per assistant turn, the (image, cell) pairs of the object its answer is about; () for answers about
     # no one object (count, word, descriptions): the look-up loss's targets (train/lookup.py)
     grounding: list[tuple[tuple[int, int], ...]] | None = None
+    # of a document: (start, end, ((image, cell), ...)): the text in [start, end) is about that object
+    # (a fact caption's "small and blue, at the top right"): look-up targets too
+    text_grounding: list[tuple[int, int, tuple[tuple[int, int], ...]]] | None = None
     image_names: list[str] | None = None  # the word of the prompt that names each image ("The first image: <image>")
 
 
@@ -109,6 +112,26 @@ def facts(scene: Scene, rng: random.Random) -> str | None:
     return " ".join(f"The {o.shape} is {o.size} and {o.colour}, at the {o.cell}." for o in unique)
 
 
+def fact_spans(text: str, scene: Scene, offset: int = 0) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+    """Where each fact of a `facts` caption speaks of its object: from the space before its size to
+    the end of its cell (" small and blue, at the top right"), as (start, end, ((0, cell),)),
+    positions in `text` plus `offset`."""
+    spans = []
+    for o in scene.objects:
+        head = f"The {o.shape} is"
+        if head in text:
+            start = text.index(head) + len(head)
+            spans.append((offset + start, offset + text.index(".", start), ((0, CELLS.index(o.cell)),)))
+    return sorted(spans)
+
+
+# Pre-training fact captions carry look-ups (train/lookup.py): while the model says "The square is
+# small and blue, at the top right", the look-up head attends to the square, so it has learnt to
+# find an object named by its shape before the first question asks it to (docs/training.md,
+# "Looking while describing").
+FACT_LOOKUPS = True
+
+
 # Objects in a caption's scene: None draws 1-3, equally likely; a tuple weights 1..n objects, n <= 4
 # (scenes.random_scene). 1-4, equally likely: a quarter of the captions fill every cell, where no
 # empty cell tells where the object a fact names is (docs/training.md, "Position questions").
@@ -128,10 +151,12 @@ def _picture(data: SyntheticData, rng: random.Random, split: str) -> Sample:
 def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     scene = data.scene(rng, split, count_weights=CAPTION_COUNT_WEIGHTS)
     text = facts(scene, rng) if rng.random() < FACT_CAPTION_PROBABILITY else None
+    spans = fact_spans(text, scene, len(IMAGE_TOKEN) + 1) if text is not None and FACT_LOOKUPS else None
     if text is None:
         text = describe(scene)
         text = f"{text[0].upper()}{text[1:]}."
-    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text}", kind="caption", scenes=[scene])
+    return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{text}", kind="caption", scenes=[scene],
+                  text_grounding=spans)
 
 
 def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
@@ -231,8 +256,8 @@ POSITION_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0, 1.0)
 
 
 # The type of an SFT conversation's first question, drawn uniformly from this pool: colour twice (the
-# one question found by shape alone), multi-image three times (the last type the model learns to answer).
-FIRST_QUESTIONS: tuple[str, ...] = QUESTION_TYPES + ("colour", "multi_image", "multi_image")
+# one question found by shape alone), multi-image four times (the last type the model learns to answer).
+FIRST_QUESTIONS: tuple[str, ...] = QUESTION_TYPES + ("colour", "multi_image", "multi_image", "multi_image")
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:

@@ -10,7 +10,10 @@ This loss says where to look, with head LOOKUP_HEAD of two layers:
 
     layer LOOKUP_LAYER  every position that predicts an answer about one object (Sample.grounding:
                         colour, shape, size, position and multi-image questions) attends to that
-                        object's image token (to all of them when it appears more than once)
+                        object's image token (to all of them when it appears more than once); in
+                        pre-training, so does every position that predicts a fact caption's words
+                        about its object ("The square is| small and blue, at the top right",
+                        Sample.text_grounding)
     layer NAMING_LAYER  every image token of a picture the prompt names ("The second image:
                         <image>", Sample.image_names) attends to the word naming it, so that what
                         the look-up reads off an object says which picture it is in
@@ -35,6 +38,9 @@ from vlm_edge.common.tokenizer import IMAGE_TOKEN_INDEX
 LOOKUP_LAYER = 1  # the second layer: the first gathers the object's name from the question
 NAMING_LAYER = 0  # image tokens look at the word that names their picture ("The second image: <image>")
 LOOKUP_HEAD = 0
+# More layers whose head LOOKUP_HEAD learns the answers' look-ups too (the same queries and targets); none in
+# the recipe: layer 2 as well was tried and answered worse (docs/training.md, "How much SFT the recipe needs")
+EXTRA_LOOKUP_LAYERS: tuple[int, ...] = ()
 
 # (layer, query, targets): at `query`, head LOOKUP_HEAD of `layer` should attend to `targets`. A
 # position is an index into the sample's input_ids (a text token) or (image, token) of its images.
@@ -64,7 +70,8 @@ class LookupLoss:
     """Captures attention layers' inputs during the model's forward and scores their look-ups.
     Holds no parameters: the projections are the layers' own."""
 
-    def __init__(self, llm: nn.Module, layers: tuple[int, ...] = (NAMING_LAYER, LOOKUP_LAYER), head: int = LOOKUP_HEAD):
+    def __init__(self, llm: nn.Module, layers: tuple[int, ...] | None = None, head: int = LOOKUP_HEAD):
+        layers = layers or (NAMING_LAYER, LOOKUP_LAYER, *EXTRA_LOOKUP_LAYERS)
         decoder_layers = llm.get_decoder().layers
         if max(layers) >= len(decoder_layers):
             raise InputError(f"the look-up loss needs attention layers {layers}; the LLM has {len(decoder_layers)}")

@@ -181,6 +181,7 @@ class Trainer:
                 self.probes.load_state_dict(torch.load(saved, map_location=self.device))
         # the look-up loss (train/lookup.py): one head learns to attend to the object an answer is about
         self.lookup: LookupLoss | None = None
+        self.looking = True  # look-ups only in stages that train the LLM (whose head they teach)
         if config.lookup_weight > 0:
             self.cells = token_cells(self.model.config.downsample_token_order, self.model.config.num_image_tokens)
             self.lookup = LookupLoss(self.model.llm)
@@ -255,6 +256,7 @@ class Trainer:
         for name in ("vision_tower", "mm_projector", "llm"):
             getattr(model, name).requires_grad_(name in stage.train)
         model.train()
+        self.looking = "llm" in stage.train
         # with probes (train/picture_stage.py), a step differentiates the model and them as one module
         trained: torch.nn.Module = (model if self.probes is None and self.lookup is None
                                     else ProbedModel(model, self.probes, self.config.probe_weight, self.lookup,
@@ -328,7 +330,7 @@ class Trainer:
         """Forward and backward over one global batch of text (with images): (loss, tokens, probe accuracy)."""
         model = self.model
         batch = collate(samples, self.checkpoint.tokenizer, self.checkpoint.template, model.image_processor_config,
-                        self.cells, targets=self.probes is not None, lookups=self.lookup is not None)
+                        self.cells, targets=self.probes is not None, lookups=self.lookup is not None and self.looking)
         image_tokens = model.config.num_image_tokens  # each <image> placeholder becomes this many positions
         targets = torch.tensor(float(batch.num_targets), device=self.device)
         if self.par.world > 1:
