@@ -91,6 +91,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sft720": {"stages": {"sft": {"steps": 720}}},  # 10% fewer SFT steps
     "multi3in10": {"data": {"FIRST_QUESTIONS": ("colour", "shape", "count", "position", "size", "word", "multi_image",
                                                 "colour", "multi_image", "multi_image")}},  # multi-image 3 in 10, not 4 in 11
+    # which picture holds which object: said in pre-training documents, and read out beside the look-up
+    # (docs/training.md, "Which picture"); all with SFT 720
+    "which50noread": {"data": {"WHICH_PICTURE_PROBABILITY": 0.5}, "lookup": {"PICTURE_READOUT": False},
+                      "stages": {"sft": {"steps": 720}}},
+    "which100noread": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "lookup": {"PICTURE_READOUT": False},
+                       "stages": {"sft": {"steps": 720}}},
+    "read720ans": {"data": {"WHICH_PICTURE_PROBABILITY": 0.0}, "lookup": {"NAMING_READOUT": False},
+                   "stages": {"sft": {"steps": 720}}},  # the readout on answers only
+    "which100ans": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "lookup": {"NAMING_READOUT": False},
+                    "stages": {"sft": {"steps": 720}}},
+    "read720": {"data": {"WHICH_PICTURE_PROBABILITY": 0.0}, "stages": {"sft": {"steps": 720}}},
+    "which100": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "stages": {"sft": {"steps": 720}}},
+    "which640": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "stages": {"sft": {"steps": 640}}},
     "fit2": {"stages": {"vision": {"steps": 250}, "pretrain": {"steps": 120},
                         "sft": {"batch_size": 24, "steps": 1000}}},
 }
@@ -229,7 +242,8 @@ def _seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per_type: int) -> dict[str, Any]:
+def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per_type: int,
+            numerics: str = "native") -> dict[str, Any]:
     """Train and evaluate one (variant, seed) in this process."""
     from vlm_edge.model import presets
     from vlm_edge.train.recipe import default_config
@@ -249,7 +263,8 @@ def run_one(variant: str, seed: int, out: Path, device: str, precision: str, per
     if "patch" in change:
         PATCHES[change["patch"]](datasets)
     presets.PRESETS["tiny"] = dataclasses.replace(presets.PRESETS["tiny"], **change.get("dims", {}))
-    config = default_config("tiny", seed=seed, device=device, precision=precision, **change.get("config", {}))
+    config = default_config("tiny", seed=seed, device=device, precision=precision, numerics=numerics,
+                            **change.get("config", {}))
     config.eval_per_type = per_type
     config.checkpoint_every = 10**9  # only at the end of each stage
     for stage in config.stages:
@@ -348,6 +363,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="fp32 (default) matches a CPU run's arithmetic")
+    p.add_argument("--numerics", default="native", choices=("native", "portable"),
+                   help="CPU kernels: native (default, each host's fastest) or portable (vlm-train's default)")
     p.add_argument("--per-type", type=int, default=200, help="held-out questions per type (default 200)")
     p.add_argument("--work", required=True, help="folder for the runs' checkpoints and results")
     p.add_argument("--summarize", action="store_true", help="only print the table of the runs already in --work")
@@ -359,13 +376,16 @@ def main() -> int:
         variant, seed = args.one[0], int(args.one[1])
         out = work / f"{variant}-s{seed}"
         out.mkdir(parents=True, exist_ok=True)
+        from vlm_edge.train import numerics
+
+        numerics.request(args.numerics)  # before torch is imported
         import torch
 
         from vlm_edge.common.log import setup_logging
 
         setup_logging(False)  # the trainer's progress lines go to the run's log
         torch.set_num_threads(args.threads)
-        run_one(variant, seed, out, args.device, args.precision, args.per_type)
+        run_one(variant, seed, out, args.device, args.precision, args.per_type, args.numerics)
         return 0
 
     if args.summarize:
@@ -387,7 +407,7 @@ def main() -> int:
         log = work / f"{variant}-s{seed}.log"
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, __file__, "--work", str(work), "--device", args.device, "--precision",
-                   args.precision, "--per-type", str(args.per_type), "--threads", str(args.threads), "--one", variant, str(seed)]
+                   args.precision, "--numerics", args.numerics, "--per-type", str(args.per_type), "--threads", str(args.threads), "--one", variant, str(seed)]
         with open(log, "w") as f:
             code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, env=env)
         result = work / f"{variant}-s{seed}" / "result.json"

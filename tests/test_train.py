@@ -190,23 +190,35 @@ def test_lookup_targets_are_the_object_each_answer_is_about():
     assert grounded > 300 and multi > 10
 
 
+CELLS_COLUMN_MAJOR = [0, 2, 1, 3]  # the scene cell of each image token of the tiny models
+
+
+def _documents_with_lookups(kind: str, count: int):
+    """(sample, tokenizer, ids, labels, lookups) of the first `count` documents of `kind`, encoded
+    with their look-ups (and the same ids and labels as without)."""
+    from vlm_edge.train.batching import encode_with_lookups
+
+    data = SyntheticData(28)
+    tokenizer = train_tokenizer(corpus(data, "plain", per_kind=200), vocab_size=300)
+    template = get_template("plain")
+    for i in range(count):
+        sample = data.sample(kind, i)
+        ids, labels, lookups = encode_with_lookups(sample, tokenizer, template, CELLS_COLUMN_MAJOR)
+        assert encode(sample, tokenizer, template) == (ids, labels)
+        yield sample, tokenizer, ids, labels, lookups
+
+
 def test_fact_captions_look_at_the_object_each_fact_is_about(monkeypatch):
     """With FACT_LOOKUPS, the positions that predict a fact caption's " small and blue, at the top
-    right" look at the object named before it ("The square is"); other documents have no look-ups."""
+    right" look at the object named before it ("The square is"); reading-order captions and
+    documents that describe pictures in order have no look-ups."""
     from vlm_edge.train import datasets
-    from vlm_edge.train.batching import encode_with_lookups
     from vlm_edge.train.lookup import LOOKUP_LAYER
     from vlm_edge.train.scenes import CELLS
 
     monkeypatch.setattr(datasets, "FACT_LOOKUPS", True)
-    data = SyntheticData(28)
-    tokenizer = train_tokenizer(corpus(data, "plain", per_kind=200), vocab_size=300)
-    template, cells = get_template("plain"), [0, 2, 1, 3]  # column-major tokens
     facts = 0
-    for i in range(200):
-        sample = data.sample("caption", i)
-        ids, labels, lookups = encode_with_lookups(sample, tokenizer, template, cells)
-        assert encode(sample, tokenizer, template) == (ids, labels)
+    for sample, tokenizer, ids, labels, lookups in _documents_with_lookups("caption", 200):
         if not sample.text_grounding:
             assert lookups == []
             continue
@@ -215,20 +227,54 @@ def test_fact_captions_look_at_the_object_each_fact_is_about(monkeypatch):
         for layer, query, targets in lookups:
             assert layer == LOOKUP_LAYER and labels[query + 1] != IGNORE_INDEX
             ((image, token),) = targets
-            o = next(o for o in sample.scenes[0].objects if o.cell == CELLS[cells[token]])
+            o = next(o for o in sample.scenes[0].objects if o.cell == CELLS[CELLS_COLUMN_MAJOR[token]])
             said = tokenizer.decode(ids[:query + 2])  # the caption up to the token predicted
             assert said.rsplit("The ", 1)[1].split(" is ")[0] == o.shape  # the fact being said is about o
             facts += 1
     assert facts > 500
+    monkeypatch.setattr(datasets, "WHICH_PICTURE_PROBABILITY", 0.0)  # documents describing 2-3 pictures in order
     assert all(datasets.SyntheticData(28).sample("interleaved", i).text_grounding is None for i in range(20))
+
+
+def test_which_picture_documents_look_at_the_object_and_name_each_picture(monkeypatch):
+    """A pre-training document "The first image: <image>\nThe second image: <image>\nThe red circle
+    is in the second image. ..." says, for each colour and shape only one picture has, which picture
+    it is in: the positions predicting " second image" look at that object's tokens in that picture,
+    and each picture's tokens look at the word that names it."""
+    from vlm_edge.common.tokenizer import IMAGE_TOKEN
+    from vlm_edge.train import datasets
+    from vlm_edge.train.lookup import LOOKUP_LAYER, NAMING_LAYER
+    from vlm_edge.train.scenes import CELLS
+
+    monkeypatch.setattr(datasets, "WHICH_PICTURE_PROBABILITY", 1.0)
+    statements = 0
+    for sample, tokenizer, ids, labels, lookups in _documents_with_lookups("interleaved", 100):
+        assert sample.text.startswith(f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n")
+        named = [lk for lk in lookups if lk[0] == NAMING_LAYER]
+        assert len(named) == 2 * len(CELLS_COLUMN_MAJOR)
+        for _, (image, _), span in named:
+            assert tokenizer.decode([ids[t] for t in span]).strip() == ("first", "second")[image]
+        for layer, query, targets in (lk for lk in lookups if lk[0] != NAMING_LAYER):
+            assert layer == LOOKUP_LAYER and labels[query + 1] != IGNORE_INDEX
+            said = tokenizer.decode(ids[:query + 2]).rsplit(". ", 1)[-1].rsplit("\n", 1)[-1]
+            colour, shape = said.split()[1:3]  # "The red circle is in the sec..."
+            for image, token in targets:
+                o = next(o for o in sample.scenes[image].objects if o.cell == CELLS[CELLS_COLUMN_MAJOR[token]])
+                assert (o.colour, o.shape) == (colour, shape)
+                assert all((o.colour, o.shape) != (colour, shape) for o in sample.scenes[1 - image].objects)
+                assert f"The {colour} {shape} is in the {('first', 'second')[image]} image." in sample.text
+            statements += 1
+    assert statements > 300
 
 
 def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):
     """The look-up loss's attention weights (computed beside the model from its layers' inputs) are
     the ones the LLM's own eager attention returns, at every queried position of both layers; its
-    gradient reaches the layers below and the projector."""
+    picture readout reads the model's own hidden state at the input of the layer after the look-up
+    (multi-image answers: which picture holds the object); its gradient reaches the layers below,
+    the projector and the readout."""
     from vlm_edge.train.batching import collate
-    from vlm_edge.train.lookup import LOOKUP_HEAD, expanded_positions
+    from vlm_edge.train.lookup import LOOKUP_HEAD, LOOKUP_LAYER, NAMING_LAYER, READOUT_LAYER, expanded_positions
     from vlm_edge.train.recipe import default_config
 
     trainer = Trainer(default_config("micro", eval_per_type=0, device="cpu", lookup_weight=1.0), tmp_path / "ckpt")
@@ -240,11 +286,15 @@ def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):
     inputs = model.build_inputs(batch.input_ids, model.encode_images(torch.from_numpy(batch.pixel_values)))
     model.llm.config._attn_implementation = "eager"  # the reference: attention weights as the model computes them
     out = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                    position_ids=inputs.position_ids, output_attentions=True)
+                    position_ids=inputs.position_ids, output_attentions=True, output_hidden_states=True)
     trainer.lookup.armed = False
     count = sum(len(s) for s in batch.lookups)
-    loss, mean = trainer.lookup(batch.input_ids, batch.lookups, 4, torch.tensor(float(count)))
-    want, layers = [], set()
+    loss, mean, read = trainer.lookup(batch.input_ids, batch.lookups, 4, torch.tensor(float(count)))
+    decoder = model.llm.get_decoder()  # micro's LLM has two layers: the readout reads the final norm's output
+    readout_input = (decoder.layers[READOUT_LAYER].input_layernorm(out.hidden_states[READOUT_LAYER])
+                     if READOUT_LAYER < len(decoder.layers) else out.hidden_states[-1])
+    token_input = decoder.layers[LOOKUP_LAYER].input_layernorm(out.hidden_states[LOOKUP_LAYER])
+    want, layers, readout, named = [], set(), [], []
     for b, (ids, sample) in enumerate(zip(batch.input_ids, batch.lookups)):
         positions, images = expanded_positions(ids, 4)
 
@@ -254,12 +304,21 @@ def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):
         for layer, query, targets in sample:
             want.append(sum(out.attentions[layer][b, LOOKUP_HEAD, at(query), at(t)] for t in targets))
             layers.add(layer)
+            if layer == LOOKUP_LAYER and len(images) == 2:  # a multi-image answer: its object is in one picture
+                (picture,) = {t[0] for t in targets}
+                logits = trainer.probes.readout(readout_input[b, at(query)])
+                readout.append((-logits.log_softmax(-1)[picture], logits.argmax() == picture))
+            if layer == NAMING_LAYER:  # an image token of a named picture: which one it is
+                named.append(-trainer.probes.readout(token_input[b, at(query)]).log_softmax(-1)[query[0]])
     want = torch.stack(want)
-    assert count == len(want) > 10 and layers == {0, 1}
-    assert abs(loss.item() - (-want.log().mean().item())) < 1e-5 and abs(mean.item() - want.mean().item()) < 1e-6
+    assert count == len(want) > 10 and layers == {0, 1} and len(readout) > 2 and len(named) > 8
+    expected = (-want.log().sum() + sum(ce for ce, _ in readout) + sum(named)) / count
+    assert abs(loss.item() - expected.item()) < 1e-5 and abs(mean.item() - want.mean().item()) < 1e-6
+    assert read.item() == pytest.approx(sum(float(r) for _, r in readout) / len(readout))
     loss.backward()
     assert model.llm.get_decoder().layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert next(model.mm_projector.parameters()).grad is not None
+    assert trainer.probes.readout.weight.grad.abs().sum() > 0
 
 
 def test_training_with_the_lookup_loss_gives_the_same_weights_every_time(tmp_path):

@@ -68,7 +68,7 @@ def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: Chat
         labels = [IGNORE_INDEX if t == IMAGE_TOKEN_INDEX else t for t in ids]
         if tokenizer.bos_id is not None and ids[0] == tokenizer.bos_id:
             labels[0] = IGNORE_INDEX
-        return ids, labels, _document_lookups(sample, ids, tokenizer, cells)
+        return ids, labels, _document_lookups(sample, ids, tokenizer, cells) + _naming_lookups(sample, ids, tokenizer, cells)
     ids, labels, lookups = [], [], []
     answers = iter(sample.grounding or [])
     for k, (text, is_answer) in enumerate(render_segments(template, sample.messages or [], add_generation_prompt=False)):
@@ -85,15 +85,24 @@ def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: Chat
             piece = list(_tokens(tokenizer, text, True, k == 0))
             labels += [IGNORE_INDEX] * len(piece)
         ids += piece
-    if cells is not None and sample.image_names:
-        placeholders = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
-        for k, (name, at) in enumerate(zip(sample.image_names, placeholders)):
-            word = tokenizer.encode(f" {name}")  # the pre-tokenizer splits at spaces: the same tokens in context
-            starts = [i for i in range(at - len(word) + 1) if ids[i:i + len(word)] == word]
-            if starts:  # the last mention before the picture
-                span = tuple(range(starts[-1], starts[-1] + len(word)))
-                lookups += [(NAMING_LAYER, (k, t), span) for t in range(len(cells))]
-    return ids, labels, lookups
+    return ids, labels, lookups + _naming_lookups(sample, ids, tokenizer, cells)
+
+
+def _naming_lookups(sample: Sample, ids: list[int], tokenizer: TextTokenizer, cells: list[int] | None
+                    ) -> list[Lookup]:
+    """Each image token of a picture named before it (Sample.image_names: "The second image:
+    <image>") looks at the last mention of its name before it."""
+    if cells is None or not sample.image_names:
+        return []
+    lookups: list[Lookup] = []
+    placeholders = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+    for k, (name, at) in enumerate(zip(sample.image_names, placeholders)):
+        word = tokenizer.encode(f" {name}")  # the pre-tokenizer splits at spaces: the same tokens in context
+        starts = [i for i in range(at - len(word) + 1) if ids[i:i + len(word)] == word]
+        if starts:  # the last mention before the picture
+            span = tuple(range(starts[-1], starts[-1] + len(word)))
+            lookups += [(NAMING_LAYER, (k, t), span) for t in range(len(cells))]
+    return lookups
 
 
 def _document_lookups(sample: Sample, ids: list[int], tokenizer: TextTokenizer, cells: list[int] | None

@@ -4,7 +4,8 @@ Kinds of sample, by training stage:
 
     picture       one picture, no text: its scene is the target     vision (train/picture_stage.py)
     caption       <image> + one sentence describing it              align, pretrain
-    interleaved   2-3 images, each followed by a sentence about it  pretrain
+    interleaved   2-3 images, each followed by a sentence about it, pretrain
+                  or two named images and which holds which object
     vqa           a question about one or two images, short answer  sft
     describe      "Describe the image." answered with the caption   sft
     text          a text-only instruction                           sft
@@ -169,7 +170,47 @@ def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
                   scenes=[scene])
 
 
+# Share of pre-training interleaved documents that say which picture holds which object: two
+# pictures named as multi-image prompts name them, then "The red circle is in the second image."
+# for each colour and shape that exactly one of them has, in random order. The words after "is in
+# the" carry the look-up on that object (FACT_LOOKUPS), and each picture's tokens the naming
+# look-up, so the readout a multi-image question needs is learnt before the first question asks it
+# (docs/training.md, "Which picture").
+WHICH_PICTURE_PROBABILITY = 1.0
+
+
+def two_pictures(data: SyntheticData, rng: random.Random, split: str) -> tuple[list[Scene], list[tuple[str, str, int]]]:
+    """Two scenes and, shuffled, (colour, shape, picture) for each colour and shape that exactly one
+    of them has (redrawn until there is one): what multi-image questions and documents are about."""
+    while True:
+        scenes = [data.scene(rng, split, word_probability=0.0) for _ in range(2)]
+        kinds = [{(o.colour, o.shape) for o in s.objects} for s in scenes]
+        only = [(colour, shape, i) for i in range(2) for colour, shape in sorted(kinds[i] - kinds[1 - i])]
+        if only:
+            rng.shuffle(only)
+            return scenes, only
+
+
+def _which_picture_document(data: SyntheticData, rng: random.Random, split: str) -> Sample:
+    scenes, only = two_pictures(data, rng, split)
+    ordinals = ("first", "second")
+    head = f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n"
+    text, spans = head, []
+    for k, (colour, shape, picture) in enumerate(only):
+        sentence = f"The {colour} {shape} is in the"
+        text += ("" if k == 0 else " ") + sentence
+        start = len(text)
+        text += f" {ordinals[picture]} image."
+        cells = tuple((picture, CELLS.index(o.cell)) for o in scenes[picture].objects
+                      if (o.colour, o.shape) == (colour, shape))
+        spans.append((start, len(text) - 1, cells))
+    return Sample([data.image(s, rng) for s in scenes], text=text, kind="interleaved", scenes=scenes,
+                  text_grounding=spans if FACT_LOOKUPS else None, image_names=list(ordinals))
+
+
 def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
+    if WHICH_PICTURE_PROBABILITY and rng.random() < WHICH_PICTURE_PROBABILITY:
+        return _which_picture_document(data, rng, split)
     count = rng.randint(2, 3)
     scenes = [data.scene(rng, split) for _ in range(count)]
     ordinals = ("first", "second", "third")
@@ -294,15 +335,9 @@ NAME_IMAGES = True
 def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int = 1) -> Sample:
     """Two scenes; each question asks which one holds an object of a colour and shape that
     exactly one of them has."""
-    while True:
-        scenes = [data.scene(rng, split, word_probability=0.0) for _ in range(2)]
-        kinds = [{(o.colour, o.shape) for o in s.objects} for s in scenes]
-        only = [(k, i) for i in range(2) for k in sorted(kinds[i] - kinds[1 - i])]
-        if only:
-            break
-    rng.shuffle(only)
+    scenes, only = two_pictures(data, rng, split)
     messages, grounding = [], []
-    for k, ((colour, shape), target) in enumerate(only[:turns]):
+    for k, (colour, shape, target) in enumerate(only[:turns]):
         question = f"Which image has a {colour} {shape}? Answer first or second."
         if k == 0:
             question = (f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n{question}" if NAME_IMAGES

@@ -36,6 +36,7 @@ from torch import nn
 
 from vlm_edge.common.errors import InputError
 
+from .lookup import READOUT_PICTURES
 from .scenes import CELLS, COLOURS, SHAPES, SIZES, WORDS, Scene
 
 FIELDS: tuple[tuple[str, int], ...] = (("kind", 3), ("colour", len(COLOURS)), ("shape", len(SHAPES)),
@@ -84,14 +85,17 @@ def target_counts(targets: np.ndarray) -> np.ndarray:
 
 
 class PictureProbes(nn.Module):
-    """One linear probe per field on the projector's output (the LLM's input embeddings)."""
+    """One linear probe per field on the projector's output (the LLM's input embeddings), and the
+    look-up loss's picture readout (train/lookup.py: which picture the looked-up object is in,
+    read inside the LLM; not used by forward)."""
 
     def __init__(self, hidden: int, seed: int):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(hidden, n) for _, n in FIELDS)
+        self.readout = nn.Linear(hidden, READOUT_PICTURES)
         generator = torch.Generator().manual_seed(seed)  # the probes' init leaves the global RNG alone
         with torch.no_grad():
-            for head in self.heads:
+            for head in (*self.heads, self.readout):
                 bound = hidden ** -0.5  # nn.Linear's own range
                 head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
                 head.bias.zero_()
@@ -145,17 +149,19 @@ class ProbedModel(nn.Module):
         finally:
             if self.lookup is not None:
                 self.lookup.armed = False
-        loss, accuracy, attention = out.loss, None, None
+        loss, accuracy, attention, read = out.loss, None, None, None
         if self.probes is not None and self.weight and out.image_embeds is not None and picture_targets is not None:
             probe_loss, accuracy = self.probes(out.image_embeds, picture_targets, target_counts)
             loss = loss + self.weight * probe_loss
         if looking:
-            lookup_loss, attention = self.lookup(input_ids, lookups, self.model.config.num_image_tokens, lookup_count)
+            lookup_loss, attention, read = self.lookup(input_ids, lookups, self.model.config.num_image_tokens,
+                                                       lookup_count)
             loss = loss + self.lookup_weight * lookup_loss
-        return ProbedLoss(loss, accuracy, attention)
+        return ProbedLoss(loss, accuracy, attention, read)
 
 
 class ProbedLoss(NamedTuple):
     loss: torch.Tensor
     probe_accuracy: torch.Tensor | None  # [fields]
     lookup_attention: torch.Tensor | None = None  # mean attention of the look-up head on its targets
+    readout_accuracy: torch.Tensor | None = None  # the picture readout's accuracy (train/lookup.py)

@@ -130,7 +130,7 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
 # preset -> its recipe. `tiny` fits the README's main job: under 10 minutes on 2 CPU cores.
 RECIPES: dict[str, list[StageConfig]] = {
     "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True, vision=(4, 2e-3, 8)),  # tests
-    "tiny": _recipe(align=50, pretrain=200, sft=800, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
+    "tiny": _recipe(align=50, pretrain=200, sft=640, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 

@@ -51,6 +51,7 @@ from . import numerics
 from .batching import by_length, collate
 from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
 from .evaluate import evaluate, format_table
+from . import lookup as lookup_module
 from .lookup import LookupLoss, lookup_count
 from .picture_stage import FIELDS, PictureProbes, ProbedModel, picture_targets, target_counts, token_cells
 from .recipe import StageConfig, TrainConfig
@@ -184,7 +185,8 @@ class Trainer:
         self.looking = True  # look-ups only in stages that train the LLM (whose head they teach)
         if config.lookup_weight > 0:
             self.cells = token_cells(self.model.config.downsample_token_order, self.model.config.num_image_tokens)
-            self.lookup = LookupLoss(self.model.llm)
+            readout = self.probes.readout if self.probes is not None and lookup_module.PICTURE_READOUT else None
+            self.lookup = LookupLoss(self.model.llm, readout=readout)
         image_size = self.model.config.image_size
         user = load_conversations(config.user_data, config.image_folder) if config.user_data else None
         self.data = SyntheticData(image_size, config.seed)
@@ -304,9 +306,12 @@ class Trainer:
                     record["probe_accuracy"] = {name: round(a, 4) for (name, _), a in zip(FIELDS, mean) if a == a}
                     if record["probe_accuracy"]:
                         note = "  probes " + " ".join(f"{name} {a:.0%}" for name, a in record["probe_accuracy"].items())
-                    if mean[-1] == mean[-1]:  # the look-up head's attention on its targets
-                        record["lookup_attention"] = round(mean[-1], 4)
-                        note += f"  look-up {mean[-1]:.0%}"
+                    if mean[-2] == mean[-2]:  # the look-up head's attention on its targets
+                        record["lookup_attention"] = round(mean[-2], 4)
+                        note += f"  look-up {mean[-2]:.0%}"
+                    if mean[-1] == mean[-1]:  # the picture readout's accuracy
+                        record["readout_accuracy"] = round(mean[-1], 4)
+                        note += f"  readout {mean[-1]:.0%}"
                 self.state.history.append(record)
                 losses, probed = [], []
                 if self.par.main:
@@ -359,7 +364,7 @@ class Trainer:
                 out.loss.backward()
             loss += out.loss.detach()
             if getattr(out, "probe_accuracy", None) is not None or getattr(out, "lookup_attention", None) is not None:
-                accuracy.append(_reported(out.probe_accuracy, out.lookup_attention))
+                accuracy.append(_reported(out.probe_accuracy, out.lookup_attention, out.readout_accuracy))
         images = len(batch.pixel_values)
         return (loss, sum(len(ids) for ids in batch.input_ids) + images * (image_tokens - 1),
                 torch.stack(accuracy).nanmean(0) if accuracy else None)
@@ -396,11 +401,14 @@ class Trainer:
         self.par.barrier()
 
 
-def _reported(probe_accuracy: torch.Tensor | None, lookup_attention: torch.Tensor | None) -> torch.Tensor:
-    """[fields + 1]: each probe's accuracy, then the look-up head's attention on its targets (NaN: none)."""
+def _reported(probe_accuracy: torch.Tensor | None, lookup_attention: torch.Tensor | None,
+              readout_accuracy: torch.Tensor | None = None) -> torch.Tensor:
+    """[fields + 2]: each probe's accuracy, the look-up head's attention on its targets, the picture
+    readout's accuracy (NaN: none)."""
     nan = torch.tensor(float("nan"))
     fields = probe_accuracy if probe_accuracy is not None else nan.repeat(len(FIELDS))
-    return torch.cat([fields.float().cpu(), (lookup_attention if lookup_attention is not None else nan).reshape(1).float()])
+    extra = [nan if x is None else x for x in (lookup_attention, readout_accuracy)]
+    return torch.cat([fields.float().cpu(), torch.stack([x.reshape(()).float().cpu() for x in extra])])
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
