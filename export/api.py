@@ -232,9 +232,16 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
         if not failed or last:
             break
         rejected[precision] = failed
-        figures = (f"; image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}"
-                   if "cosine_threshold" in check else "")
-        log.info("%s vision does not validate (%s%s): trying %s", precision, ", ".join(failed), figures,
+        figures = []  # what failed: the image embeddings themselves, or a decoder's greedy tokens with them
+        for name in failed:
+            if name == "vision" and "cosine_threshold" in check:
+                figures.append(f"image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}")
+            elif config.validate and "greedy_identical" in validation.get(name, {}):
+                figures.append(f"{name} greedy identical {validation[name]['greedy_identical']}"
+                               f"/{validation[name]['prompts']}")
+            else:
+                figures.append(name)
+        log.info("%s vision does not validate (%s): trying %s", precision, "; ".join(figures),
                  candidates[candidates.index(precision) + 1])
     if failed:
         raise ExportValidationError(

@@ -184,6 +184,7 @@ FIXTURE_DATA = {
     "NAME_IMAGES": False,
     "POSITION_MIN_OBJECTS": 3,
     "POSITION_COUNT_WEIGHTS": (0.0, 0.0, 1.0, 2.0),
+    "WHICH_PICTURE_PROBABILITY": 0.0,  # pre-training's interleaved documents describe 2-3 pictures in order
 }
 
 
