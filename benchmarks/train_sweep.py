@@ -104,6 +104,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "read720": {"data": {"WHICH_PICTURE_PROBABILITY": 0.0}, "stages": {"sft": {"steps": 720}}},
     "which100": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "stages": {"sft": {"steps": 720}}},
     "which640": {"data": {"WHICH_PICTURE_PROBABILITY": 1.0}, "stages": {"sft": {"steps": 640}}},
+    # answers that repeat words of the prompt look at them (train/lookup.py COPY_LOOKUPS; not in the recipe)
+    "copy": {"lookup": {"COPY_LOOKUPS": True}},
     "fit2": {"stages": {"vision": {"steps": 250}, "pretrain": {"steps": 120},
                         "sft": {"batch_size": 24, "steps": 1000}}},
 }

@@ -193,8 +193,8 @@ def test_lookup_targets_are_the_object_each_answer_is_about():
 CELLS_COLUMN_MAJOR = [0, 2, 1, 3]  # the scene cell of each image token of the tiny models
 
 
-def _documents_with_lookups(kind: str, count: int):
-    """(sample, tokenizer, ids, labels, lookups) of the first `count` documents of `kind`, encoded
+def _samples_with_lookups(kind: str, count: int):
+    """(sample, tokenizer, ids, labels, lookups) of the first `count` samples of `kind`, encoded
     with their look-ups (and the same ids and labels as without)."""
     from vlm_edge.train.batching import encode_with_lookups
 
@@ -218,7 +218,7 @@ def test_fact_captions_look_at_the_object_each_fact_is_about(monkeypatch):
 
     monkeypatch.setattr(datasets, "FACT_LOOKUPS", True)
     facts = 0
-    for sample, tokenizer, ids, labels, lookups in _documents_with_lookups("caption", 200):
+    for sample, tokenizer, ids, labels, lookups in _samples_with_lookups("caption", 200):
         if not sample.text_grounding:
             assert lookups == []
             continue
@@ -248,7 +248,7 @@ def test_which_picture_documents_look_at_the_object_and_name_each_picture(monkey
 
     monkeypatch.setattr(datasets, "WHICH_PICTURE_PROBABILITY", 1.0)
     statements = 0
-    for sample, tokenizer, ids, labels, lookups in _documents_with_lookups("interleaved", 100):
+    for sample, tokenizer, ids, labels, lookups in _samples_with_lookups("interleaved", 100):
         assert sample.text.startswith(f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n")
         named = [lk for lk in lookups if lk[0] == NAMING_LAYER]
         assert len(named) == 2 * len(CELLS_COLUMN_MAJOR)
@@ -265,6 +265,26 @@ def test_which_picture_documents_look_at_the_object_and_name_each_picture(monkey
                 assert f"The {colour} {shape} is in the {('first', 'second')[image]} image." in sample.text
             statements += 1
     assert statements > 300
+
+
+def test_copy_lookups_look_at_the_words_an_answer_repeats(monkeypatch):
+    """With COPY_LOOKUPS, each position that predicts a word of an answer that repeats its prompt
+    ("Repeat after me: red cat" -> "red cat", "Which of these is a colour: cat or red?" -> "red")
+    looks at that same word in the prompt; other text answers have no look-ups."""
+    from vlm_edge.train import lookup
+    from vlm_edge.train.lookup import LOOKUP_LAYER
+
+    monkeypatch.setattr(lookup, "COPY_LOOKUPS", True)
+    copied = 0
+    for sample, tokenizer, ids, labels, lookups in _samples_with_lookups("text", 60):
+        if sample.answer not in sample.messages[0]["content"]:
+            assert lookups == []
+            continue
+        assert len(lookups) == len(tokenizer.encode(f" {sample.answer}"))
+        for layer, query, (target,) in lookups:
+            assert layer == LOOKUP_LAYER and labels[query + 1] == ids[query + 1] == ids[target] and target < query
+            copied += 1
+    assert copied > 40
 
 
 def test_lookup_loss_is_minus_log_the_attention_the_model_computes(tmp_path):

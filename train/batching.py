@@ -81,11 +81,23 @@ def encode_with_lookups(sample: Sample, tokenizer: TextTokenizer, template: Chat
                 tokens = tuple((image, cells.index(cell)) for image, cell in grounding)
                 lookups += [(layer, len(ids) - 1 + j, tokens) for j in range(min(spoken, len(piece)))
                             for layer in (LOOKUP_LAYER, *lookup_loss.EXTRA_LOOKUP_LAYERS)]
+            elif cells is not None and lookup_loss.COPY_LOOKUPS:
+                lookups += _copy_lookups(ids, piece[:len(_tokens(tokenizer, text[: len(text) - len(_suffix(template, text))],
+                                                               False, False))])
         else:
             piece = list(_tokens(tokenizer, text, True, k == 0))
             labels += [IGNORE_INDEX] * len(piece)
         ids += piece
     return ids, labels, lookups + _naming_lookups(sample, ids, tokenizer, cells)
+
+
+def _copy_lookups(ids: list[int], spoken: list[int]) -> list[Lookup]:
+    """An answer that repeats words of the prompt ("Repeat after me: red cat" -> "red cat"): each
+    position that predicts one of its tokens looks at that token in the prompt (its last mention)."""
+    starts = [i for i in range(len(ids) - len(spoken) + 1) if spoken and ids[i:i + len(spoken)] == spoken]
+    if not starts:
+        return []
+    return [(LOOKUP_LAYER, len(ids) - 1 + j, (starts[-1] + j,)) for j in range(len(spoken))]
 
 
 def _naming_lookups(sample: Sample, ids: list[int], tokenizer: TextTokenizer, cells: list[int] | None

@@ -53,6 +53,9 @@ READOUT_LAYER = LOOKUP_LAYER + 1  # the picture readout reads its input (the fin
 READOUT_PICTURES = 4  # the readout's classes: the picture an object is in, of up to this many
 PICTURE_READOUT = True  # the trainer gives the look-up loss a picture readout (off: no readout)
 NAMING_READOUT = True  # the readout also reads each named picture's tokens (at LOOKUP_LAYER's input)
+# Answers that repeat words of their prompt ("Repeat after me: red cat") look at those words, with the
+# head of LOOKUP_LAYER; off in the recipe (an experiment: docs/training.md, "Which picture")
+COPY_LOOKUPS = False
 # More layers whose head LOOKUP_HEAD learns the answers' look-ups too (the same queries and targets); none in
 # the recipe: layer 2 as well was tried and answered worse (docs/training.md, "How much SFT the recipe needs")
 EXTRA_LOOKUP_LAYERS: tuple[int, ...] = ()
