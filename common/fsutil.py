@@ -148,20 +148,53 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: str | os.PathLike, *, what: str, error: type[VlmEdgeError] = VlmEdgeError) -> dict:
-    """Read a JSON object, turning a missing or malformed file into a clear `error`.
+MAX_JSON_BYTES = 64 << 20  # a config, manifest or tokenizer config; real ones are kilobytes to a few MB
+MAX_JSON_DEPTH = 64  # real configs nest 3-5 deep; Python's parser itself gives up near 1,000
 
-    `what` says what the file is for the message, e.g. "checkpoint config".
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{what} {path} is missing") from None
+
+def json_depth(obj: object) -> int:
+    """How deeply `obj` (parsed JSON) nests: 0 for a scalar, 1 for a flat list or object."""
+    depth, level = 0, [obj]
+    while level:
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+        depth += 1
+    return depth - 1 if depth else 0
+
+
+def loads_json(text: str | bytes, *, what: str, error: type[VlmEdgeError] = VlmEdgeError,
+               max_depth: int = MAX_JSON_DEPTH) -> object:
+    """Parse untrusted JSON text: malformed text, a value nested past `max_depth` (which would
+    otherwise end in Python's RecursionError) and invalid UTF-8 all become one clear `error`."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise error(f"{what} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise error(f"{what} nests deeper than {max_depth} levels; it is not a file vlm-edge wrote or reads") from None
+    if json_depth(obj) > max_depth:
+        raise error(f"{what} nests deeper than {max_depth} levels; it is not a file vlm-edge wrote or reads")
+    return obj
+
+
+def read_json(path: str | os.PathLike, *, what: str, error: type[VlmEdgeError] = VlmEdgeError,
+              max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """Read a JSON object, turning a missing, oversized, malformed or over-nested file into a clear
+    `error`. `what` says what the file is for the message, e.g. "checkpoint config".
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{what} {path} is {size >> 20} MiB, over the {max_bytes >> 20} MiB a JSON file may be here; "
+                        "it is not a file vlm-edge wrote or reads")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} is missing") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory, not a JSON file") from None
+    obj = loads_json(data, what=f"{what} {path}", error=error)
     if not isinstance(obj, dict):
         raise error(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
     return obj

@@ -17,14 +17,9 @@ import base64
 import binascii
 import contextlib
 import ctypes
-import http.client
 import io
-import ipaddress
-import socket
-import ssl
 import sys
 import threading
-import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +28,7 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from vlm_edge.common.image import FORMATS_TEXT, IMAGE_FORMATS
+from vlm_edge.common.net import Fetch, FetchError, request
 
 
 class ImageRejected(Exception):
@@ -201,90 +197,22 @@ def use_mmap_for_large_blocks(threshold: int = 1 << 20) -> None:
         _LIBC.mallopt(m_mmap_threshold, threshold)
 
 
-def check_address(address: str, limits: ImageLimits) -> str | None:
-    """Why the server must not connect to `address` (an IP literal), or None when it may."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast or ip.is_unspecified:
-        return "a multicast or unspecified address"
-    if not ip.is_global and not limits.allow_private_hosts:  # loopback, private, shared (100.64/10), reserved
-        return "a loopback or private address (start vlm-serve with --allow-private-image-hosts for a LAN camera)"
-    return None
-
-
-def _resolve(host: str, port: int, limits: ImageLimits, label: str, url: str) -> str:
-    """The first address of `host` the server may connect to; ImageRejected if any address it resolves to is refused."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise ImageRejected(f"{label}: could not fetch {url} (the host name does not resolve)") from None
-    addresses = [info[4][0] for info in infos]
-    for address in addresses:
-        reason = check_address(address, limits)
-        if reason is not None:
-            raise ImageRejected(f"{label}: {url} resolves to {reason}; the server does not fetch from there")
-    return addresses[0]
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the checked address, not to whatever the name resolves to a moment later."""
-
-    def __init__(self, host: str, address: str, **kw):
-        super().__init__(host, **kw)
-        self._address = address
-
-    def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, address: str, **kw):
-        super().__init__(host, context=ssl.create_default_context(), **kw)
-        self._address = address
-
-    def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # the name's certificate
-
-
 def _download(url: str, limits: ImageLimits, label: str) -> bytes:
-    for _ in range(limits.max_redirects + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImageRejected(f"{label}: {url} is not an http(s) URL")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ImageRejected(f"{label}: {url} has an invalid port") from None
-        address = _resolve(parts.hostname, port, limits, label, url)
-        kind = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = kind(parts.hostname, address, port=port, timeout=limits.remote_timeout)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            connection.request("GET", path, headers={"User-Agent": "vlm-serve", "Accept": "image/*"})
-            response = connection.getresponse()
-            if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
-                url = urllib.parse.urljoin(url, response.getheader("Location"))
-                continue
-            if response.status != 200:
-                raise ImageRejected(f"{label}: could not fetch {url} (HTTP {response.status})")
-            data = response.read(limits.max_bytes + 1)
-        except socket.timeout:
-            raise ImageRejected(f"{label}: could not fetch {url} (timed out after {limits.remote_timeout:g} s)") from None
-        except ssl.SSLError:
-            raise ImageRejected(f"{label}: could not fetch {url} (TLS failed)") from None
-        except (OSError, http.client.HTTPException):
-            raise ImageRejected(f"{label}: could not fetch {url} (the connection failed)") from None
-        finally:
-            connection.close()
-        if len(data) > limits.max_bytes:
-            raise ImageRejected(f"{label}: {url} is over the server's limit of {limits.max_bytes} bytes", 413,
-                                "image_too_large")
-        return data
-    raise ImageRejected(f"{label}: {url} redirects more than {limits.max_redirects} times")
+    """The body of an http(s) image URL: its address checked, redirects checked too, within a total
+    deadline of `limits.remote_timeout` seconds (common/net.py)."""
+    how = Fetch(allow_private=limits.allow_private_hosts, deadline=limits.remote_timeout, max_bytes=limits.max_bytes,
+                max_redirects=limits.max_redirects, user_agent="vlm-serve")
+    try:
+        status, data = request(url, how, headers={"Accept": "image/*"})
+    except FetchError as e:
+        message = str(e)
+        if "loopback or private" in message:
+            message += " (start vlm-serve with --allow-private-image-hosts for a LAN camera)"
+        raise ImageRejected(f"{label}: {message}", e.status, "image_too_large" if e.status == 413 else "invalid_image") \
+            from None
+    if status != 200:
+        raise ImageRejected(f"{label}: could not fetch {url} (HTTP {status})")
+    return data
 
 
 def decode_image(data: bytes, limits: ImageLimits, label: str, *, budget: DecodeBudget | None = None,
