@@ -18,10 +18,14 @@ Decoding needs OpenCV (the jetson extra), imported only here; numpy + Pillow oth
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 from PIL import Image
@@ -49,42 +53,160 @@ def _cv2():
     return cv2
 
 
-def read_frames(path: str | os.PathLike, count: int = DEFAULT_NUM_FRAMES) -> list[Image.Image]:
-    """`count` RGB frames of the clip at `path`, sampled uniformly."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"video {path} does not exist or is not a file")
+class VideoTooLarge(InputError):
+    """A clip over a limit: its frames' pixels, its frame count, or the memory decoding it needs."""
+
+
+class VideoStopped(Exception):
+    """`should_stop` said to stop (the client went away, the timeout passed) while a clip was decoded."""
+
+
+MAX_FRAME_PIXELS = 4096 * 4096  # a frame's width x height, read from the container before any frame is decoded
+MAX_FRAMES = 20_000  # frames in a clip (11 minutes at 30 frames/s); a longer clip is refused, not decoded through
+BYTES_PER_DECODED_PIXEL = 8  # one frame being decoded: YUV 4:2:0 (1.5) + BGR (3) + RGB (3), rounded up
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a clip may be; checked from its header where possible, else as frames are decoded."""
+
+    max_pixels: int = MAX_FRAME_PIXELS
+    max_frames: int = MAX_FRAMES
+
+
+def container_of(head: bytes) -> str | None:
+    """The container the first bytes of a file start (mp4 for MP4 and QuickTime, avi, mkv for
+    Matroska and WebM), or None when they start none of them: a picture labelled as a video, say."""
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"):
+        return "mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML
+        return "mkv"
+    return None
+
+
+def decode_cost(width: int, height: int) -> int:
+    """Bytes decoding one frame of `width` x `height` holds at once (one decoder thread)."""
+    return int(width) * int(height) * BYTES_PER_DECODED_PIXEL
+
+
+def read_frames(source: str | os.PathLike | bytes, count: int = DEFAULT_NUM_FRAMES, *,
+                limits: VideoLimits = VideoLimits(),
+                fit: Callable[[Image.Image], Image.Image] | None = None,
+                reserve: Callable[[int], ContextManager] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+    """`count` RGB frames of the clip at path `source` (or in the bytes `source`: decoded from memory,
+    no file written), sampled uniformly, each passed through `fit` as soon as it is decoded (e.g.
+    resized to the vision tower's input).
+
+    Before a frame is decoded: the file must start a video container (not a picture), its frame
+    size must be within `limits.max_pixels` and its declared frame count within `limits.max_frames`
+    (VideoTooLarge otherwise), and `reserve(bytes)`, when given, must grant the memory decoding one
+    frame takes (it may raise to refuse). OpenCV decodes on one thread. `should_stop` is asked
+    between frames (VideoStopped). A frame larger than its container said is refused when decoded.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        path, head = _Memory(bytes(source)), bytes(source[:16])
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"video {path} does not exist or is not a file")
+        with open(path, "rb") as f:
+            head = f.read(16)
+    if container_of(head) is None:
+        raise InputError(f"video {path} is not an MP4, QuickTime, AVI, Matroska or WebM file")
     cv2 = _cv2()
-    capture = cv2.VideoCapture(str(path))
+    capture = _open(cv2, path)
     try:
-        if not capture.isOpened():
-            raise InputError(f"video {path} could not be opened; pass an MP4, AVI, MKV or WebM file OpenCV can decode")
-        frames: list[np.ndarray] = []
-        while True:  # count first: CAP_PROP_FRAME_COUNT is an estimate in some containers
-            ok = capture.grab()
-            if not ok:
-                break
-            frames.append(None)  # type: ignore[arg-type]
-        total = len(frames)
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    _check_frame(path, width, height, limits)
+    if declared > limits.max_frames:
+        raise VideoTooLarge(f"video {path} has {declared} frames, more than the {limits.max_frames} taken; "
+                            "send a shorter clip")
+    with reserve(decode_cost(width, height)) if reserve else contextlib.nullcontext():
+        total = _count_frames(cv2, path, limits, should_stop)
+        wanted = set(sample_indices(total, count))
+        capture = _open(cv2, path)
+        kept: list[Image.Image] = []
+        try:
+            for index in range(max(wanted) + 1):
+                if should_stop is not None and should_stop():
+                    raise VideoStopped()
+                if index not in wanted:
+                    if not capture.grab():
+                        break
+                    continue
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                _check_frame(path, bgr.shape[1], bgr.shape[0], limits)
+                frame = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                del bgr
+                kept.append(fit(frame) if fit is not None else frame)
+        finally:
+            capture.release()
+    if len(kept) != len(wanted):
+        raise InputError(f"video {path} stopped decoding after {len(kept)} of the {len(wanted)} frames to keep")
+    return kept
+
+
+class _Memory:
+    """A clip held in memory; OpenCV 4.10 and later read it as a stream (no temporary file)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.streams: list[io.BytesIO] = []  # OpenCV holds no reference to a stream it reads: we must
+
+    def stream(self) -> io.BytesIO:
+        self.streams.append(io.BytesIO(self.data))
+        return self.streams[-1]
+
+    def __str__(self) -> str:
+        return "(sent in the request)"
+
+
+def _open(cv2, path: "Path | _Memory"):
+    """A capture of `path` on one decoder thread (more threads hold a frame each)."""
+    if isinstance(path, _Memory):
+        try:
+            capture = cv2.VideoCapture(path.stream(), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        except (TypeError, cv2.error):
+            raise UnsupportedFeatureError("decoding a video from memory needs OpenCV 4.10 or later: "
+                                          'pip install -U "vlm-edge[jetson]"') from None
+    else:
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    if not capture.isOpened():
+        capture.release()
+        raise InputError(f"video {path} could not be opened; pass an MP4, AVI, MKV or WebM file OpenCV can decode")
+    return capture
+
+
+def _check_frame(path, width: int, height: int, limits: VideoLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise VideoTooLarge(f"video {path}: its {width}x{height} frames are over the limit of {limits.max_pixels} "
+                            "pixels a frame; send a smaller video")
+
+
+def _count_frames(cv2, path, limits: VideoLimits, should_stop: Callable[[], bool] | None) -> int:
+    """Frames the clip really has (CAP_PROP_FRAME_COUNT is an estimate in some containers)."""
+    capture = _open(cv2, path)
+    total = 0
+    try:
+        while capture.grab():
+            total += 1
+            if total > limits.max_frames:
+                raise VideoTooLarge(f"video {path} has more than {limits.max_frames} frames; send a shorter clip")
+            if should_stop is not None and total % 16 == 0 and should_stop():
+                raise VideoStopped()
     finally:
         capture.release()
     if total == 0:
         raise InputError(f"video {path} has no frames OpenCV can decode")
-    wanted = set(sample_indices(total, count))
-    capture = cv2.VideoCapture(str(path))
-    kept: list[Image.Image] = []
-    try:
-        for index in range(total):
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            if index in wanted:
-                kept.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    finally:
-        capture.release()
-    if len(kept) != len(wanted):
-        raise InputError(f"video {path} stopped decoding after {len(kept)} of the {len(wanted)} frames to keep")
-    return kept
+    return total
 
 
 BASIC_ENCODER = "llava.model.encoders.BasicVideoEncoder"

@@ -53,7 +53,8 @@ def select_token(logits: np.ndarray, history: Sequence[int], cfg: SamplingConfig
         logits[seen] = np.where(values > 0, values / cfg.repetition_penalty, values * cfg.repetition_penalty)
     if cfg.greedy:
         return int(np.argmax(logits))
-    logits = logits.astype(np.float64) / cfg.temperature
+    logits = logits.astype(np.float64)
+    logits = (logits - logits.max()) / cfg.temperature  # shifted first: a tiny temperature gives -inf, never inf - inf
     if cfg.top_k > 0:
         kth = np.partition(logits, -min(cfg.top_k, logits.size))[-min(cfg.top_k, logits.size)]
         logits = np.where(logits < kth, -np.inf, logits)

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -39,9 +40,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlm_edge.common.errors import InputError, VlmEdgeError
-from vlm_edge.common.image import fit_image, refits
+from vlm_edge.common.fsutil import json_depth
+from vlm_edge.common.image import fit_image, refits, whole_pictures
 from vlm_edge.common.log import get_logger
-from vlm_edge.common.video import video_prompt
+from vlm_edge.common.video import VideoStopped, video_prompt
 
 from .images import (DecodeBudget, ImageLimits, ImageRejected, fetch_image, fetch_video, release_freed_memory,
                      use_mmap_for_large_blocks)
@@ -201,23 +203,33 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
         if worker.error is not None or not worker.ready.is_set() or worker.closing:
             raise APIError(503, "the engine is loading" if worker.error is None and not worker.closing
                            else "the server cannot take requests now", type_="server_error")
-        messages, images, sampling, video = await run_in_threadpool(prepare, body, config, worker, budget)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
         start = time.perf_counter()
-        job = Job(messages, images, sampling,
-                  on_piece=lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("piece", piece)),
-                  on_done=lambda result, error: loop.call_soon_threadsafe(events.put_nowait, ("done", (result, error))),
-                  deadline=start + config.timeout, video=video)
-        try:
-            worker.submit(job)
+        try:  # admitted before any image or video is decoded: past the queue it is 429 at once
+            worker.admit()
         except Busy:
             metrics.request("rejected")
             raise APIError(429, f"the server is busy ({config.queue_size} requests admitted); retry shortly",
                            type_="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
         except NotReady as e:
             raise APIError(503, str(e), type_="server_error") from None
+        try:
+            prepared = await prepare_while_connected(request, body, config, worker, budget, start + config.timeout)
+        except BaseException:
+            worker.release()
+            raise
+        if prepared is None:  # the client went away while its input was decoded
+            worker.release()
+            metrics.request("disconnect")
+            return JSONResponse({}, status_code=499)  # nobody reads it
+        messages, images, sampling, video = prepared
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job(messages, images, sampling,
+                  on_piece=lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("piece", piece)),
+                  on_done=lambda result, error: loop.call_soon_threadsafe(events.put_nowait, ("done", (result, error))),
+                  deadline=start + config.timeout, video=video)
+        worker.enqueue(job)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream_events(job, events, completion_id, config.name, include_usage, metrics,
@@ -274,12 +286,18 @@ def create_app(config: ServerConfig, *, load: Callable[[], Any] | None = None) -
     return app
 
 
+MAX_BODY_DEPTH = 16  # a chat request nests 6 deep (messages, content parts, image_url)
+
+
 def parse_request(raw: bytes) -> ChatCompletionRequest:
     """The request body as FastAPI would parse it, with the same validation errors."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        error = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        if json_depth(data) > MAX_BODY_DEPTH:
+            raise RecursionError
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        error = (e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8" if isinstance(e, UnicodeDecodeError)
+                 else f"nested deeper than {MAX_BODY_DEPTH} levels")
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", getattr(e, "pos", 0)),
                                        "msg": "JSON decode error", "ctx": {"error": error}}]) from None
     try:
@@ -346,25 +364,56 @@ def _replay(body: bytes, receive):
     return replay
 
 
+async def prepare_while_connected(request: Request, body: ChatCompletionRequest, config: ServerConfig,
+                                  worker: Worker, budget: DecodeBudget, deadline: float):
+    """`prepare` in the thread pool, watching the client meanwhile: None when it went away (the
+    decoding stops at its next frame); APIError 504 when `deadline` passed first."""
+    gone = threading.Event()
+
+    def should_stop() -> bool:
+        return gone.is_set() or time.perf_counter() > deadline
+
+    task = asyncio.ensure_future(run_in_threadpool(prepare, body, config, worker, budget, should_stop))
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                gone.set()
+        return task.result()
+    except VideoStopped:
+        if gone.is_set():
+            return None
+        raise APIError(504, f"decoding the video took longer than the server's timeout of {config.timeout:g} s",
+                       type_="timeout_error", code="timeout") from None
+    except asyncio.CancelledError:
+        gone.set()
+        raise
+
+
 def prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
-            budget: DecodeBudget | None = None) -> tuple[list, list, Any, list | None]:
+            budget: DecodeBudget | None = None, should_stop: Callable[[], bool] | None = None
+            ) -> tuple[list, list, Any, list | None]:
     """Messages with <image> placeholders, decoded images and the sampling config; APIError when a
     part of the request cannot be served. Runs in a thread pool (image decoding is CPU work).
-    Each image is fitted to the vision tower's input size as soon as it is decoded, so a request
-    holds its full-size pixels one image at a time, within `budget`."""
+    Each image, and each frame of a video, is fitted to the vision tower's input size as soon as it
+    is decoded, so a request holds its full-size pixels one picture at a time, within `budget`.
+    `should_stop` is asked between a video's frames (VideoStopped)."""
     try:
-        return _prepare(body, config, worker, budget)
+        return _prepare(body, config, worker, budget, should_stop)
     finally:
         release_freed_memory()
 
 
 def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
-             budget: DecodeBudget | None) -> tuple[list, list, Any, list | None]:
+             budget: DecodeBudget | None, should_stop: Callable[[], bool] | None = None
+             ) -> tuple[list, list, Any, list | None]:
     from vlm_edge.edge import SamplingConfig
 
     check_text(body, worker.pipe)
     pre = worker.pipe.preprocess
     fit = None if refits(pre) else (lambda image: fit_image(image, pre))
+    frame_pre = whole_pictures(pre)  # video frames are seen whole, never tiled
+    fit_frame = None if refits(frame_pre) else (lambda image: fit_image(image, frame_pre))
     messages, images = [], []
     video, video_message = None, None  # a video_url part's frames, and the message that holds it
     for i, message in enumerate(body.messages):
@@ -390,7 +439,8 @@ def _prepare(body: ChatCompletionRequest, config: ServerConfig, worker: Worker,
                     raise APIError(400, f"{label}: one video per request, and not with images", param="messages",
                                    code="too_many_videos")
                 try:
-                    video = fetch_video(part.video_url.url, config.limits, label, worker.pipe.num_video_frames)
+                    video = fetch_video(part.video_url.url, config.limits, label, worker.pipe.num_video_frames,
+                                        budget=budget, fit=fit_frame, should_stop=should_stop)
                 except ImageRejected as e:
                     raise APIError(e.status, str(e), param=f"messages.{i}.content.{j}.video_url", code=e.code) from None
                 video_message = len(messages)

@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
     p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size per image (default 20 MB)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
-                   help="pixels per image, checked before decoding (default 16.7 M)")
+                   help="pixels per image and per video frame, checked before decoding (default 16.7 M)")
+    p.add_argument("--max-video-frames", type=int, default=20_000,
+                   help="frames a video part may have; longer clips are refused with 413 (default 20000)")
     p.add_argument("--allow-local-images", action="store_true",
                    help="let image_url name files on this machine, under --image-root only")
     p.add_argument("--image-root", default=".", help="with --allow-local-images: the folder image paths must lie "
                                                      "in (default: the current folder)")
     p.add_argument("--allow-remote-images", action="store_true",
-                   help="let the server fetch http(s) image URLs (public addresses only)")
+                   help="let the server fetch http(s) image URLs (public addresses only; 10 s per fetch in all)")
     p.add_argument("--allow-private-image-hosts", action="store_true",
                    help="with --allow-remote-images: also loopback and private (LAN) hosts, e.g. an IP camera; "
                         "link-local addresses (cloud metadata) stay refused")
@@ -84,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--image-root {args.image_root}: not a directory")
         if args.allow_private_image_hosts and not args.allow_remote_images:
             raise InputError("--allow-private-image-hosts needs --allow-remote-images")
+        if args.max_image_pixels < 1 or args.max_video_frames < 1 or args.max_image_mb <= 0:
+            raise InputError("--max-image-pixels and --max-video-frames must be >= 1, --max-image-mb > 0")
         limits = ImageLimits(max_bytes=int(args.max_image_mb * (1 << 20)), max_pixels=args.max_image_pixels,
+                             max_video_frames=args.max_video_frames,
                              local_root=args.image_root if args.allow_local_images else None,
                              allow_remote=args.allow_remote_images, allow_private_hosts=args.allow_private_image_hosts)
         api_key = api_key_from(args)

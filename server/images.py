@@ -46,30 +46,34 @@ class ImageLimits:
     local_root: str | None = None  # image paths allowed under this directory; None: no local paths
     allow_remote: bool = False
     allow_private_hosts: bool = False  # remote: also loopback and private (LAN) addresses
-    remote_timeout: float = 10.0
+    remote_timeout: float = 10.0  # seconds for a whole remote fetch, redirects included
     max_redirects: int = 3
+    max_video_frames: int = 20_000  # frames in a video part (common/video.py MAX_FRAMES)
 
     @property
     def allow_local(self) -> bool:
         return self.local_root is not None
 
 
-VIDEO_SUFFIX = {"mp4": ".mp4", "quicktime": ".mov", "x-msvideo": ".avi", "x-matroska": ".mkv", "webm": ".webm"}
+VIDEO_KINDS = ("mp4", "quicktime", "x-msvideo", "x-matroska", "webm")
 
 
-def fetch_video(url: str, limits: ImageLimits, label: str, frames: int) -> list[Image.Image]:
-    """The `frames` RGB frames (sampled uniformly) of the clip a video_url's data URL carries, or
-    ImageRejected saying why not. Only data URLs: a video is decoded from a private temporary file."""
-    import tempfile
-
+def fetch_video(url: str, limits: ImageLimits, label: str, frames: int, *, budget: DecodeBudget | None = None,
+                fit: Callable[[Image.Image], Image.Image] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+    """The `frames` RGB frames (sampled uniformly, each passed through `fit` as it is decoded) of the
+    clip a video_url's data URL carries, or ImageRejected saying why not. Only data URLs. The clip
+    is decoded from memory under the image limits: the container's frame size against max_pixels
+    and its frame count against max_video_frames before any frame is decoded, one frame's decode
+    memory reserved from `budget`; `should_stop` ends it between frames (VideoStopped)."""
     from vlm_edge.common.errors import InputError, UnsupportedFeatureError
-    from vlm_edge.common.video import read_frames
+    from vlm_edge.common.video import VideoLimits, VideoTooLarge, decode_cost, read_frames
 
     if not url.startswith("data:"):
         raise ImageRejected(f"{label}: send the video as a data URL (data:video/mp4;base64,...)", code="invalid_video")
     head, _, payload = url.partition(",")
     kind = head[len("data:video/"):].split(";")[0] if head.startswith("data:video/") else ""
-    if kind not in VIDEO_SUFFIX or ";base64" not in head:
+    if kind not in VIDEO_KINDS or ";base64" not in head:
         raise ImageRejected(f"{label}: a video data URL must look like data:video/mp4;base64,... "
                             f"(mp4, quicktime, x-msvideo, x-matroska or webm)", code="invalid_video")
     if len(payload) * 3 // 4 > limits.max_bytes:
@@ -79,15 +83,23 @@ def fetch_video(url: str, limits: ImageLimits, label: str, frames: int) -> list[
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ImageRejected(f"{label}: the data URL's base64 payload is not valid base64", code="invalid_video") from None
-    with tempfile.TemporaryDirectory(prefix="vlm-serve-video-") as tmp:
-        path = Path(tmp) / f"clip{VIDEO_SUFFIX[kind]}"
-        path.write_bytes(data)
-        try:
-            return read_frames(path, frames)
-        except UnsupportedFeatureError as e:  # no OpenCV on this server
-            raise ImageRejected(f"{label}: this server cannot decode video: {e}", 501, "video_unsupported") from None
-        except InputError as e:
-            raise ImageRejected(f"{label}: {str(e).replace(str(path), 'the video')}", code="invalid_video") from None
+
+    def reserve(nbytes: int):
+        if budget is None:
+            return contextlib.nullcontext()
+        return budget.reserve(nbytes, label, what="decoding a frame of this video")
+
+    try:
+        return read_frames(data, frames, limits=VideoLimits(limits.max_pixels, limits.max_video_frames), fit=fit,
+                           reserve=reserve, should_stop=should_stop)
+    except VideoTooLarge as e:
+        raise ImageRejected(f"{label}: {str(e).replace('video (sent in the request)', 'the video')}", 413,
+                            "video_too_large") from None
+    except UnsupportedFeatureError as e:  # no OpenCV on this server, or one too old to read from memory
+        raise ImageRejected(f"{label}: this server cannot decode video: {e}", 501, "video_unsupported") from None
+    except InputError as e:
+        raise ImageRejected(f"{label}: {str(e).replace('video (sent in the request)', 'the video')}",
+                            code="invalid_video") from None
 
 
 def fetch_image(url: str, limits: ImageLimits, label: str, *, budget: DecodeBudget | None = None,
@@ -145,10 +157,10 @@ class DecodeBudget:
         return width * height * BYTES_PER_DECODED_PIXEL
 
     @contextlib.contextmanager
-    def reserve(self, nbytes: int, label: str):
+    def reserve(self, nbytes: int, label: str, what: str = "decoding this image"):
         if nbytes > self.limit:
-            raise ImageRejected(f"{label}: decoding this image needs {nbytes >> 20} MiB, more than the server's image "
-                                f"memory of {self.limit >> 20} MiB (vlm-serve --max-memory); send a smaller image",
+            raise ImageRejected(f"{label}: {what} needs {nbytes >> 20} MiB, more than the server's image "
+                                f"memory of {self.limit >> 20} MiB (vlm-serve --max-memory); send a smaller one",
                                 413, "image_too_large")
         with self._cond:
             if not self._cond.wait_for(lambda: self.used + nbytes <= self.limit, timeout=self.wait):

@@ -1,8 +1,9 @@
 """One pipeline, one generation thread, a bounded admission count.
 
 The pipeline holds one KV cache, so requests run one at a time on a worker thread (which also
-keeps ONNX Runtime's threads off the event loop). `submit` admits a job when fewer than
-`limit` are running or waiting, else raises `Busy` (the server answers 429). A job streams its
+keeps ONNX Runtime's threads off the event loop). `admit` counts a request in when fewer than
+`limit` are being prepared (images and videos decoded), waiting or running, else raises `Busy`
+(the server answers 429); `enqueue` then queues its job. A job streams its
 pieces through callbacks; setting `job.cancel` (a client went away, the timeout passed, the
 server is stopping) ends its generation at the next token.
 """
@@ -58,14 +59,32 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
+    def admit(self) -> None:
+        """Count a request in before its images or video are decoded; Busy when `limit` are in.
+        Every admit is followed by one `enqueue` (the job then leaves through `_finish`) or one
+        `release` (it failed before it got that far)."""
         if self.closing or not self.ready.is_set() or self.pipe is None:
             raise NotReady("the server is stopping" if self.closing else "the model is still loading")
         with self._lock:
             if self.admitted >= self.limit:
                 raise Busy()
             self.admitted += 1
+
+    def release(self) -> None:
+        """An admitted request that will not be enqueued (its input was refused, its client left)."""
+        with self._lock:
+            self.admitted -= 1
+
+    def enqueue(self, job: Job) -> None:
+        """Queue an admitted job for generation."""
+        if self.closing:
+            self._finish(job, None, NotReady("the server is stopping"))
+            return
         self._jobs.put(job)
+
+    def submit(self, job: Job) -> None:
+        self.admit()
+        self.enqueue(job)
 
     @property
     def waiting(self) -> int:
