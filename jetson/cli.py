@@ -24,6 +24,8 @@ import threading
 from vlm_edge.common.cli import run
 from vlm_edge.common.log import setup_logging
 
+from .webguard import KEY_ENV, KEY_MIN_CHARS, check_exposure, is_loopback, read_key
+
 
 def camera_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vlm-camera", description=__doc__,
@@ -40,12 +42,26 @@ def camera_main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", help="append every answer to this JSONL file")
     p.add_argument("--alert", help="a regular expression: when an answer matches it, run --alert-command and/or "
                                    "post to --alert-webhook")
-    p.add_argument("--alert-command", help="command to run on a match ($VLM_ANSWER holds the answer; the answer "
-                                           "record comes as JSON on stdin)")
-    p.add_argument("--alert-webhook", help="URL to POST the answer record to (JSON) on a match")
-    p.add_argument("--alert-every", type=float, default=30.0, help="seconds between alerts at most (default 30)")
-    p.add_argument("--web", metavar="HOST:PORT", help="serve a live page (video, answers, the prompt) here; "
-                                                      "a bare :PORT listens on 127.0.0.1")
+    p.add_argument("--alert-command", help="command to run on a match, split into words and run without a shell "
+                                           "($VLM_ANSWER holds the answer, NUL removed; the answer record comes as "
+                                           "JSON on stdin; stopped after 30 s)")
+    p.add_argument("--alert-webhook", metavar="URL", help="http(s) URL to POST the answer record to (JSON) on a "
+                                                           "match; redirects are not followed, 10 s at most; "
+                                                           "link-local and multicast hosts are refused")
+    p.add_argument("--alert-webhook-private", action="store_true",
+                   help="let --alert-webhook post to this machine or a private (LAN) address, e.g. a home "
+                        "automation hub; without it such hosts are refused")
+    p.add_argument("--alert-every", type=float, default=30.0, help="seconds between alerts at most (default 30); "
+                   "at most 4 alerts run at once, one more is skipped (counted as alerts_skipped)")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve a live page (video, answers, the prompt) here; a bare "
+                                                      ":PORT listens on 127.0.0.1; another address needs a key")
+    p.add_argument("--web-key-file", metavar="FILE",
+                   help=f"the page's key, the file's first line (else ${KEY_ENV}); at least {KEY_MIN_CHARS} "
+                        "characters, e.g. `openssl rand -hex 16 > key`. Required when --web is not loopback; every "
+                        "request then needs `Authorization: Bearer KEY`, or opens /?key=KEY once in a browser")
+    p.add_argument("--web-host", metavar="NAME", action="append", default=[],
+                   help="a host name the page is opened by (camera.local; a reverse proxy's name); requests naming "
+                        "another host than these, its address or localhost are refused (repeatable)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--retry-for", type=float, help="seconds a dropped live source keeps reconnecting (default: "
                                                    "until stopped)")
@@ -57,6 +73,7 @@ def camera_main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def go() -> None:
+        from vlm_edge.common.errors import InputError
         from vlm_edge.edge import load
 
         from .camera import CameraApp, CameraConfig
@@ -65,16 +82,27 @@ def camera_main(argv: list[str] | None = None) -> int:
 
         config = CameraConfig(args.prompt, max_new_tokens=args.max_new_tokens, queue_size=args.queue_size,
                               log_path=args.log, alert=args.alert, alert_command=args.alert_command,
-                              alert_webhook=args.alert_webhook, alert_every=args.alert_every)
+                              alert_webhook=args.alert_webhook, alert_every=args.alert_every,
+                              alert_webhook_private=args.alert_webhook_private)
         config.validate()
         address = parse_address(args.web) if args.web else None
+        if address is None and (args.web_key_file or args.web_host):
+            raise InputError("--web-key-file and --web-host go with --web HOST:PORT")
+        key = read_key(args.web_key_file) if address is not None else None
+        if address is not None and not is_loopback(address[0]):
+            check_exposure(*address, key)
+            print(f"vlm-camera: warning: --web {args.web} is reachable from the network; every request needs the "
+                  "key, but plain HTTP carries it and the video unencrypted (use a trusted network, an SSH tunnel "
+                  "or a TLS proxy)", file=sys.stderr, flush=True)
         source = open_source(args.source, fps=args.fps, queue_size=args.queue_size, realtime=args.realtime,
                              retry_for=args.retry_for)
         pipe = load(args.engine, args.backend, **({"threads": args.threads} if args.threads else {}))
         app = CameraApp(pipe, source, config)
-        web = WebView(app, *address).start() if address else None
+        web = (WebView(app, *address, key=key, host_names=tuple(args.web_host)).start()
+               if address is not None else None)
         if web:
-            print(f"live page: {web.url}", flush=True)
+            print(f"live page: {web.url}" + (" (with the key: open /?key=KEY once, or send Authorization: Bearer "
+                                             "KEY)" if key else ""), flush=True)
         timer = threading.Timer(args.duration, app.stop) if args.duration else None
         if timer:
             timer.daemon = True
