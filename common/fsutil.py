@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,10 +34,44 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming_output(e, path)
         raise
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]*)")  # str() of an OSError, as shutil.Error lists them
+_RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetensors) report a failed write
+# errnos that can only mean a write failed for lack of room or a read-only disk (EFBIG: ulimit -f)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _naming_output(e: BaseException, path: Path, tmp: Path | None = None) -> OSError | None:
+    """`e` as an OSError with a file name a user can act on (common/cli.py prints it on one line), or
+    None for an exception that is not a failed file operation. A name inside the temporary directory
+    `tmp` becomes the same name under `path`; a write that failed without any name (f.write or
+    numpy's tofile on a full disk) gets `path`. Where the disk is full (DISK_FULL), shutil.Error
+    (copytree's list of failures) becomes its first failure, and a Rust library's I/O error
+    ("... (os error 28)") an OSError with that errno."""
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        _src, dst, why = e.args[0][0]
+        found = _ERRNO_TEXT.match(str(why))
+        if found and int(found[1]) in DISK_FULL:
+            e = OSError(int(found[1]), found[2], dst)
+    elif not isinstance(e, OSError) and isinstance(e, Exception):
+        found = _RUST_IO_ERROR.search(str(e))
+        if not found or int(found[1]) not in DISK_FULL:
+            return None
+        e = OSError(int(found[1]), os.strerror(int(found[1])), str(path))
+    if not isinstance(e, OSError):
+        return None
+    if isinstance(e.filename, str) and tmp is not None and Path(e.filename).is_relative_to(tmp):
+        e.filename = str(path / Path(e.filename).relative_to(tmp))
+    elif not e.filename:
+        e.filename = str(path)
+    return e
 
 
 def _umask() -> int:
@@ -77,9 +113,12 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failed = _naming_output(e, path, tmp)
+        if failed is None:
+            raise
+        raise failed
     if path.exists() and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
         return
@@ -198,3 +237,49 @@ def read_json(path: str | os.PathLike, *, what: str, error: type[VlmEdgeError] =
     if not isinstance(obj, dict):
         raise error(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
     return obj
+
+
+NPY_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, OverflowError, KeyError, MemoryError, RecursionError)
+
+
+def open_npy(path: str | os.PathLike, shape: tuple[int, ...], *, what: str, kinds: str = "f",
+             error: type[VlmEdgeError] = VlmEdgeError) -> "np.ndarray":
+    """Memory-map an untrusted .npy file read-only, after checking its header: format 1.0 or 2.0,
+    a plain numeric dtype of one of `kinds` (numpy kind letters; never objects, which only
+    unpickling could read), exactly `shape`, and a file size equal to the header's offset plus
+    what the shape and dtype imply. Anything else is one clear `error` naming the file; nothing
+    is read or allocated before the checks pass. The array maps the bytes the header was read
+    from (no second parse), with the same values `np.load(path, mmap_mode="r")` gives."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                version = npy.read_magic(f)
+                read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f"format version {version[0]}.{version[1]}, which vlm-export never writes")
+                file_shape, fortran, dtype = read_header(f)
+            except NPY_HEADER_ERRORS as e:
+                raise error(f"{what} {path} does not have a valid .npy header ({str(e).splitlines()[0][:200]}); "
+                            "re-export the engine") from None
+            offset = f.tell()
+    except FileNotFoundError:
+        raise error(f"{what} {path} is missing; re-export the engine") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory, not a .npy file; re-export the engine") from None
+    if dtype.kind not in kinds or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise error(f"{what} {path} holds {dtype.str!r} values, not a plain numeric table of kind {kinds!r}; "
+                    "re-export the engine")
+    if tuple(file_shape) != tuple(shape):
+        raise error(f"{what} {path} is {list(file_shape)}, but manifest.json says {list(shape)}; re-export the engine")
+    need = offset + dtype.itemsize * int(np.prod(shape, dtype=object))
+    if size != need:
+        raise error(f"{what} {path} is {size} bytes, but its header ({list(shape)} {dtype.name}) needs {need}: the "
+                    "file is truncated or was altered; re-export the engine")
+    if need == offset:  # an empty table cannot be mapped
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")

@@ -12,7 +12,9 @@
 Every component records its I/O names, shapes (ints, or names of dynamic axes), dtypes, and the
 size and SHA-256 of each of its files. Every load compares the sizes (a stat per file: a
 truncated or partly copied engine is refused before anything runs); `verify_files` compares the
-hashes too (`vlm-run --verify`, `load(..., verify=True)`), which reads every byte.
+hashes too (`vlm-run --verify`, `load(..., verify=True)`), which reads every byte. Every load also
+reads the external-data file names each .onnx holds (common/onnx_wire.py): each must be one of
+that component's own files, inside the directory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .fsutil import atomic_write_json, read_json, sha256_file
+from .onnx_wire import external_data_locations
 
 FORMAT_VERSION = 2  # 2: files carry their size as well as their hash
 MANIFEST_FILE = "manifest.json"
@@ -244,10 +247,11 @@ def file_records(engine_dir: Path, names: list[str]) -> dict[str, dict[str, Any]
 def check_files(engine_dir: str | Path, manifest: Manifest, components: list[str] | None = None, *,
                 hashes: bool = False) -> None:
     """Raise CheckpointError naming the first missing, resized (or, with `hashes`, changed) file
-    of the chosen components (default: all)."""
+    of the chosen components (default: all), or a graph of theirs that names external data
+    outside its component (check_external_data)."""
     engine_dir = Path(engine_dir)
     root = engine_dir.resolve()
-    for name in components or list(manifest.components):
+    for name in list(manifest.components) if components is None else components:
         for rel, record in manifest.components[name].files.items():
             path = engine_dir / rel
             if not path.resolve().is_relative_to(root):  # a symlink that leaves the directory
@@ -263,6 +267,32 @@ def check_files(engine_dir: str | Path, manifest: Manifest, components: list[str
             if hashes and sha256_file(path) != record["sha256"]:
                 raise CheckpointError(f"{path} (component {name}) does not match its SHA-256 in {MANIFEST_FILE}: "
                                       "the file changed after export; re-export the engine or copy it again")
+        check_external_data(engine_dir, manifest.components[name], name)
+
+
+def check_external_data(engine_dir: str | Path, component: Component, name: str) -> None:
+    """Every external-data file the component's .onnx graphs name (common/onnx_wire.py) must be a
+    relative path that stays inside the engine directory once symlinks are resolved, and one of the
+    component's own files (so its size and hash were checked). ONNX Runtime resolves these names
+    itself and, in some versions, opens files anywhere; this runs before any graph is opened."""
+    engine_dir = Path(engine_dir)
+    root = engine_dir.resolve()
+    own = {(engine_dir / rel).resolve() for rel in component.files}
+    for rel in component.files:
+        if not rel.endswith(".onnx"):
+            continue
+        graph = engine_dir / rel
+        for location in external_data_locations(graph):
+            loc = Path(location)
+            try:
+                target = None if "\x00" in location else (graph.parent / loc).resolve()
+            except (OSError, RuntimeError, ValueError):  # a symlink loop
+                target = None
+            if target is None or loc.is_absolute() or ".." in loc.parts or not target.is_relative_to(root):
+                raise CheckpointError(f"{graph} names external data {location!r} outside the engine directory; refused")
+            if target not in own:
+                raise CheckpointError(f"{graph} names external data {location!r}, which {MANIFEST_FILE} does not list "
+                                      f"among component {name}'s files; refused (re-export the engine)")
 
 
 def verify_files(engine_dir: str | Path, manifest: Manifest, components: list[str] | None = None) -> None:

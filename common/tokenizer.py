@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from tokenizers import Tokenizer
 
 from .errors import CheckpointError
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, loads_json, read_json
 from .templates import ChatTemplate
 
 IMAGE_TOKEN = "<image>"
@@ -63,14 +63,18 @@ class TextTokenizer:
     # ---- files ---------------------------------------------------------------------------
     @classmethod
     def from_dir(cls, directory: str | Path) -> "TextTokenizer":
+        """Read a tokenizer folder, which may be untrusted (an engine's): tokenizer.json is
+        checked (read_tokenizer_json) before the `tokenizers` package sees it."""
         directory = Path(directory)
         path = directory / TOKENIZER_FILE
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; the runtime needs the fast-tokenizer JSON")
+        text = read_tokenizer_json(path)
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(text)
         except Exception as e:  # tokenizers raises plain Exceptions with Rust messages
-            raise CheckpointError(f"{path} is not a valid tokenizer.json ({e})") from None
+            reason = next(iter(str(e).splitlines()), "")[:300]
+            raise CheckpointError(f"{path} is not a valid tokenizer.json ({reason})") from None
         return cls(tokenizer, read_tokenizer_config(directory), read_side_files(directory))
 
     def save(self, directory: str | Path) -> None:
@@ -122,13 +126,58 @@ class TextTokenizer:
         return sorted(set(ids))
 
 
+# Bounds for tokenizer files that may be untrusted, far above real tokenizers' (Qwen2's tokenizer.json
+# is ~7 MB with 22 added tokens, Llama-3's ~9 MB with 256). The `tokenizers` package builds a matcher
+# over the added tokens that takes ~70 bytes of memory per byte of their text: 150 MB of added tokens
+# got a process killed by the kernel; the bounds below keep it under ~100 MB.
+MAX_TOKENIZER_BYTES = 64 << 20  # tokenizer.json and each side file
+MAX_ADDED_TOKENS = 65536
+MAX_ADDED_TOKEN_TEXT = 1 << 20  # the added tokens' text, in UTF-8 bytes, all together
+
+
+def _size_checked(path: Path, what: str) -> int:
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{what} {path} is {size >> 20} MiB, over the {MAX_TOKENIZER_BYTES >> 20} MiB a tokenizer "
+                              "file may be here (real ones are a few MB); replace it with the model's own tokenizer")
+    return size
+
+
+def read_tokenizer_json(path: Path) -> str:
+    """tokenizer.json's text, after checks that keep a hostile file from exhausting memory: its size,
+    its JSON nesting (common/fsutil.loads_json), and the count and total length of its added tokens."""
+    _size_checked(path, "tokenizer")
+    data = path.read_bytes()
+    obj = loads_json(data, what=f"tokenizer {path}", error=CheckpointError)
+    added = obj.get("added_tokens") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or not isinstance(added, (list, type(None))):
+        raise CheckpointError(f"{path} is not a valid tokenizer.json (not an object with an added_tokens list); "
+                              "replace it with the model's own tokenizer")
+    added = added or []
+    text = sum(len(str(t.get("content", "")).encode("utf-8", "replace")) if isinstance(t, dict) else 0 for t in added)
+    if len(added) > MAX_ADDED_TOKENS or text > MAX_ADDED_TOKEN_TEXT:
+        raise CheckpointError(f"{path} has {len(added)} added tokens ({text >> 10} KiB of text), over the "
+                              f"{MAX_ADDED_TOKENS} tokens and {MAX_ADDED_TOKEN_TEXT >> 10} KiB accepted here (real "
+                              "tokenizers add a few hundred); replace it with the model's own tokenizer")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # json.loads also takes UTF-16 and UTF-32; tokenizer.json is UTF-8
+        raise CheckpointError(f"{path} is not UTF-8 text; replace it with the model's own tokenizer") from None
+
+
 def read_tokenizer_config(directory: Path) -> dict[str, Any]:
     path = directory / TOKENIZER_CONFIG_FILE
     return read_json(path, what="tokenizer config", error=CheckpointError) if path.is_file() else {}
 
 
 def read_side_files(directory: Path) -> dict[str, bytes]:
-    return {name: (directory / name).read_bytes() for name in TOKENIZER_SIDE_FILES if (directory / name).is_file()}
+    files = {}
+    for name in TOKENIZER_SIDE_FILES:
+        path = directory / name
+        if path.is_file():
+            _size_checked(path, "tokenizer file")
+            files[name] = path.read_bytes()
+    return files
 
 
 def default_chat_template(tokenizer: TextTokenizer, llm_architecture: str | None = None) -> str:

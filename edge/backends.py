@@ -36,10 +36,25 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises when a graph does not load: the classes of its binding module
+    (InvalidProtobuf, InvalidGraph, Fail, NoSuchFile, ...; the set differs between versions) and
+    RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (RuntimeError, *(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception)))
+
+
 def open_session(path: Path, backend: str, threads: int | None = None) -> ort.InferenceSession:
     if backend not in _PROVIDERS:
         raise UnsupportedFeatureError(f"backend {backend!r} does not run ONNX graphs")
-    sess = ort.InferenceSession(str(path), session_options(threads), providers=_PROVIDERS[backend])
+    try:
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=_PROVIDERS[backend])
+    except ort_errors() as e:
+        reason = next(iter(str(e).strip().splitlines()), "") or type(e).__name__
+        raise CheckpointError(f"{path}: ONNX Runtime {ort.__version__} cannot load this graph ({reason[:300]}); the file "
+                              "is damaged or not a graph vlm-export wrote: re-export the engine (or copy it again)"
+                              ) from None
     if backend == "ort-cuda" and "CUDAExecutionProvider" not in sess.get_providers():
         raise InputError(f"backend ort-cuda was asked for, but ONNX Runtime could not start CUDA for {path.name} "
                          "(no GPU, driver or onnxruntime-gpu); use --backend ort-cpu or auto")

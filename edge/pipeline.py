@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from vlm_edge.common.errors import CheckpointError, InputError, UnsupportedFeatureError
+from vlm_edge.common.fsutil import open_npy
 from vlm_edge.common.image import (ImageInput, ImageProcessorConfig, image_label, image_pixels, image_token_count,
                                    load_image, whole_pictures)
 from vlm_edge.common.log import get_logger
@@ -101,6 +102,9 @@ class Pipeline:
             raise InputError(f"engine directory {self.dir} does not exist; create one with vlm-export")
         self.manifest = Manifest.read(self.dir)
         components = self.manifest.components
+        # The vision graph's files first: "auto" opens it to see whether CUDA really works, and no
+        # graph is opened before its files (and the external data it names) have been checked.
+        check_files(self.dir, self.manifest, [n for n in ("vision",) if n in components], hashes=verify)
         self.backend = resolve_backend(backend, self.dir / components["vision"].path if "vision" in components
                                        else self.dir, self.manifest.targets)
         order = ("decoder.trt",) if self.backend == "tensorrt" else DECODER_PREFERENCE
@@ -108,7 +112,7 @@ class Pipeline:
         if decoder_name is None or "vision" not in components or "embeddings" not in components:
             raise CheckpointError(f"{self.dir}/manifest.json lacks a {' or '.join(order)}, vision or embeddings "
                                   "component" + (" (export with --flavour trt)" if self.backend == "tensorrt" else ""))
-        check_files(self.dir, self.manifest, [n for n in ("vision", "projector", "embeddings", decoder_name, "tokenizer")
+        check_files(self.dir, self.manifest, [n for n in ("projector", "embeddings", decoder_name, "tokenizer")
                                               if n in components], hashes=verify)
         self.model = self.manifest.model
         self.context = min(context or self.model["max_positions"], self.model["max_positions"])
@@ -138,11 +142,10 @@ class Pipeline:
         self.reuse_prefix = reuse_prefix
         self._cached: list = []  # what each cached position holds: a token id or (image hash, index)
         self.decoder_name = decoder_name
-        self.table = np.load(self.dir / components["embeddings"].path, mmap_mode="r")
-        if self.table.shape != (self.model["vocab_size"], self.model["hidden_size"]):
-            raise CheckpointError(f"{self.dir / components['embeddings'].path} is {list(self.table.shape)}, but "
-                                  f"manifest.json says vocab_size {self.model['vocab_size']} x hidden_size "
-                                  f"{self.model['hidden_size']}; re-export the engine")
+        # [vocab_size, hidden_size] floats, mapped read-only after its header was checked (never unpickled)
+        self.table = open_npy(self.dir / components["embeddings"].path,
+                              (self.model["vocab_size"], self.model["hidden_size"]), what="embedding table",
+                              error=CheckpointError)
         self.tokenizer = TextTokenizer.from_dir(self.dir / TOKENIZER_DIR)
         self.template = get_template(self.manifest.chat_template)
         pre = dict(self.manifest.preprocessing)
