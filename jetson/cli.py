@@ -2,6 +2,7 @@
 
     vlm-camera engine/ --source csi://0 --prompt "Is the door open?"
     vlm-camera engine/ --source rtsp://cam.local:8554/live --prompt "How many people?" --web :8080
+    vlm-camera engine/ --source csi://0 --prompt "Is the door open?" --web 0.0.0.0:8080 --web-key-file key
     vlm-camera engine/ --source file://clip.mp4 --prompt "What colour is the car?" --log answers.jsonl
     vlm-camera engine/ --source v4l2:///dev/video0 --prompt "Is there smoke?" --alert "yes" \\
                --alert-command "notify-send smoke" --alert-every 60
@@ -11,6 +12,8 @@ images, v4l2:///dev/video0 (USB), csi://0 (Jetson CSI, needs JetPack's OpenCV wi
 rtsp://... (reconnects after a drop). Query options set the capture: csi://0?width=1920&height=1080.
 Each answer is printed with its frame's capture time, frame number and latency; --log appends it
 to a JSONL file. Ctrl-C stops cleanly and prints a summary (frames in, answers, dropped, latency).
+The live page (--web) stays on 127.0.0.1 unless given another address, which needs a key; see
+docs/jetson.md for exposing it safely.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def camera_main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-size", type=int, default=2, help="frames waiting for the model (default 2; live sources "
                                                              "drop the oldest)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer (default 16)")
-    p.add_argument("--log", help="append every answer to this JSONL file")
+    p.add_argument("--log", help="append every answer to this JSONL file (whole lines only; a write that fails, "
+                                 "e.g. on a full disk, is reported once and counted, and the app goes on)")
     p.add_argument("--alert", help="a regular expression: when an answer matches it, run --alert-command and/or "
                                    "post to --alert-webhook")
     p.add_argument("--alert-command", help="command to run on a match, split into words and run without a shell "
