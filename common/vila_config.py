@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, UnsupportedFeatureError
+from .config_checks import FILES, PROJECTOR, TOP, check_fields, check_relations, scale_list
+from .errors import CheckpointError, UnsupportedFeatureError, VlmEdgeError
 from .fsutil import atomic_write_json, read_json
 from .log import get_logger
 from .video import video_pool_sizes
@@ -43,16 +44,17 @@ GENERATION_FILE = "generation_config.json"
 LLM_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 VISION_ARCHITECTURES = ("SiglipVisionModel", "CLIPVisionModel")
 
-PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp_downsample", "mlp_downsample_2x2_fix", "mlp_downsample_3x3_fix")
-TOKEN_ORDERS = ("column_major", "row_major")
+# The values a field may take live in the table of common/config_checks.py.
+PROJECTOR_TYPES = PROJECTOR["mm_projector_type"].choices
+TOKEN_ORDERS = PROJECTOR["downsample_token_order"].choices
 # What a checkpoint that does not record the order was trained with (VILA1.5-era code emits
 # column-major tokens, NVILA-era code row-major).
 DEFAULT_TOKEN_ORDER = {"mlp_downsample": "column_major", "mlp_downsample_2x2_fix": "row_major",
                        "mlp_downsample_3x3_fix": "row_major"}
 DOWNSAMPLE_RATIO = {"mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}
-SELECT_FEATURES = ("patch", "cls_patch")
+SELECT_FEATURES = TOP["mm_vision_select_feature"].choices
 # dynamic: NVILA-Lite's tiles + thumbnail; dynamic_s2: NVILA's multi-scale tiles (common/tiling.py)
-ASPECT_RATIOS = ("resize", "pad", "dynamic", "dynamic_s2")
+ASPECT_RATIOS = TOP["image_aspect_ratio"].choices
 NVILA_ASPECT_RATIOS = ("dynamic", "dynamic_s2")  # NVILA-era code, whose mlp_downsample emits row-major tokens
 
 # Top-level keys that copy the sub-folder configs (rebuilt from them on save); the sub-folder
@@ -171,10 +173,9 @@ class VilaConfig:
     def s2_scales(self) -> tuple[int, ...]:
         """dynamic_s2's scales in pixels, smallest first (config.json: s2_scales "448,896,1344")."""
         raw = self.top.get("s2_scales", "")
-        try:
-            scales = tuple(int(x) for x in (raw.split(",") if isinstance(raw, str) else raw))
-        except (TypeError, ValueError):
-            raise CheckpointError(f"config.json: s2_scales={raw!r} is not a list of sizes such as \"448,896,1344\"") from None
+        scales = scale_list(raw)
+        if scales is None:
+            raise CheckpointError(f"config.json: s2_scales={raw!r} is not a list of sizes such as \"448,896,1344\"")
         return scales
 
     @property
@@ -238,7 +239,13 @@ class VilaConfig:
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise a clear error for settings we do not support, naming the field."""
+        """Raise a clear error for a field of the wrong type, out of range (common/config_checks.py)
+        or inconsistent with another, and for settings we do not support, naming the file (relative
+        to the checkpoint) and the field."""
+        files = self.files()
+        for name, table in FILES.items():
+            check_fields(files[name], table, name)
+        check_relations(files, self.select_layer)
         model_type = self.top.get("model_type")
         if model_type != "llava_llama":
             raise CheckpointError(
@@ -251,16 +258,6 @@ class VilaConfig:
         if self.s2_pixels and self.s2_output_scale != 0:
             raise UnsupportedFeatureError(f"config.json: s2_resize_output_to_scale_idx={self.s2_output_scale} with s2=true "
                                           "is not supported (only 0: the features merged onto the first scale's grid)")
-        if self.image_aspect_ratio not in ASPECT_RATIOS:
-            raise UnsupportedFeatureError(
-                f"config.json: image_aspect_ratio={self.image_aspect_ratio!r} is not supported yet "
-                f"(supported: {', '.join(ASPECT_RATIOS)})"
-            )
-        if self.select_feature not in SELECT_FEATURES:
-            raise UnsupportedFeatureError(
-                f"config.json: mm_vision_select_feature={self.select_feature!r} is not supported "
-                f"(supported: {', '.join(SELECT_FEATURES)})"
-            )
         if self.llm_architecture not in LLM_ARCHITECTURES:
             raise UnsupportedFeatureError(
                 f"{LLM_DIR}/config.json: architecture {self.llm_architecture!r} is not supported "
@@ -270,17 +267,6 @@ class VilaConfig:
             raise UnsupportedFeatureError(
                 f"{VISION_DIR}/config.json: architecture {self.vision_architecture!r} is not supported "
                 f"(supported: {', '.join(VISION_ARCHITECTURES)})"
-            )
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise UnsupportedFeatureError(
-                f"{PROJECTOR_DIR}/config.json: mm_projector_type={self.projector_type!r} is not supported "
-                f"(supported: {', '.join(PROJECTOR_TYPES)})"
-            )
-        order = self.mm_projector.get("downsample_token_order")
-        if order is not None and order not in TOKEN_ORDERS:
-            raise CheckpointError(
-                f"{PROJECTOR_DIR}/config.json: downsample_token_order={order!r} is not one of "
-                f"{', '.join(TOKEN_ORDERS)}"
             )
         if self.is_s2:
             scales = self.s2_scales
@@ -294,8 +280,6 @@ class VilaConfig:
             if int(split) != self.image_size:
                 raise UnsupportedFeatureError(f"config.json: s2_max_split_size={split} differs from the tower's image "
                                               f"size {self.image_size}; only tower-sized tiles are supported")
-        if not 1 <= self.num_video_frames <= 256:
-            raise CheckpointError(f"config.json: num_video_frames={self.num_video_frames} must be 1..256")
         if int(self.top.get("num_time_tokens") or 0):
             raise UnsupportedFeatureError(f"config.json: num_time_tokens={self.top['num_time_tokens']} (time tokens "
                                           "in video prompts) is not supported")
@@ -311,12 +295,12 @@ class VilaConfig:
             raise CheckpointError(f"config.json: image_aspect_ratio={self.image_aspect_ratio} cuts tiles of the vision tower's "
                                   f"{self.image_size} pixels, but {VISION_DIR}/{PREPROCESSOR_FILE} resizes to "
                                   f"{self.preprocessor_size}")
-        num_layers = int(self.vision_tower.get("num_hidden_layers", 0))
-        if not -num_layers - 1 <= self.select_layer <= num_layers:
-            raise CheckpointError(
-                f"config.json: mm_vision_select_layer={self.select_layer} is outside the vision tower's "
-                f"{num_layers} layers"
-            )
+        sides = {self.image_size, *(self.s2_scales if self.s2_pixels else ())}  # VILA1.5's S2 may resize to a scale
+        if self.preprocessor_size not in sides:
+            prep = self.preprocessor.get("crop_size") or self.preprocessor.get("size")
+            raise CheckpointError(f"{VISION_DIR}/{PREPROCESSOR_FILE}: pictures are resized to {prep!r}, but the vision "
+                                  f"tower takes {self.image_size} x {self.image_size} pixels ({VISION_DIR}/config.json: "
+                                  "image_size); the two must agree")
         mm_hidden = self.top.get("mm_hidden_size")
         if mm_hidden is not None and int(mm_hidden) != self.mm_hidden_size:
             scales = f" x {len(self.s2_scales)} scales" if self.is_s2 else ""
@@ -354,16 +338,25 @@ class VilaConfig:
         )
         if (ckpt_dir / LLM_DIR / GENERATION_FILE).is_file():
             config.llm_generation = _read(ckpt_dir / LLM_DIR / GENERATION_FILE, "LLM generation config")
-        config.validate()
+        try:
+            config.validate()
+        except VlmEdgeError as e:  # validate() names files relative to the checkpoint: say which checkpoint
+            raise type(e)(f"{ckpt_dir}/{e}") from None
         return config
 
-    def resolve_token_order(self, override: str | None = None) -> None:
-        """Fix the downsample token order: the override, else the saved one, else the default."""
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Each config file's object by its name relative to the checkpoint (common/config_checks.FILES)."""
+        return {"config.json": self.top, f"{LLM_DIR}/config.json": self.llm, f"{VISION_DIR}/config.json": self.vision_tower,
+                f"{VISION_DIR}/{PREPROCESSOR_FILE}": self.preprocessor, f"{PROJECTOR_DIR}/config.json": self.mm_projector}
+
+    def resolve_token_order(self, override: str | None = None, *, quiet: bool = False) -> None:
+        """Fix the downsample token order: the override, else the saved one, else the default (said
+        in a log line unless `quiet`)."""
         if override is not None:
             self.set_downsample_token_order(override)
         elif self.is_downsample and self.downsample_token_order is None:
             order = self.default_token_order
-            log.info(
+            (log.debug if quiet else log.info)(
                 "checkpoint does not record downsample_token_order; using %s, the default for %s "
                 "(override with downsample_token_order=...)",
                 order,

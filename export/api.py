@@ -27,11 +27,11 @@ from vlm_edge.common.fsutil import atomic_directory, sha256_file
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_records
 from vlm_edge.common.vila_config import LLM_DIR, VilaConfig
-from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, load_checkpoint
+from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, check_checkpoint_files, load_checkpoint
 from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
 
-from .config import ExportConfig
+from .config import ExportConfig, check_source, engine_positions
 from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize
@@ -76,7 +76,8 @@ def export_checkpoint(source: str | Path, output: str | Path, config: ExportConf
                       layer_progress: Progress | None = None) -> Manifest:
     source, output = Path(source), Path(output)
     config.validate_options()
-    vila_config = VilaConfig.read(source)  # a clear error when `source` is not a checkpoint
+    vila_config = check_source(source, config)  # every config field, and whether the model fits in memory
+    check_checkpoint_files(source, vila_config)  # weights that disagree with the config fail before any allocation
     if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
         raise InputError(f"the output {output} is inside the input checkpoint {source}; choose another directory")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
@@ -159,6 +160,9 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
                                          outputs=[TensorSpec("embeddings", "float32", list(table.shape))])
 
     spec = DecoderSpec.from_llm(model.llm)
+    if spec.max_positions < int(vila.llm.get("max_position_embeddings", spec.max_positions)):
+        log.info("the engine is exported for %d positions (max_position_embeddings is %s)", spec.max_positions,
+                 vila.llm["max_position_embeddings"])
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
     head_quant = {}

@@ -22,7 +22,7 @@ import sys
 from vlm_edge.common.cli import LayerProgress, run
 from vlm_edge.common.log import setup_logging
 
-from .config import ExportConfig
+from .config import ExportConfig, check_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device)
 
     def export() -> None:
+        check_source(args.checkpoint, config)  # a broken checkpoint fails here, before torch loads
         from .api import export_checkpoint
 
         manifest = export_checkpoint(args.checkpoint, args.output, config, overwrite=args.force,

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vlm_edge.common.errors import InputError
-
+from vlm_edge.common.footprint import check_fits, export_needs, quantization_needs
+from vlm_edge.common.vila_config import VilaConfig
 from vlm_edge.quant.config import GROUP_SIZES, TRT_BLOCKS
+
+# The most positions an engine is exported for: its RoPE tables (positions x head width, float32)
+# are constants of the decoder graph, and 131072 positions (Llama 3.1's context) already need 64 MiB
+# per table at head width 128; a config's max_position_embeddings beyond it does not size them.
+ENGINE_MAX_POSITIONS = 1 << 17
 LM_HEADS = ("auto", "float", "int8", "int4")
 VISION_CHOICES = ("auto", "fp32", "int8", "fp16")
 
@@ -106,3 +113,23 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def engine_positions(llm_config: dict[str, Any]) -> int:
+    """The positions an engine of this LLM is exported for: its max_position_embeddings, at most
+    ENGINE_MAX_POSITIONS."""
+    return min(int(llm_config.get("max_position_embeddings", 2048)), ENGINE_MAX_POSITIONS)
+
+
+def check_source(source: str | Path, config: ExportConfig) -> VilaConfig:
+    """Read the checkpoint's config (every field checked: common/config_checks.py) and refuse a model
+    that cannot be quantized (when the export quantizes) or exported in this machine's memory
+    (common/footprint.py). Needs no torch: the CLI calls it first, so a broken or hostile checkpoint
+    fails in a second."""
+    vila = VilaConfig.read(source)
+    quantizes = config.awq4 and not config.tinychat_awq and not isinstance(vila.llm.get("quantization_config"), dict)
+    if quantizes:
+        check_fits(quantization_needs(vila, config.calib_samples, config.calib_len, calibrate=config.method == "awq"),
+                   source, "quantizing this model")
+    check_fits(export_needs(vila, engine_positions(vila.llm)), source, "exporting this model")
+    return vila

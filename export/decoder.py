@@ -46,6 +46,7 @@ import numpy as np
 
 from vlm_edge.common.errors import UnsupportedFeatureError
 
+from .config import engine_positions
 from .graph import MS_DOMAIN, GraphBuilder
 from .linear import QuantLinear, concat_outputs, emit_linear
 
@@ -74,7 +75,7 @@ class DecoderSpec:
     eps: float
     inv_freq: np.ndarray  # [head_dim / 2] float32, as the PyTorch rotary embedding holds it
     rope_scaling: float  # multiplies cos and sin (1.0 for plain RoPE)
-    max_positions: int
+    max_positions: int  # max_position_embeddings, at most ENGINE_MAX_POSITIONS (export/config.py)
     tied_embeddings: bool
 
     @classmethod
@@ -95,7 +96,8 @@ class DecoderSpec:
             head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
             intermediate=c.intermediate_size, vocab=c.vocab_size, eps=float(c.rms_norm_eps),
             inv_freq=rotary.inv_freq.detach().float().cpu().numpy(), rope_scaling=float(rotary.attention_scaling),
-            max_positions=int(c.max_position_embeddings), tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+            max_positions=engine_positions({"max_position_embeddings": c.max_position_embeddings}),
+            tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         )
 
 

@@ -3,7 +3,9 @@
 Adding a family is adding a row. `disk_prefix` is what VILA1.5 releases (saved with
 transformers 4.x) put in front of the module's own state-dict keys: the vision towers were
 `SiglipVisionModel.vision_model.*` there, while transformers 5 flattens them. We always write
-the release layout and read both.
+the release layout and read both. `fields` is the table of the config fields the family reads
+(common/config_checks.py): they are checked before the model is built, and only they are handed
+to transformers.
 """
 
 from __future__ import annotations
@@ -26,32 +28,39 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
+from vlm_edge.common import config_checks
+from vlm_edge.common.config_checks import Field, model_kwargs
+from vlm_edge.common.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class Architecture:
     config_class: type[PretrainedConfig]
     model_class: type[PreTrainedModel]
     disk_prefix: str  # prepended to module keys in the release's safetensors files
+    fields: dict[str, Field]  # the config fields it reads, with their types and ranges
 
 
 LLM_ARCHITECTURES: dict[str, Architecture] = {
-    "LlamaForCausalLM": Architecture(LlamaConfig, LlamaForCausalLM, ""),
-    "Qwen2ForCausalLM": Architecture(Qwen2Config, Qwen2ForCausalLM, ""),
+    "LlamaForCausalLM": Architecture(LlamaConfig, LlamaForCausalLM, "", config_checks.LLM),
+    "Qwen2ForCausalLM": Architecture(Qwen2Config, Qwen2ForCausalLM, "", config_checks.LLM),
 }
 VISION_ARCHITECTURES: dict[str, Architecture] = {
-    "SiglipVisionModel": Architecture(SiglipVisionConfig, SiglipVisionModel, "vision_model."),
-    "CLIPVisionModel": Architecture(CLIPVisionConfig, CLIPVisionModel, "vision_model."),
+    "SiglipVisionModel": Architecture(SiglipVisionConfig, SiglipVisionModel, "vision_model.", config_checks.VISION),
+    "CLIPVisionModel": Architecture(CLIPVisionConfig, CLIPVisionModel, "vision_model.", config_checks.VISION),
 }
-
-# Keys of a saved config that say how it was stored, not what the model is. A quantized LLM
-# (quantization_config) is built in float and filled with dequantized weights by checkpoint I/O.
-_STORAGE_KEYS = ("torch_dtype", "dtype", "_name_or_path", "transformers_version", "quantization_config")
 
 
 def hf_config(arch: Architecture, cfg: dict[str, Any], attn_implementation: str) -> PretrainedConfig:
-    """A transformers config from a config.json dict (extra keys of real releases are fine)."""
-    kwargs = {k: v for k, v in cfg.items() if k not in _STORAGE_KEYS}
-    return arch.config_class(**kwargs, attn_implementation=attn_implementation)
+    """A transformers config from a config.json dict: the fields of the family's table (checked by
+    VilaConfig.validate), nothing else; the other keys of real releases (how the file was stored,
+    generation defaults, label maps) do not reach transformers. A quantized LLM
+    (quantization_config) is built in float and filled with dequantized weights by checkpoint I/O."""
+    try:
+        return arch.config_class(**model_kwargs(cfg, arch.fields), attn_implementation=attn_implementation)
+    except Exception as e:  # transformers' strict configs raise their own types; the table should have caught it
+        reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{arch.config_class.__name__} refuses this config: {reason}") from None
 
 
 def build(arch: Architecture, cfg: dict[str, Any], *, attn_implementation: str, init_weights: bool) -> PreTrainedModel:

@@ -6,9 +6,12 @@
     ckpt/vision_tower/{config.json, preprocessor_config.json, model.safetensors}
     ckpt/mm_projector/{config.json, model.safetensors}
 
-Weights are read tensor by tensor from safetensors (no whole-file copies) and checked strictly:
-every expected tensor present, no unknown tensor, every shape as the config implies. Errors name
-the file and the tensor. Saves build the whole directory aside and rename it into place.
+Before anything is allocated, the config is checked field by field (common/config_checks.py),
+the model it describes is checked to fit in memory (common/footprint.py), and the safetensors
+headers are checked against a weightless (meta-device) copy of the model: every expected tensor
+present, no unknown tensor, every shape as the config implies. Errors name the file and the
+tensor. Weights are then read tensor by tensor (no whole-file copies). Saves build the whole
+directory aside and rename it into place.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ from typing import Iterator
 
 import torch
 from safetensors import safe_open
+from transformers import PretrainedConfig
 from safetensors.torch import save_file
 
-from vlm_edge.common import awq_format
+from vlm_edge.common import awq_format, config_checks
+from vlm_edge.common.config_checks import check_fields
 from vlm_edge.common.errors import CheckpointError
+from vlm_edge.common.footprint import check_fits, weight_needs
 from vlm_edge.common.fsutil import atomic_directory, read_json
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import ChatTemplate, get_template
 from vlm_edge.common.tokenizer import TextTokenizer, default_chat_template, read_side_files, read_tokenizer_config
 from vlm_edge.common.vila_config import LLM_DIR, PROJECTOR_DIR, VISION_DIR, VilaConfig
 
-from .architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES, tied_keys
+from .architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES, hf_config, tied_keys
 from .vila import VilaModel
 
 log = get_logger(__name__)
@@ -87,8 +93,10 @@ def load_checkpoint(
     """
     path = Path(path)
     config = VilaConfig.read(path)
+    check_fits(weight_needs(config, dtype.itemsize), path, f"loading this model in {_DTYPE_NAMES.get(dtype, dtype)}")
     config.resolve_token_order(downsample_token_order)
-    tokenizer = load_tokenizer(path / LLM_DIR)
+    weightless = check_checkpoint_files(path, config, attn_implementation=attn_implementation)
+    tokenizer = load_tokenizer(path / LLM_DIR, weightless.llm.config)
     if chat_template is not None:
         config.set_chat_template(chat_template)
     elif config.chat_template is None:
@@ -97,7 +105,6 @@ def load_checkpoint(
         config.set_chat_template(name)
     else:
         get_template(config.chat_template)  # an unknown saved name fails here, clearly
-
     with _default_dtype(dtype):
         model = VilaModel(config, attn_implementation=attn_implementation, init_weights=False)
     awq_group = awq_group_size(config.llm, path / LLM_DIR)
@@ -105,6 +112,22 @@ def load_checkpoint(
         load_weights(module, path / sub, prefix, awq_group_size=awq_group if sub == LLM_DIR else None)
     model.eval()
     return Checkpoint(model, tokenizer)
+
+
+def check_checkpoint_files(path: str | Path, config: VilaConfig, *, attn_implementation: str = "sdpa") -> VilaModel:
+    """Compare the safetensors headers of every sub-model with the model `config` describes, built on
+    the meta device (no memory, no tensor data read), and return that weightless model. A config
+    that disagrees with its weights fails here, naming the tensor, before anything is allocated."""
+    path = Path(path)
+    if config.is_downsample and config.downsample_token_order is None:
+        config = config.copy()
+        config.resolve_token_order(quiet=True)  # the order does not change a shape
+    awq_group = awq_group_size(config.llm, path / LLM_DIR)
+    with torch.device("meta"):
+        weightless = VilaModel(config, attn_implementation=attn_implementation, init_weights=False)
+    for sub, module, prefix in _components(weightless):
+        check_weight_files(module, path / sub, prefix, awq_group_size=awq_group if sub == LLM_DIR else None)
+    return weightless
 
 
 def awq_group_size(llm_config: dict, llm_dir: Path) -> int | None:
@@ -124,8 +147,13 @@ def awq_group_size(llm_config: dict, llm_dir: Path) -> int | None:
     return group
 
 
-def load_tokenizer(llm_dir: Path) -> TextTokenizer:
-    """tokenizer.json when present; else convert a SentencePiece tokenizer.model (as in releases)."""
+def load_tokenizer(llm_dir: Path, llm_config: PretrainedConfig | None = None) -> TextTokenizer:
+    """tokenizer.json when present; else convert a SentencePiece tokenizer.model (as in releases).
+
+    `llm_config`: the LLM's transformers config (default: built from `llm_dir`/config.json's checked
+    fields). The conversion is handed it so that transformers does not read config.json itself:
+    every key of that file would reach it unchecked (num_labels=10**9 builds a label map of a
+    billion entries)."""
     if (llm_dir / "tokenizer.json").is_file():
         return TextTokenizer.from_dir(llm_dir)
     if not (llm_dir / "tokenizer.model").is_file():
@@ -133,12 +161,25 @@ def load_tokenizer(llm_dir: Path) -> TextTokenizer:
     from transformers import AutoTokenizer
 
     try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True)
+        config = llm_config if llm_config is not None else _folder_config(llm_dir)
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True, config=config)
         backend = hf_tokenizer.backend_tokenizer
     except Exception as e:  # transformers/sentencepiece raise many types here
         raise CheckpointError(f"could not convert {llm_dir / 'tokenizer.model'} to a fast tokenizer: {e}") from None
     log.info("converted %s to the fast-tokenizer format", llm_dir / "tokenizer.model")
     return TextTokenizer(backend, read_tokenizer_config(llm_dir), read_side_files(llm_dir))
+
+
+def _folder_config(llm_dir: Path) -> PretrainedConfig:
+    """The transformers config of a transformers LLM folder, from its checked fields (an empty one
+    when the folder has no config.json or an architecture we do not build)."""
+    path = llm_dir / "config.json"
+    if not path.is_file():
+        return PretrainedConfig()
+    cfg = read_json(path, what="LLM config", error=CheckpointError)
+    check_fields(cfg, config_checks.LLM, str(path))
+    arch = LLM_ARCHITECTURES.get(cfg["architectures"][0])
+    return hf_config(arch, cfg, "sdpa") if arch else PretrainedConfig()
 
 
 @contextlib.contextmanager
@@ -183,16 +224,85 @@ def _broken(file: Path, error: Exception) -> CheckpointError:
 _AWQ_PARTS = ("qweight", "qzeros", "scales")
 
 
+def _awq_shapes(weight_shape: tuple[int, ...], group_size: int) -> dict[str, tuple[int, int]]:
+    """AutoAWQ GEMM parts of a linear whose float weight is [N, K]: qweight int32 [K, N/8],
+    qzeros int32 [K/G, N/8], scales [K/G, N]."""
+    n, k = weight_shape
+    return {"qweight": (k, n // 8), "qzeros": (k // group_size, n // 8), "scales": (k // group_size, n)}
+
+
+def check_weight_files(module: torch.nn.Module, directory: Path, prefix: str = "", *,
+                       awq_group_size: int | None = None) -> None:
+    """Compare the safetensors headers of `directory` with `module`'s state dict, reading no tensor
+    data: every tensor present, none unknown, every shape as the config implies. `module` may
+    live on the meta device (no memory), so a config that disagrees with its weights fails before
+    the model is allocated."""
+    expected = {key: tuple(t.shape) for key, t in module.state_dict(keep_vars=True).items()}
+    first: dict[int, str] = {}
+    optional = set()  # keys that alias another (lm_head.weight under tied embeddings): not stored
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            optional.add(key)
+        first.setdefault(id(tensor), key)
+    found: set[str] = set()
+    unexpected: list[str] = []
+    packed: dict[str, set[str]] = {}  # linear -> the AWQ parts seen
+    for file in weight_files(directory):
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as e:  # safetensors raises SafetensorError / OSError
+            raise _broken(file, e) from None
+        with handle as f:
+            for disk_key in f.keys():
+                key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
+                base, _, part = key.rpartition(".")
+                awq = bool(awq_group_size) and part in _AWQ_PARTS and f"{base}.weight" in expected
+                if not awq and key not in expected:
+                    if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
+                        unexpected.append(disk_key)
+                    continue
+                try:
+                    shape = tuple(f.get_slice(disk_key).get_shape())
+                except Exception as e:
+                    raise _broken(file, e) from None
+                want = _awq_shapes(expected[f"{base}.weight"], awq_group_size)[part] if awq else expected[key]
+                if shape != want:
+                    group = f" with group size {awq_group_size}" if awq else ""
+                    raise CheckpointError(
+                        f"{file}: tensor {disk_key} has shape {list(shape)}, but {directory.name}/config.json "
+                        f"implies {list(want)}{group}; the weights do not belong to this config"
+                    )
+                if awq:
+                    packed.setdefault(base, set()).add(part)
+                else:
+                    found.add(key)
+    for base, parts in packed.items():
+        if len(parts) < len(_AWQ_PARTS):
+            raise CheckpointError(f"{directory}: AWQ layer {prefix}{base} lacks "
+                                  f"{', '.join(sorted(set(_AWQ_PARTS) - parts))}")
+        found.add(f"{base}.weight")
+    if unexpected:
+        raise CheckpointError(
+            f"{directory} holds {len(unexpected)} tensor(s) its config.json does not describe, e.g. "
+            f"{', '.join(unexpected[:5])}; the weights do not belong to this config"
+        )
+    missing = sorted(set(expected) - found - optional)
+    if missing:
+        raise CheckpointError(
+            f"{directory} lacks {len(missing)} tensor(s) its config.json needs, e.g. "
+            f"{', '.join(prefix + k for k in missing[:5])}"
+        )
+
+
 def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "", *, awq_group_size: int | None = None) -> None:
-    """Copy every tensor of `directory` into `module`, strictly, one tensor at a time.
+    """Copy every tensor of `directory` into `module`, strictly, one tensor at a time, after
+    `check_weight_files` has compared the headers with the module.
 
     With `awq_group_size`, a linear stored as AutoAWQ `qweight`/`qzeros`/`scales` is dequantized
     into its float `weight`.
     """
+    check_weight_files(module, directory, prefix, awq_group_size=awq_group_size)
     expected = module.state_dict(keep_vars=True)
-    optional = tied_keys(module)  # e.g. lm_head.weight under tied embeddings: not stored
-    loaded: set[str] = set()
-    unexpected: list[str] = []
     packed: dict[str, dict[str, torch.Tensor]] = {}  # linear -> its AWQ parts, until all three are read
     for file in weight_files(directory):
         try:
@@ -203,46 +313,20 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "", *, 
             for disk_key in f.keys():
                 key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
                 base, _, part = key.rpartition(".")
-                if awq_group_size and part in _AWQ_PARTS and f"{base}.weight" in expected:
-                    try:
-                        packed.setdefault(base, {})[part] = f.get_tensor(disk_key)
-                    except Exception as e:
-                        raise _broken(file, e) from None
-                    if len(packed[base]) == len(_AWQ_PARTS):
-                        _load_awq(expected[f"{base}.weight"], packed.pop(base), awq_group_size, file, base)
-                        loaded.add(f"{base}.weight")
-                    continue
-                if key not in expected:
-                    if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
-                        unexpected.append(disk_key)
-                    continue
+                awq = bool(awq_group_size) and part in _AWQ_PARTS and f"{base}.weight" in expected
+                if not awq and key not in expected:
+                    continue  # position_ids of old transformers (anything else was refused above)
                 try:
                     tensor = f.get_tensor(disk_key)
                 except Exception as e:
                     raise _broken(file, e) from None
-                target = expected[key]
-                if tuple(tensor.shape) != tuple(target.shape):
-                    raise CheckpointError(
-                        f"{file}: tensor {disk_key} has shape {list(tensor.shape)}, but {directory.name}/config.json "
-                        f"implies {list(target.shape)}; the weights do not belong to this config"
-                    )
+                if awq:
+                    packed.setdefault(base, {})[part] = tensor
+                    if len(packed[base]) == len(_AWQ_PARTS):
+                        _load_awq(expected[f"{base}.weight"], packed.pop(base), awq_group_size, file, base)
+                    continue
                 with torch.no_grad():
-                    target.copy_(tensor)
-                loaded.add(key)
-    if packed:
-        base, parts = next(iter(packed.items()))
-        raise CheckpointError(f"{directory}: AWQ layer {prefix}{base} lacks {', '.join(sorted(set(_AWQ_PARTS) - set(parts)))}")
-    if unexpected:
-        raise CheckpointError(
-            f"{directory} holds {len(unexpected)} tensor(s) its config.json does not describe, e.g. "
-            f"{', '.join(unexpected[:5])}; the weights do not belong to this config"
-        )
-    missing = sorted(set(expected) - loaded - optional)
-    if missing:
-        raise CheckpointError(
-            f"{directory} lacks {len(missing)} tensor(s) its config.json needs, e.g. "
-            f"{', '.join(prefix + k for k in missing[:5])}"
-        )
+                    expected[key].copy_(tensor)
 
 
 def _load_awq(target: torch.Tensor, parts: dict[str, torch.Tensor], group_size: int, file: Path, name: str) -> None:

@@ -30,11 +30,11 @@ from vlm_edge.common.errors import InputError
 from vlm_edge.common.fsutil import atomic_directory
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.vila_config import LLM_DIR, PROJECTOR_DIR, VISION_DIR, VilaConfig
-from vlm_edge.model.checkpoint import Checkpoint, load_checkpoint
+from vlm_edge.model.checkpoint import Checkpoint, check_checkpoint_files, load_checkpoint
 
 from .awq import QuantResult, quantize_llm
 from .calibration import CALIBRATION_DIR, CalibrationSet, calibration_embeds, load_calibration
-from .config import FORMAT_VERSION, QUANT_CONFIG_FILE, QUANT_DIR, SEARCH_FILE, QuantConfig
+from .config import FORMAT_VERSION, QUANT_CONFIG_FILE, QUANT_DIR, SEARCH_FILE, QuantConfig, check_source
 from .mappings import family
 
 log = get_logger(__name__)
@@ -80,14 +80,16 @@ def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantCon
     """`vlm-quant`: read `source`, quantize its LLM, write the AWQ checkpoint to `output`."""
     source, output = Path(source), Path(output)
     config.validate()
+    vila = check_source(source, config)  # every config field, and whether the model fits in memory
     if source.resolve() == output.resolve():
         raise InputError(f"the output {output} is the input checkpoint; choose another directory")
-    if is_quantized(source):
+    if isinstance(vila.llm.get("quantization_config"), dict):
         raise InputError(f"{source} is already AWQ-quantized (llm/config.json has a quantization_config); "
                          "use it as it is")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise InputError(f"output directory {output} is not empty; pass --force to replace it")
-    config = config.for_llm(VilaConfig.read(source).llm)  # a group size that cannot work fails here
+    config = config.for_llm(vila.llm)  # a group size that cannot work fails here
+    check_checkpoint_files(source, vila)  # weights that disagree with the config fail before any allocation
     start = time.time()
     calib = load_calibration(config.calib, source) if config.method == "awq" else None  # fails before the load
     checkpoint = load_checkpoint(source)

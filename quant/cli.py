@@ -16,7 +16,7 @@ import sys
 from vlm_edge.common.cli import LayerProgress, emit_report, run
 from vlm_edge.common.log import setup_logging
 
-from .config import ROUNDINGS, QuantConfig
+from .config import ROUNDINGS, QuantConfig, check_source
 
 
 def _options(p: argparse.ArgumentParser) -> None:
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def quantize() -> None:
+        source, name = (args.awq4, "awq") if args.awq4 else (args.rtn, "rtn")
+        check_source(source, _config(args, name))  # a broken checkpoint fails here, before torch loads
         from .api import quantize_checkpoint
 
-        source, name = (args.awq4, "awq") if args.awq4 else (args.rtn, "rtn")
         quantize_checkpoint(source, args.output, _config(args, name), overwrite=args.force, progress=LayerProgress())
 
     return run("vlm-quant", quantize)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlm_edge.common.errors import InputError
+from vlm_edge.common.footprint import check_fits, quantization_needs
+from vlm_edge.common.vila_config import VilaConfig
 
 if TYPE_CHECKING:  # quantize imports torch; this module is read by CLIs before torch is needed
     from .quantize import QuantFormat
@@ -101,3 +104,13 @@ def auto_group_size(widths: list[int], trt: bool = False) -> int:
             return g
     raise InputError(f"no supported group size divides the LLM's linear input widths {sorted(set(widths))}; "
                      f"4-bit quantization needs widths divisible by {'64' if trt else '32'}")
+
+
+def check_source(source: str | Path, config: QuantConfig) -> VilaConfig:
+    """Read the checkpoint's config (every field checked: common/config_checks.py) and refuse a model
+    that cannot be quantized in this machine's memory (common/footprint.py). Needs no torch: the
+    CLI calls it first, so a broken or hostile checkpoint fails in a second."""
+    vila = VilaConfig.read(source)
+    check_fits(quantization_needs(vila, config.samples, config.seq_len, calibrate=config.method == "awq"),
+               source, "quantizing this model")
+    return vila
