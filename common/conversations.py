@@ -9,12 +9,12 @@ A broken record stops loading with its index and what is wrong; nothing is skipp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .fsutil import loads_json
 from .tokenizer import IMAGE_TOKEN
 
 
@@ -37,11 +37,10 @@ def read_conversations(path: str | Path, image_folder: str | Path | None = None)
     path = Path(path)
     folder = Path(image_folder) if image_folder is not None else path.parent
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"data file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"data file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    records = loads_json(data, what=f"data file {path}", error=InputError)  # malformed, not UTF-8, over-nested
     if not isinstance(records, list):
         raise InputError(f"data file {path} must hold a JSON list of records")
     return [_conversation(record, i, path, folder) for i, record in enumerate(records)]

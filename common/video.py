@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 from PIL import Image
 
 from .errors import CheckpointError, InputError, UnsupportedFeatureError
+from .fsutil import loads_json
 
 VIDEO_TOKEN = "<video>"
 DEFAULT_NUM_FRAMES = 8  # VILA1.5's and NVILA's num_video_frames
@@ -96,9 +97,9 @@ def read_frames(source: str | os.PathLike | bytes, count: int = DEFAULT_NUM_FRAM
                 fit: Callable[[Image.Image], Image.Image] | None = None,
                 reserve: Callable[[int], ContextManager] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
-    """`count` RGB frames of the clip at path `source` (or in the bytes `source`: decoded from memory,
-    no file written), sampled uniformly, each passed through `fit` as soon as it is decoded (e.g.
-    resized to the vision tower's input).
+    """`count` RGB frames of the clip at path `source` (or in the bytes `source`, held in an in-memory
+    file), sampled uniformly, each passed through `fit` as soon as it is decoded (e.g. resized to
+    the vision tower's input).
 
     Before a frame is decoded: the file must start a video container (not a picture), its frame
     size must be within `limits.max_pixels` and its declared frame count within `limits.max_frames`
@@ -107,16 +108,31 @@ def read_frames(source: str | os.PathLike | bytes, count: int = DEFAULT_NUM_FRAM
     between frames (VideoStopped). A frame larger than its container said is refused when decoded.
     """
     if isinstance(source, (bytes, bytearray)):
-        path, head = _Memory(bytes(source)), bytes(source[:16])
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"video {path} does not exist or is not a file")
-        with open(path, "rb") as f:
-            head = f.read(16)
-    if container_of(head) is None:
-        raise InputError(f"video {path} is not an MP4, QuickTime, AVI, Matroska or WebM file")
-    cv2 = _cv2()
+        if container_of(bytes(source[:16])) is None:
+            raise InputError(f"video {SENT} is not an MP4, QuickTime, AVI, Matroska or WebM file")
+        cv2 = _cv2()
+        try:
+            with _as_file(bytes(source)) as path:
+                try:
+                    return _read(cv2, path, count, limits, fit, reserve, should_stop)
+                except InputError as e:
+                    raise type(e)(str(e).replace(str(path), SENT)) from None
+        except OSError as e:  # no memory (memfd) or no disk (temporary file) to hold it
+            raise VideoTooLarge(f"video {SENT}: there is no room to hold it here now ({os.strerror(e.errno or 0)}); "
+                                "send a smaller clip or retry later") from None
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"video {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        if container_of(f.read(16)) is None:
+            raise InputError(f"video {path} is not an MP4, QuickTime, AVI, Matroska or WebM file")
+    return _read(_cv2(), path, count, limits, fit, reserve, should_stop)
+
+
+SENT = "(sent in the request)"  # how errors name a clip given as bytes
+
+
+def _read(cv2, path: Path, count: int, limits: VideoLimits, fit, reserve, should_stop) -> list[Image.Image]:
     capture = _open(cv2, path)
     try:
         width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -154,44 +170,44 @@ def read_frames(source: str | os.PathLike | bytes, count: int = DEFAULT_NUM_FRAM
     return kept
 
 
-class _Memory:
-    """A clip held in memory; OpenCV 4.10 and later read it as a stream (no temporary file)."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.streams: list[io.BytesIO] = []  # OpenCV holds no reference to a stream it reads: we must
-
-    def stream(self) -> io.BytesIO:
-        self.streams.append(io.BytesIO(self.data))
-        return self.streams[-1]
-
-    def __str__(self) -> str:
-        return "(sent in the request)"
-
-
-def _open(cv2, path: "Path | _Memory"):
+def _open(cv2, path: Path):
     """A capture of `path` on one decoder thread (more threads hold a frame each)."""
-    if isinstance(path, _Memory):
-        try:
-            capture = cv2.VideoCapture(path.stream(), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        except (TypeError, cv2.error):
-            raise UnsupportedFeatureError("decoding a video from memory needs OpenCV 4.10 or later: "
-                                          'pip install -U "vlm-edge[jetson]"') from None
-    else:
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not capture.isOpened():
         capture.release()
         raise InputError(f"video {path} could not be opened; pass an MP4, AVI, MKV or WebM file OpenCV can decode")
     return capture
 
 
-def _check_frame(path, width: int, height: int, limits: VideoLimits) -> None:
+@contextlib.contextmanager
+def _as_file(data: bytes) -> Iterator[Path]:
+    """`data` as a file OpenCV can open: an anonymous in-memory file on Linux (memfd: no disk to
+    fill, gone when closed), a private temporary file elsewhere. OpenCV's own reading from a
+    Python stream is not used: mutated clips crashed it (a segmentation fault) where the same
+    bytes from a file were refused cleanly."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("vlm-edge-video")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="vlm-edge-video-") as tmp:
+        path = Path(tmp) / "clip"
+        path.write_bytes(data)
+        yield path
+
+
+def _check_frame(path: Path, width: int, height: int, limits: VideoLimits) -> None:
     if width * height > limits.max_pixels:
         raise VideoTooLarge(f"video {path}: its {width}x{height} frames are over the limit of {limits.max_pixels} "
                             "pixels a frame; send a smaller video")
 
 
-def _count_frames(cv2, path, limits: VideoLimits, should_stop: Callable[[], bool] | None) -> int:
+def _count_frames(cv2, path: Path, limits: VideoLimits, should_stop: Callable[[], bool] | None) -> int:
     """Frames the clip really has (CAP_PROP_FRAME_COUNT is an estimate in some containers)."""
     capture = _open(cv2, path)
     total = 0
@@ -220,9 +236,9 @@ def video_pool_sizes(encoder: object, where: str = "config.json") -> list[tuple[
         return []
     if isinstance(encoder, str):
         try:
-            encoder = json.loads(encoder)
-        except ValueError:
-            raise CheckpointError(f"{where}: video_encoder={encoder!r} is not JSON") from None
+            encoder = loads_json(encoder, what="its text", error=CheckpointError)  # malformed or over-nested
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: video_encoder is not JSON that vlm-edge reads: {e}") from None
     if not isinstance(encoder, dict):
         raise CheckpointError(f"{where}: video_encoder must be an object, got {encoder!r}")
     target = encoder.get("_target_", BASIC_ENCODER)

@@ -31,7 +31,7 @@ from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, check_checkpoi
 from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
 
-from .config import ExportConfig, check_source, engine_positions
+from .config import ExportConfig, check_source
 from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize

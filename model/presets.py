@@ -14,13 +14,13 @@ rows).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from vlm_edge.common.errors import CheckpointError, UnsupportedFeatureError
+from vlm_edge.common.fsutil import read_json
 from vlm_edge.common.tokenizer import TextTokenizer
 from vlm_edge.common.vila_config import VilaConfig
 
@@ -182,10 +182,7 @@ def checkpoint_with_llm(name: str, llm_dir: str | Path, seed: int = 0):
     if not (llm_dir / "config.json").is_file():
         raise CheckpointError(f"{llm_dir}: not a transformers model folder (no config.json); pass the folder "
                               "that holds config.json, the *.safetensors weights and the tokenizer")
-    try:
-        llm = json.loads((llm_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{llm_dir / 'config.json'} cannot be read: {e}") from None
+    llm = read_json(llm_dir / "config.json", what="LLM config", error=CheckpointError)
     tokenizer = load_tokenizer(llm_dir)
     config = preset_config(name, tokenizer)
     if "quantization_config" in llm:

@@ -82,6 +82,8 @@ def _from_file(path: Path) -> CalibrationSet:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}: line {number} is not JSON ({e.msg})") from None
+            except RecursionError:
+                raise InputError(f"{path}: line {number} nests too deeply to be a calibration record") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise InputError(f'{path}: line {number} must be an object with a string "text"')
             texts.append(record["text"])

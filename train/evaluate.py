@@ -15,13 +15,14 @@ it needs no search ("the colour of any object" is right); with 2-3 the model mus
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlm_edge.common.errors import CheckpointError
+from vlm_edge.common.fsutil import read_json
 from vlm_edge.common.image import preprocess_tiled
 from vlm_edge.common.templates import render
 from vlm_edge.model.checkpoint import Checkpoint
@@ -101,7 +102,12 @@ def evaluate(checkpoint: Checkpoint, data: SyntheticData, per_type: int = 50) ->
 def training_seed(checkpoint_dir: str | Path) -> int | None:
     """The data seed a vlm-train checkpoint was trained with, or None for other checkpoints."""
     saved = Path(checkpoint_dir) / "training" / "train_config.json"
-    return int(json.loads(saved.read_text()).get("seed", 0)) if saved.is_file() else None
+    if not saved.is_file():
+        return None
+    seed = read_json(saved, what="training config", error=CheckpointError).get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CheckpointError(f"{saved}: seed={seed!r} must be an integer from 0 to {2**32 - 1}")
+    return seed
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -99,10 +99,11 @@ def apply(mode: str, threads: int | None, device_type: str, world: int) -> dict[
 def saved_settings(output: str | Path) -> tuple[str, int | None] | None:
     """(numerics, threads) of the run saved in `output` (for --resume), None when there is none.
     Runs saved before the setting existed used each host's own kernels."""
-    import json
+    from vlm_edge.common.errors import VlmEdgeError
+    from vlm_edge.common.fsutil import read_json
 
     try:
-        saved = json.loads((Path(output) / "training" / "train_config.json").read_text())
-    except (OSError, ValueError):
+        saved = read_json(Path(output) / "training" / "train_config.json", what="training config")
+    except VlmEdgeError:  # missing, malformed or over-nested: as if there were none
         return None
     return saved.get("numerics", "native"), saved.get("threads")

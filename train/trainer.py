@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vlm_edge.common.errors import InputError
+from vlm_edge.common.errors import CheckpointError, InputError
 from vlm_edge.common.fsutil import atomic_directory, recover_directory
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import get_template, render
@@ -232,8 +232,9 @@ class Trainer:
         state_dir = self.output / TRAINING_DIR
         if not (state_dir / "trainer_state.json").is_file():
             raise InputError(f"{self.output} holds no training state to resume (no {TRAINING_DIR}/trainer_state.json)")
-        config = TrainConfig.from_dict(json.loads((state_dir / "train_config.json").read_text()))
-        state = TrainerState(**json.loads((state_dir / "trainer_state.json").read_text()))
+        config = TrainConfig.from_dict(read_json(state_dir / "train_config.json", what="training config",
+                                                 error=CheckpointError))
+        state = TrainerState(**read_json(state_dir / "trainer_state.json", what="trainer state", error=CheckpointError))
         if self.par.main:
             log.info("resuming %s at stage %d, step %d (the saved training config is used)", self.output, state.stage, state.step)
         return config, state, load_checkpoint(self.output)
