@@ -54,7 +54,8 @@ def select_token(logits: np.ndarray, history: Sequence[int], cfg: SamplingConfig
     if cfg.greedy:
         return int(np.argmax(logits))
     logits = logits.astype(np.float64)
-    logits = (logits - logits.max()) / cfg.temperature  # shifted first: a tiny temperature gives -inf, never inf - inf
+    with np.errstate(over="ignore"):  # shifted first: a tiny temperature gives -inf, never inf - inf (NaN)
+        logits = (logits - logits.max()) / cfg.temperature
     if cfg.top_k > 0:
         kth = np.partition(logits, -min(cfg.top_k, logits.size))[-min(cfg.top_k, logits.size)]
         logits = np.where(logits < kth, -np.inf, logits)

@@ -376,7 +376,7 @@ async def prepare_while_connected(request: Request, body: ChatCompletionRequest,
     task = asyncio.ensure_future(run_in_threadpool(prepare, body, config, worker, budget, should_stop))
     try:
         while not task.done():
-            await asyncio.wait({task}, timeout=0.5)
+            await asyncio.wait({task}, timeout=0.1)
             if not task.done() and await request.is_disconnected():
                 gone.set()
         return task.result()

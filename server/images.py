@@ -67,7 +67,7 @@ def fetch_video(url: str, limits: ImageLimits, label: str, frames: int, *, budge
     and its frame count against max_video_frames before any frame is decoded, one frame's decode
     memory reserved from `budget`; `should_stop` ends it between frames (VideoStopped)."""
     from vlm_edge.common.errors import InputError, UnsupportedFeatureError
-    from vlm_edge.common.video import VideoLimits, VideoTooLarge, decode_cost, read_frames
+    from vlm_edge.common.video import SENT, VideoLimits, VideoTooLarge, read_frames
 
     if not url.startswith("data:"):
         raise ImageRejected(f"{label}: send the video as a data URL (data:video/mp4;base64,...)", code="invalid_video")
@@ -93,12 +93,12 @@ def fetch_video(url: str, limits: ImageLimits, label: str, frames: int, *, budge
         return read_frames(data, frames, limits=VideoLimits(limits.max_pixels, limits.max_video_frames), fit=fit,
                            reserve=reserve, should_stop=should_stop)
     except VideoTooLarge as e:
-        raise ImageRejected(f"{label}: {str(e).replace('video (sent in the request)', 'the video')}", 413,
+        raise ImageRejected(f"{label}: {str(e).replace(f'video {SENT}', 'the video')}", 413,
                             "video_too_large") from None
     except UnsupportedFeatureError as e:  # no OpenCV on this server, or one too old to read from memory
         raise ImageRejected(f"{label}: this server cannot decode video: {e}", 501, "video_unsupported") from None
     except InputError as e:
-        raise ImageRejected(f"{label}: {str(e).replace('video (sent in the request)', 'the video')}",
+        raise ImageRejected(f"{label}: {str(e).replace(f'video {SENT}', 'the video')}",
                             code="invalid_video") from None
 
 
