@@ -238,3 +238,224 @@ def test_a_kv_cache_larger_than_the_machine_is_refused_before_allocation():
     with pytest.raises(InputError, match=r"a KV cache of 4194304 positions needs 4096.0 GiB.*smaller context"):
         check_cache_memory(model, 1 << 22, Path("engine"))
     check_cache_memory(model, 1024, Path("engine"))  # 1 GiB: fits
+
+
+# A checkpoint is untrusted input too: every config field vlm-edge reads is checked for type and
+# range, and against the fields it must divide or fit (common/config_checks.py), the memory the
+# config implies against the machine (common/footprint.py), and the weights' shapes against the
+# config, all before anything is allocated. vlm-quant and vlm-export run under an address-space
+# limit, so a regression that allocates fails here instead of swapping the host.
+CHECKPOINT_ADDRESS_SPACE = 4 << 30
+
+
+def _limit_address_space() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (CHECKPOINT_ADDRESS_SPACE, CHECKPOINT_ADDRESS_SPACE))
+
+
+def _update_json(path: Path, **changes) -> None:
+    obj = json.loads(path.read_text())
+    obj.update(changes)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture(scope="module")
+def quiet_release(release_dir, tmp_path_factory):
+    """The release-layout fixture (tests/fixtures.py) with its token order and chat template recorded,
+    so that loading it logs nothing, and a calibration text: (checkpoint, calibration file)."""
+    root = tmp_path_factory.mktemp("hostile-ckpt") / "ckpt"
+    shutil.copytree(release_dir, root)
+    _update_json(root / "mm_projector" / "config.json", downsample_token_order="column_major")
+    _update_json(root / "config.json", chat_template="vicuna_v1")
+    calib = root.parent / "calib.txt"
+    calib.write_text("A chat between a curious user and an artificial intelligence assistant.\n\n" * 20)
+    return root, calib
+
+
+def _nest(text_of_depth):
+    def write(path: Path) -> None:
+        path.write_text(text_of_depth(100_000))
+    return write
+
+
+_DEEP = _nest(lambda n: '{"a":' * n + "1" + "}" * n)
+_LLM, _VISION, _PREP, _TOP = "llm/config.json", "vision_tower/config.json", "vision_tower/preprocessor_config.json", \
+    "config.json"
+# case -> (file, its change (a dict of fields, None to delete, or a writer), phrases the one-line error must hold)
+HOSTILE_CHECKPOINTS = {
+    "llm hidden_size 'abc'": (_LLM, {"hidden_size": "abc"}, ["hidden_size='abc' must be an integer from 1 to 65536"]),
+    "llm num_attention_heads 0": (_LLM, {"num_attention_heads": 0}, ["num_attention_heads=0 must be an integer from 1"]),
+    "llm vocab_size -1": (_LLM, {"vocab_size": -1}, ["vocab_size=-1 must be an integer from 2 to 2097152"]),
+    "llm rope_theta -1": (_LLM, {"rope_theta": -1}, ["rope_theta=-1 must be a number from 1 to"]),
+    "vision patch_size 0": (_VISION, {"patch_size": 0}, ["patch_size=0 must be an integer from 1 to 16384"]),
+    "vision patch_size -14": (_VISION, {"patch_size": -14}, ["patch_size=-14 must be an integer from 1"]),
+    "mm_vision_select_layer 'x'": (_TOP, {"mm_vision_select_layer": "x"},
+                                   ["mm_vision_select_layer='x' must be an integer from -1025 to 1024"]),
+    "num_video_frames '8; rm -rf /'": (_TOP, {"num_video_frames": "8; rm -rf /"},
+                                       ["num_video_frames='8; rm -rf /' must be an integer from 1 to 256"]),
+    "config.json nested 100k deep": (_TOP, _DEEP, ["config.json nests deeper than 64 levels"]),
+    "llm/config.json nested 100k deep": (_LLM, _DEEP, ["llm/config.json nests deeper than 64 levels"]),
+    "video_encoder text nested 100k deep": (_TOP, {"video_encoder": "[" * 100_000 + "]" * 100_000},
+                                            ["video_encoder is not JSON that vlm-edge reads", "deeper than 64"]),
+    # sizes that once ended in the OOM killer or an allocator traceback
+    "llm num_hidden_layers 10**6": (_LLM, {"num_hidden_layers": 10**6},
+                                    ["num_hidden_layers=1000000 must be an integer from 1 to 1024"]),
+    "preprocessor size 10**6": (_PREP, {"size": 10**6}, ["size=1000000 must be an image side"]),
+    "llm vocab_size 10**10": (_LLM, {"vocab_size": 10**10}, ["vocab_size=10000000000 must be an integer"]),
+    "llm intermediate_size 10**9": (_LLM, {"intermediate_size": 10**9},
+                                    ["intermediate_size=1000000000 must be an integer from 1 to 262144"]),
+    "vision image_size 10**6": (_VISION, {"image_size": 10**6}, ["image_size=1000000 must be an integer from 1"]),
+    "llm max_position_embeddings 10**12": (_LLM, {"max_position_embeddings": 10**12},
+                                           ["max_position_embeddings=1000000000000 must be an integer from 2 to"]),
+    "a model larger than any machine": (_LLM, {"num_hidden_layers": 1024, "intermediate_size": 1 << 18},
+                                        ["needs at least", "GiB of memory, more than the", "intermediate_size=262144"]),
+    # fields that must divide, or lie inside, another
+    "llm heads not a multiple of kv heads": (_LLM, {"num_key_value_heads": 3},
+                                             ["num_attention_heads=4 is not a multiple of num_key_value_heads=3"]),
+    "llm hidden_size not a multiple of heads": (_LLM, {"hidden_size": 66},
+                                                ["hidden_size=66 is not a multiple of num_attention_heads=4"]),
+    "vision hidden_size not a multiple of heads": (_VISION, {"hidden_size": 33},
+                                                   ["hidden_size=33 is not a multiple of num_attention_heads=2"]),
+    "vision patch larger than the picture": (_VISION, {"patch_size": 50},
+                                             ["patch_size=50 is larger than image_size=42"]),
+    "llm pad_token_id outside the vocabulary": (_LLM, {"pad_token_id": 10**6},
+                                                ["pad_token_id=1000000 is outside the vocabulary"]),
+    "preprocessor size off the tower": (_PREP, {"size": {"height": 64, "width": 64}},
+                                        ["pictures are resized to {'height': 64, 'width': 64}", "takes 42 x 42"]),
+    # other types and values
+    "llm hidden_size missing": (_LLM, {"hidden_size": None}, ["hidden_size is missing"]),
+    "llm rms_norm_eps NaN": (_LLM, {"rms_norm_eps": float("nan")}, ["rms_norm_eps=nan must be a number"]),
+    "llm hidden_act gelu": (_LLM, {"hidden_act": "gelu"}, ["hidden_act='gelu' is not supported (supported: silu"]),
+    "llm rope_scaling factor -1": (_LLM, {"rope_scaling": {"rope_type": "linear", "factor": -1}},
+                                   ["rope_scaling: factor=-1 must be a number from 0.001 to 1024"]),
+    "preprocessor image_std 0": (_PREP, {"image_std": [0.5, 0, 0.5]}, ["image_std=[0.5, 0, 0.5] must be 3 numbers"]),
+    # a config in range that its weights contradict: named from the safetensors headers, before allocation
+    "weights that disagree with the config": (_LLM, {"vocab_size": 1000},
+                                              ["tensor model.embed_tokens.weight has shape", "implies [1000, 64]"]),
+}
+
+
+def _hostile_checkpoint(case: str, base: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    file, change, phrases = HOSTILE_CHECKPOINTS[case]
+    root = tmp_path / "ckpt"
+    shutil.copytree(base, root)
+    if callable(change):
+        change(root / file)
+    else:
+        obj = json.loads((root / file).read_text())
+        for key, value in change.items():
+            if value is None:
+                del obj[key]
+            else:
+                obj[key] = value
+        (root / file).write_text(json.dumps(obj))
+    return root, phrases
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CHECKPOINTS))
+def test_a_hostile_checkpoint_is_refused_in_one_line_before_allocation(case, quiet_release, tmp_path):
+    """vlm-quant --awq4 and vlm-export --awq4, side by side, under an address-space limit."""
+    root, phrases = _hostile_checkpoint(case, quiet_release[0], tmp_path)
+    calib = ["--calib", str(quiet_release[1]), "--calib-samples", "2", "--calib-len", "16"]
+    commands = {"vlm-quant": ["--awq4", str(root), "-o", str(tmp_path / "awq"), *calib],
+                "vlm-export": ["--awq4", str(root), "-o", str(tmp_path / "engine"), *calib, "--prompts", "1"]}
+    running = {}
+    for prog, args in commands.items():
+        exe = shutil.which(prog)
+        assert exe, f"{prog} is not on PATH: is the package installed?"
+        running[prog] = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         preexec_fn=_limit_address_space)
+    for prog, process in running.items():
+        try:
+            out, err = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        assert _one_line_error(result, str(root), *phrases).startswith(f"{prog}: error: ")
+    assert not (tmp_path / "awq").exists() and not (tmp_path / "engine").exists()
+
+
+def test_the_hostile_checkpoints_base_passes_every_check(quiet_release):
+    """The cases above fail because of their one change: the fixture itself passes the same checks."""
+    from vlm_edge.common.vila_config import VilaConfig
+    from vlm_edge.export.config import ExportConfig
+    from vlm_edge.export.config import check_source as export_check
+    from vlm_edge.model.checkpoint import check_checkpoint_files
+    from vlm_edge.quant.config import QuantConfig
+    from vlm_edge.quant.config import check_source as quant_check
+
+    root = quiet_release[0]
+    quant_check(root, QuantConfig(samples=2, seq_len=16))
+    export_check(root, ExportConfig(awq4=True, calib_samples=2, calib_len=16))
+    check_checkpoint_files(root, VilaConfig.read(root))
+
+
+def test_only_the_tables_fields_reach_transformers():
+    """num_labels=10**9 would make transformers build a label map of a billion entries; keys the
+    table does not know are kept in the config but never handed over."""
+    from fixtures import tiny_config
+
+    from vlm_edge.model.architectures import LLM_ARCHITECTURES, hf_config
+
+    llm = {**tiny_config().llm, "num_labels": 10**9, "attn_implementation": "flash_attention_2", "return_dict": False}
+    config = hf_config(LLM_ARCHITECTURES["LlamaForCausalLM"], llm, "sdpa")
+    assert config.num_labels == 2 and config.return_dict and config._attn_implementation == "sdpa"
+    assert config.rms_norm_eps == 1e-5 and config.vocab_size == llm["vocab_size"]
+
+
+def test_max_position_embeddings_does_not_size_the_engines_rope_tables():
+    from fixtures import tiny_config
+
+    from vlm_edge.common.config_checks import POSITIONS
+    from vlm_edge.export.config import ENGINE_MAX_POSITIONS
+    from vlm_edge.export.decoder import DecoderSpec, rope_tables
+    from vlm_edge.model import VilaModel
+
+    config = tiny_config()
+    config.llm["max_position_embeddings"] = POSITIONS  # the most the table allows
+    spec = DecoderSpec.from_llm(VilaModel(config).llm)
+    assert spec.max_positions == ENGINE_MAX_POSITIONS < POSITIONS
+    assert rope_tables(spec)[0].shape == (ENGINE_MAX_POSITIONS, spec.head_dim)
+
+
+def test_the_config_table_admits_nothing_an_engine_manifest_refuses():
+    """Whatever passes the checkpoint table exports to an engine the runtime accepts."""
+    from vlm_edge.common.config_checks import LLM, VISION
+    from vlm_edge.common.manifest import MODEL_INTS
+    from vlm_edge.export.config import ENGINE_MAX_POSITIONS
+
+    pairs = {"hidden_size": LLM["hidden_size"], "layers": LLM["num_hidden_layers"],
+             "heads": LLM["num_attention_heads"], "kv_heads": LLM["num_key_value_heads"], "head_dim": LLM["head_dim"],
+             "vocab_size": LLM["vocab_size"], "intermediate_size": LLM["intermediate_size"],
+             "image_size": VISION["image_size"]}
+    for key, field in pairs.items():
+        lo, hi = MODEL_INTS[key]
+        assert lo <= field.lo and field.hi <= hi, (key, (field.lo, field.hi), (lo, hi))
+    assert MODEL_INTS["max_positions"][0] <= LLM["max_position_embeddings"].lo
+    assert ENGINE_MAX_POSITIONS <= MODEL_INTS["max_positions"][1]
+
+
+@pytest.mark.parametrize("published", ["vila1.5-3b.config.json", "nvila-8b.config.json"])
+def test_the_memory_estimate_is_a_close_lower_bound(published):
+    """The weights the footprint counts from the config alone, against the real model's parameters
+    (built on the meta device: no memory): at most all of them, at least 98%."""
+    import torch
+
+    from vlm_edge.common.footprint import weight_needs
+    from vlm_edge.common.vila_config import VilaConfig
+    from vlm_edge.model import VilaModel
+
+    top = json.loads((ROOT / "tests" / "data" / published).read_text())
+    side = top["vision_tower_cfg"]["image_size"]
+    config = VilaConfig(top={k: v for k, v in top.items() if not k.endswith("_cfg")}, llm=top["llm_cfg"],
+                        vision_tower=top["vision_tower_cfg"], mm_projector=top["mm_projector_cfg"],
+                        preprocessor={"size": {"height": side, "width": side}})
+    config.resolve_token_order(quiet=True)
+    with torch.device("meta"):
+        model = VilaModel(config, init_weights=False)
+    real = sum(p.numel() for p in model.parameters())
+    counted = sum(n.bytes for n in weight_needs(config, 1))
+    assert 0.98 * real <= counted <= real, (counted, real)
