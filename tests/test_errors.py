@@ -240,6 +240,312 @@ def test_a_kv_cache_larger_than_the_machine_is_refused_before_allocation():
     check_cache_memory(model, 1024, Path("engine"))  # 1 GiB: fits
 
 
+# ---- Engine files are untrusted input too: every JSON, .npy, tokenizer and ONNX file the runtime
+# reads is checked before a library parses it. A hostile file is one line and exit code 2, with
+# and without --verify (the manifest is rewritten to match each file's size and hash, as anyone who
+# can edit the engine can), never a traceback and never a process killed for memory.
+def _record_files(directory: Path) -> None:
+    """Rewrite manifest.json's sizes and hashes to the files as they are now."""
+    from vlm_edge.common.fsutil import sha256_file
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for component in manifest["components"].values():
+        for rel, record in component["files"].items():
+            if (directory / rel).is_file():
+                record.update(sha256=sha256_file(directory / rel), bytes=(directory / rel).stat().st_size)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _nested_json(path: Path) -> None:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _outside_copy(directory: Path) -> Path:
+    """A copy of vision.onnx.data outside the engine: ONNX Runtime 1.23 reads it and answers."""
+    target = directory.parent / "outside.data"
+    shutil.copy2(directory / "vision.onnx.data", target)
+    return target
+
+
+def _edit_vision_graph(edit):
+    def hostile(directory: Path) -> None:
+        import onnx
+
+        model = onnx.load(str(directory / "vision.onnx"), load_external_data=False)
+        edit(model, directory)
+        onnx.save(model, str(directory / "vision.onnx"))
+    return hostile
+
+
+def _relocate(location):
+    """The first weight of the vision graph read from `location(directory)` (same offset and length)."""
+    def edit(model, directory: Path) -> None:
+        entry = next(e for e in model.graph.initializer[0].external_data if e.key == "location")
+        entry.value = location(directory)
+    return _edit_vision_graph(edit)
+
+
+def _external_tensor(name: str, location: str):
+    import onnx
+
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=[4])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _outside_in_constant(model, directory: Path) -> None:
+    import onnx
+
+    model.graph.node.append(onnx.helper.make_node("Constant", [], ["hostile"],
+                                                  value=_external_tensor("c", str(_outside_copy(directory)))))
+
+
+def _outside_in_subgraph(model, directory: Path) -> None:
+    import onnx
+
+    branch = onnx.helper.make_graph([], "branch", [], [], initializer=[_external_tensor("w", "../outside.data")])
+    _outside_copy(directory)
+    model.graph.node.append(onnx.helper.make_node("If", ["cond"], ["hostile"], then_branch=branch, else_branch=branch))
+
+
+def _outside_in_function(model, directory: Path) -> None:
+    import onnx
+
+    node = onnx.helper.make_node("Constant", [], ["y"], value=_external_tensor("c", str(_outside_copy(directory))))
+    model.functions.append(onnx.helper.make_function("hostile", "f", [], ["y"], [node], [onnx.helper.make_opsetid("", 21)]))
+
+
+def _outside_in_sparse_initializer(model, directory: Path) -> None:
+    import onnx
+
+    indices = onnx.helper.make_tensor("i", onnx.TensorProto.INT64, [1], [0])
+    values = _external_tensor("s", str(_outside_copy(directory)))
+    values.dims[:] = [1]
+    model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, [4]))
+
+
+def _symlinked_data(directory: Path) -> str:
+    (directory / "weights.data").symlink_to(_outside_copy(directory))
+    return "weights.data"
+
+
+def _unknown_op(model, directory: Path) -> None:
+    model.graph.node[0].op_type = "NoSuchOp"
+
+
+def _garbage(directory: Path, name: str) -> None:
+    import numpy as np
+
+    (directory / name).write_bytes(np.random.default_rng(0).bytes((directory / name).stat().st_size))
+
+
+def _pickled_table(directory: Path) -> None:
+    import numpy as np
+
+    np.save(directory / "embeddings.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+
+
+def _table_header(rows_times: int = 1, keep: float = 1.0):
+    """embeddings.npy with its header's rows multiplied by `rows_times` and `keep` of its data."""
+    def hostile(directory: Path) -> None:
+        import numpy as np
+
+        path = directory / "embeddings.npy"
+        table = np.load(path)
+        header = np.lib.format.header_data_from_array_1_0(table)
+        header["shape"] = (table.shape[0] * rows_times, table.shape[1])
+        data = table.tobytes()
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(data[: int(len(data) * keep)])
+    return hostile
+
+
+def _added_tokens(count: int, width: int):
+    def hostile(directory: Path) -> None:
+        path = directory / "tokenizer" / "tokenizer.json"
+        tokenizer = json.loads(path.read_text())
+        tokenizer["added_tokens"] += [{"id": 1000 + i, "content": f"<t{i}{'x' * width}>", "single_word": False,
+                                       "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                                      for i in range(count)]
+        path.write_text(json.dumps(tokenizer))
+    return hostile
+
+
+def _huge_tokenizer(directory: Path) -> None:
+    with open(directory / "tokenizer" / "tokenizer.json", "wb") as f:  # sparse: 65 MiB on paper, no disk used
+        f.write(b'{"added_tokens": [')
+        f.truncate(65 << 20)
+
+
+_OUTSIDE = "outside the engine directory; refused"
+HOSTILE_FILES = {  # case -> (edit of the engine copy, phrases the one-line error must hold)
+    "manifest nested 100k deep": (lambda d: _nested_json(d / "manifest.json"),
+                                  ["manifest.json", "nests deeper than 64 levels"]),
+    "tokenizer_config.json nested 100k deep": (lambda d: _nested_json(d / "tokenizer" / "tokenizer_config.json"),
+                                               ["tokenizer_config.json", "nests deeper than 64 levels"]),
+    "tokenizer.json nested 100k deep": (lambda d: _nested_json(d / "tokenizer" / "tokenizer.json"),
+                                        ["tokenizer.json", "nests deeper than 64 levels"]),
+    "tokenizer.json of 65 MiB": (_huge_tokenizer, ["tokenizer.json is 65 MiB, over the 64 MiB"]),
+    "70k added tokens": (_added_tokens(70_000, 0), ["tokenizer.json has 70", "added tokens", "over the 65536"]),
+    "1.2 MB of added tokens": (_added_tokens(4000, 300), ["tokenizer.json has", "KiB of text", "over the"]),
+    "embeddings a pickled object array": (_pickled_table, ["embeddings.npy", "'|O'", "not a plain numeric table"]),
+    "embeddings header 10**6 x the rows": (_table_header(rows_times=10**6),
+                                           ["embeddings.npy is [486000000, 32], but manifest.json says [486, 32]"]),
+    "embeddings data cut short": (_table_header(keep=0.5), ["embeddings.npy is", "but its header ([486, 32] "
+                                                            "float32) needs 62336"]),
+    "embeddings not an npy file": (lambda d: _garbage(d, "embeddings.npy"), ["embeddings.npy does not have a valid "
+                                                                             ".npy header"]),
+    "vision.onnx random bytes": (lambda d: _garbage(d, "vision.onnx"), ["vision.onnx", "re-export the engine"]),
+    "vision.onnx an op ONNX Runtime lacks": (_edit_vision_graph(_unknown_op), ["vision.onnx: ONNX Runtime",
+                                                                            "cannot load this graph", "re-export"]),
+    "external data: an absolute path": (_relocate(lambda d: str(_outside_copy(d))), ["vision.onnx names external "
+                                                                                     "data '/", _OUTSIDE]),
+    "external data: ../": (_relocate(lambda d: f"../{_outside_copy(d).name}"), ["'../outside.data'", _OUTSIDE]),
+    "external data: a symlink out": (_relocate(_symlinked_data), ["'weights.data'", _OUTSIDE]),
+    "external data: another component's file": (_relocate(lambda d: "decoder.ort.onnx.data"), [
+        "'decoder.ort.onnx.data', which manifest.json does not list among component vision's files; refused"]),
+    "external data: ORT's memory-address tag": (_relocate(lambda d: "*/_ORT_MEM_ADDR_/*"), [
+        "'*/_ORT_MEM_ADDR_/*', which manifest.json does not list"]),
+    "external data: in a Constant node": (_edit_vision_graph(_outside_in_constant), [_OUTSIDE]),
+    "external data: in an If branch": (_edit_vision_graph(_outside_in_subgraph), ["'../outside.data'", _OUTSIDE]),
+    "external data: in a function": (_edit_vision_graph(_outside_in_function), [_OUTSIDE]),
+    "external data: in a sparse initializer": (_edit_vision_graph(_outside_in_sparse_initializer), [_OUTSIDE]),
+}
+
+
+def _hostile_files(case: str, micro_engine: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    edit, phrases = HOSTILE_FILES[case]
+    directory = tmp_path / "engine"
+    shutil.copytree(micro_engine / "engine", directory)
+    if case.startswith("manifest"):
+        edit(directory)
+    else:
+        edit(directory)
+        _record_files(directory)
+    return directory, phrases
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["sizes", "verify"])
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_a_hostile_engine_file_is_refused_in_one_line(case, verify, micro_engine, picture, tmp_path):
+    directory, phrases = _hostile_files(case, micro_engine, tmp_path)
+    result = _run(["vlm-run", str(directory), "--image", str(picture), "--prompt", "Describe the image.",
+                   *(["--verify"] if verify else [])])
+    _one_line_error(result, *phrases)
+
+
+@pytest.mark.parametrize("case", ["external data: an absolute path", "embeddings a pickled object array",
+                                  "vision.onnx an op ONNX Runtime lacks", "70k added tokens"])
+def test_vlm_serve_refuses_a_hostile_engine_file_before_it_binds(case, micro_engine, tmp_path):
+    directory, phrases = _hostile_files(case, micro_engine, tmp_path)
+    _one_line_error(_run(["vlm-serve", str(directory), "--port", "0"]), *phrases)
+
+
+def _every_location(message) -> list[str]:
+    """Reference for common/onnx_wire.py: every external-data location in a parsed ONNX message,
+    found by walking every message field protobuf knows of (no list of where tensors may be)."""
+    import onnx
+    from google.protobuf.message import Message
+
+    found, stack = [], [message]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, onnx.TensorProto):
+            found += [e.value for e in node.external_data if e.key == "location"]
+        for field, value in node.ListFields():
+            if field.type == field.TYPE_MESSAGE:  # one message, or a repeated field's container of them
+                stack.extend([value] if isinstance(value, Message) else value)
+    return found
+
+
+def test_the_wire_reader_finds_every_external_data_location(micro_engine, tmp_path):
+    import onnx
+
+    from vlm_edge.common.onnx_wire import locations_in
+
+    directory = tmp_path / "engine"
+    shutil.copytree(micro_engine / "engine", directory)
+    for edit in (_outside_in_constant, _outside_in_subgraph, _outside_in_function, _outside_in_sparse_initializer):
+        _edit_vision_graph(edit)(directory)
+    model = onnx.load(str(directory / "vision.onnx"), load_external_data=False)
+    model.training_info.add().initialization.initializer.append(_external_tensor("t", "training.data"))
+    vision = onnx.load(str(directory / "vision.onnx"), load_external_data=False)
+    vision.training_info.add().initialization.initializer.append(_external_tensor("t", "training.data"))
+    decoder = onnx.load(str(directory / "decoder.ort.onnx"), load_external_data=False)
+    for model in (vision, decoder):
+        found = [loc.decode() for loc in locations_in(model.SerializeToString())]
+        assert sorted(found) == sorted(_every_location(model))
+    assert {"../outside.data", "training.data", str(tmp_path / "outside.data")} <= set(_every_location(vision))
+
+
+def _run_with_file_limit(argv: list[str], limit: int) -> subprocess.CompletedProcess:
+    """`argv` with writes past `limit` bytes per file failing (EFBIG), as on a full disk."""
+    import resource
+    import signal
+
+    def limit_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [shutil.which(argv[0]) or argv[0], *argv[1:]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit_writes)
+
+
+@pytest.mark.parametrize("stage,limit,phrases", [
+    ("export", 4096, ["{out}/tokenizer/tokenizer.json: the file size limit (ulimit -f) is reached"]),
+    ("export", 20_000, ["{out}: a write stopped short (15552 requested", "the disk is full or a file size limit"]),
+    ("quant", 4096, ["{out}/", "the file size limit (ulimit -f) is reached", "choose another output path (-o)"]),
+])
+def test_a_full_disk_is_one_line_and_leaves_nothing(stage, limit, phrases, micro_engine, tmp_path):
+    out = tmp_path / "out"
+    argv = (["vlm-export", "--awq4", str(micro_engine / "awq"), "-o", str(out)] if stage == "export" else
+            ["vlm-quant", "--awq4", str(micro_engine / "ckpt"), "-o", str(out), "--calib-samples", "2",
+             "--calib-len", "32"])
+    result = _run_with_file_limit(argv, limit)
+    # the stages' progress lines ("[vlm-edge] loading ...") come first; the error is one line after them
+    *progress, last = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, (result.returncode, result.stderr)
+    assert all(line.startswith(("[vlm-edge]", "  layer")) or not line.strip() for line in progress), result.stderr
+    assert last.startswith(f"vlm-{stage}: error: "), last
+    for phrase in phrases:
+        assert phrase.format(out=out) in last, (phrase, last)
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary left behind
+
+
+def test_a_rust_writer_on_a_full_disk_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    code = ("import sys, numpy as np\n"
+            "from safetensors.numpy import save_file\n"
+            "from vlm_edge.common.cli import run\n"
+            "from vlm_edge.common.fsutil import atomic_directory\n"
+            "def write():\n"
+            "    with atomic_directory(sys.argv[1]) as tmp:\n"
+            "        save_file({'w': np.ones(100_000, np.float32)}, str(tmp / 'model.safetensors'))\n"
+            "sys.exit(run('writer', write))\n")
+    result = _run_with_file_limit([sys.executable, "-c", code, str(out)], 4096)
+    _one_line_error(result, f"writer: error: {out}: the file size limit (ulimit -f) is reached")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code,message", [
+    ("ENOSPC", "no space left on the device; free space there or choose another output path (-o)"),
+    ("EDQUOT", "the disk quota is used up; free space there or choose another output path (-o)"),
+    ("EROFS", "the file system is read-only; choose another output path (-o)"),
+    ("EACCES", "permission denied; check its permissions or choose another output path (-o)"),
+])
+def test_write_errors_say_where_and_what_to_do(code, message):
+    import errno
+
+    from vlm_edge.common.cli import write_error_message
+
+    assert write_error_message(OSError(getattr(errno, code), "x", "/data/out")) == f"/data/out: {message}"
+    assert write_error_message(OSError(errno.ENOENT, "x", "/data/out")) is None  # not a write failure: a traceback
+
+
 # A checkpoint is untrusted input too: every config field vlm-edge reads is checked for type and
 # range, and against the fields it must divide or fit (common/config_checks.py), the memory the
 # config implies against the machine (common/footprint.py), and the weights' shapes against the
