@@ -39,8 +39,8 @@ TOKEN_ID = (1 << 31) - 1
 class Field:
     """One config field: its kind (below), the range of a number, what it means, and how it is used.
 
-    Kinds: int, number (int or float, finite), bool, str, object, list[str], ids (a token id or a
-    list of them), size (an image side: an integer, or {height, width} / {shortest_edge} of
+    Kinds: int, number (int or float, finite), bool, str, list[str], list[number], ids (a token id
+    or a list of them), size (an image side: an integer, or {height, width} / {shortest_edge} of
     integers), rgb (3 numbers), scales (comma-separated image sides, "448,896,1344", or a list),
     encoder (an object or its JSON text), rope (an object checked against ROPE), awq (an object
     checked against QUANTIZATION).
@@ -60,14 +60,13 @@ class Field:
 F = Field
 # transformers' RoPE types; the exporter refuses the two that change with the sequence length
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
-DTYPES = ("float32", "float16", "bfloat16", "float")
 LLM_ACTIVATIONS = ("silu", "swish")  # the decoder graph computes SiLU
 VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "quick_gelu")  # export/vision.py: ACTIVATIONS
 
 # ---- the tables: file -> field -> Field ---------------------------------------------------------
 TOP = {  # config.json
     "model_type": F("str", meaning="the checkpoint class; 'llava_llama' for VILA", required=True),
-    "hidden_size": F("int", 1, WIDTH, "the LLM's width (a copy of llm/config.json's)", null=True),
+    "hidden_size": F("int", 1, WIDTH, "the LLM's width, a copy of llm/config.json's", null=True),
     "mm_hidden_size": F("int", 1, FFN, "the projector's input width", null=True),
     "image_aspect_ratio": F("str", meaning="how pictures are fitted to the tower", unsupported=True,
                             choices=("resize", "pad", "dynamic", "dynamic_s2")),
@@ -75,14 +74,14 @@ TOP = {  # config.json
     "mm_vision_select_feature": F("str", meaning="which vision tokens are used", unsupported=True,
                                   choices=("patch", "cls_patch")),
     "s2": F("bool", meaning="VILA1.5 multi-scale features", null=True),
-    "s2_scales": F("scales", 1, PIXELS, "the multi-scale image sides"),
-    "s2_max_split_size": F("int", 1, PIXELS, "the tile side of multi-scale features"),
+    "s2_scales": F("scales", 1, PIXELS, "the multi-scale image sides", null=True),
+    "s2_max_split_size": F("int", 1, PIXELS, "the tile side of multi-scale features; null: the tower's", null=True),
     "s2_resize_output_to_scale_idx": F("int", -8, 7, "the scale whose grid features are merged onto"),
     "num_video_frames": F("int", 1, 256, "frames taken from a video"),
-    "num_time_tokens": F("int", 0, 1 << 16, "time tokens in video prompts (0: none)", null=True),
+    "num_time_tokens": F("int", 0, 1 << 16, "time tokens in video prompts; 0: none", null=True),
     "video_encoder": F("encoder", meaning="NVILA's pooling of video frames", null=True),
-    "min_tiles": F("int", 1, 64, "fewest tiles per picture (dynamic tiling)"),
-    "max_tiles": F("int", 1, 64, "most tiles per picture (dynamic tiling)"),
+    "min_tiles": F("int", 1, 64, "fewest tiles per picture in dynamic tiling"),
+    "max_tiles": F("int", 1, 64, "most tiles per picture in dynamic tiling"),
     "chat_template": F("str", meaning="the chat template's name", null=True),
     "model_dtype": F("str", meaning="the dtype the weights were saved in", null=True),
 }
@@ -95,33 +94,31 @@ LLM = {  # llm/config.json: transformers LlamaForCausalLM / Qwen2ForCausalLM
     "intermediate_size": F("int", 1, FFN, "the MLP's width", required=True, model=True),
     "num_hidden_layers": F("int", 1, LAYERS, "decoder layers", required=True, model=True),
     "num_attention_heads": F("int", 1, HEADS, "query heads", required=True, model=True),
-    "num_key_value_heads": F("int", 1, HEADS, "key/value heads (null: one per query head)", null=True, model=True),
-    "head_dim": F("int", 2, HEAD_DIM, "one head's width (null: hidden_size / num_attention_heads)", null=True,
+    "num_key_value_heads": F("int", 1, HEADS, "key/value heads; null: one per query head", null=True, model=True),
+    "head_dim": F("int", 2, HEAD_DIM, "one head's width; null: hidden_size / num_attention_heads", null=True,
                   model=True),
     "max_position_embeddings": F("int", 2, POSITIONS, "the longest sequence the model was trained for", model=True),
     "rms_norm_eps": F("number", 1e-12, 1, "RMSNorm's epsilon", model=True),
     "rope_theta": F("number", 1, 1e12, "RoPE's base", model=True),
-    "rope_scaling": F("rope", meaning="RoPE scaling (type and factor)", null=True, model=True),
+    "rope_scaling": F("rope", meaning="RoPE scaling: its type and factor", null=True, model=True),
     "rope_parameters": F("rope", meaning="RoPE settings as transformers 5 saves them", null=True, model=True),
     "hidden_act": F("str", meaning="the MLP's activation", choices=LLM_ACTIVATIONS, unsupported=True, model=True),
     "initializer_range": F("number", 0, 1, "std of freshly initialised weights", model=True),
     "tie_word_embeddings": F("bool", meaning="the LM head is the token embedding", model=True),
     "attention_bias": F("bool", meaning="q/k/v/o projections have biases", model=True),
     "mlp_bias": F("bool", meaning="MLP projections have biases", model=True),
-    "attention_dropout": F("number", 0, 1, "dropout on attention weights (training)", model=True),
+    "attention_dropout": F("number", 0, 1, "dropout on attention weights in training", model=True),
     "use_cache": F("bool", meaning="transformers keeps a KV cache in generate()", model=True),
     "pretraining_tp": F("int", 1, 1024, "tensor-parallel slices in pre-training", null=True, model=True),
-    "pad_token_id": F("int", -VOCAB, VOCAB, "the padding token (the embedding row it names is kept at zero)",
+    "pad_token_id": F("int", -VOCAB, VOCAB, "the padding token, whose embedding row is kept at zero",
                       null=True, model=True),
     "bos_token_id": F("ids", 0, TOKEN_ID, "the begin-of-sequence token", null=True, model=True),
-    "eos_token_id": F("ids", 0, TOKEN_ID, "the end-of-sequence token(s)", null=True, model=True),
+    "eos_token_id": F("ids", 0, TOKEN_ID, "the end-of-sequence token or tokens", null=True, model=True),
     "use_sliding_window": F("bool", meaning="Qwen2 sliding-window attention", model=True),
     "sliding_window": F("int", 1, POSITIONS, "Qwen2's attention window", null=True, model=True),
     "max_window_layers": F("int", 0, LAYERS, "Qwen2: layers below this one attend to everything", model=True),
     "layer_types": F("list[str]", meaning="each layer's attention", choices=("full_attention", "sliding_attention"),
                      null=True, model=True),
-    "torch_dtype": F("str", meaning="the dtype the weights are stored in", choices=DTYPES, null=True),
-    "dtype": F("str", meaning="the dtype the weights are stored in", choices=DTYPES, null=True),
     "quantization_config": F("awq", meaning="the 4-bit layout of the weights", null=True),
 }
 
@@ -132,27 +129,25 @@ VISION = {  # vision_tower/config.json: transformers SiglipVisionModel / CLIPVis
     "intermediate_size": F("int", 1, FFN, "the tower's MLP width", required=True, model=True),
     "num_hidden_layers": F("int", 1, LAYERS, "encoder layers", required=True, model=True),
     "num_attention_heads": F("int", 1, HEADS, "attention heads", required=True, model=True),
-    "num_channels": F("int", 3, 3, "input channels (RGB)", model=True),
+    "num_channels": F("int", 3, 3, "input channels: RGB", model=True),
     "image_size": F("int", 1, PIXELS, "the side of the square picture the tower takes", required=True, model=True),
-    "patch_size": F("int", 1, PIXELS, "the side of one patch (one token)", required=True, model=True),
+    "patch_size": F("int", 1, PIXELS, "the side of one patch, which becomes one token", required=True, model=True),
     "hidden_act": F("str", meaning="the MLP's activation", choices=VISION_ACTIVATIONS, unsupported=True, model=True),
     "layer_norm_eps": F("number", 1e-12, 1, "LayerNorm's epsilon", model=True),
-    "attention_dropout": F("number", 0, 1, "dropout on attention weights (training)", model=True),
+    "attention_dropout": F("number", 0, 1, "dropout on attention weights in training", model=True),
     "vision_use_head": F("bool", meaning="SigLIP's attention-pooling head is built", model=True),
     "projection_dim": F("int", 1, WIDTH, "CLIP's projection width", model=True),
     "initializer_range": F("number", 0, 1, "std of freshly initialised weights", model=True),
     "initializer_factor": F("number", 0, 1000, "CLIP's init scale", model=True),
-    "torch_dtype": F("str", meaning="the dtype the weights are stored in", choices=DTYPES, null=True),
-    "dtype": F("str", meaning="the dtype the weights are stored in", choices=DTYPES, null=True),
 }
 
 PREPROCESSOR = {  # vision_tower/preprocessor_config.json
     "size": F("size", 1, PIXELS, "the side pictures are resized to"),
-    "crop_size": F("size", 1, PIXELS, "the side pictures are cropped to (CLIP; wins over size)", null=True),
+    "crop_size": F("size", 1, PIXELS, "the side CLIP pictures are cropped to, used before size", null=True),
     "image_mean": F("rgb", -1000, 1000, "per-channel mean subtracted"),
     "image_std": F("rgb", 1e-6, 1000, "per-channel std divided by"),
-    "rescale_factor": F("number", 1e-12, 1, "pixel values are multiplied by it (1/255)"),
-    "resample": F("int", 0, 5, "PIL's resampling filter (3: bicubic)"),
+    "rescale_factor": F("number", 1e-12, 1, "what pixel values are multiplied by, 1/255"),
+    "resample": F("int", 0, 5, "PIL's resampling filter, 3 = bicubic"),
     "do_resize": F("bool", meaning="resize pictures"),
     "do_rescale": F("bool", meaning="rescale pixel values"),
     "do_normalize": F("bool", meaning="normalise with image_mean / image_std"),
@@ -168,7 +163,7 @@ PROJECTOR = {  # mm_projector/config.json
 
 ROPE = {  # llm/config.json: rope_scaling / rope_parameters; other keys are refused
     "rope_type": F("str", meaning="the RoPE variant", choices=ROPE_TYPES, unsupported=True),
-    "type": F("str", meaning="the RoPE variant (older name)", choices=ROPE_TYPES, unsupported=True),
+    "type": F("str", meaning="the RoPE variant, by its older name", choices=ROPE_TYPES, unsupported=True),
     "rope_theta": F("number", 1, 1e12, "RoPE's base"),
     "factor": F("number", 1e-3, 1024, "how many times the context is stretched"),
     "original_max_position_embeddings": F("int", 1, POSITIONS, "the context before stretching"),
@@ -190,8 +185,8 @@ QUANTIZATION = {  # llm/config.json: quantization_config (model/checkpoint.py sa
     "bits": F("int", 1, 16, "bits per weight", required=True),
     "group_size": F("int", 1, WIDTH, "input channels per scale", null=True),
     "version": F("str", meaning="the packed layout", null=True),
-    "zero_point": F("bool", meaning="asymmetric (with zero points)", null=True),
-    "symmetric": F("bool", meaning="symmetric (vlm-edge)", null=True),
+    "zero_point": F("bool", meaning="asymmetric, with zero points", null=True),
+    "symmetric": F("bool", meaning="symmetric, as vlm-edge writes it", null=True),
     "modules_to_not_convert": F("list[str]", meaning="layers kept in float", null=True),
 }
 
@@ -277,12 +272,10 @@ def _problem(f: Field, v: Any, where: str, name: str) -> str | None:
             f"must be image sides {_range(f)}, comma-separated (\"448,896,1344\") or a list, at most 8"
     if kind == "encoder":
         return None if isinstance(v, (dict, str)) else "must be an object (or its JSON text)"
-    if kind in ("rope", "awq", "object"):
+    if kind in ("rope", "awq"):
         if not isinstance(v, dict):
             return "must be an object"
-        if kind != "object":
-            check_fields(v, ROPE if kind == "rope" else QUANTIZATION, f"{where}: {name}",
-                         strict=kind == "rope")
+        check_fields(v, ROPE if kind == "rope" else QUANTIZATION, f"{where}: {name}", strict=kind == "rope")
         return None
     raise AssertionError(f"unknown field kind {kind}")
 
@@ -364,8 +357,9 @@ def check_relations(files: dict[str, dict[str, Any]], select_layer: int) -> None
                               "(each head gets hidden_size / num_attention_heads channels; or give head_dim)")
     head_dim = llm_head_dim(llm)
     if head_dim % 2 or head_dim > HEAD_DIM:
-        raise CheckpointError(f"{where}: the head width hidden_size / num_attention_heads = {head_dim} must be even "
-                              f"(RoPE rotates pairs of channels) and at most {HEAD_DIM}")
+        width = f"head_dim={head_dim}" if llm.get("head_dim") else \
+            f"the head width hidden_size / num_attention_heads = {hidden} / {heads} = {head_dim}"
+        raise CheckpointError(f"{where}: {width} must be even (RoPE rotates pairs of channels) and at most {HEAD_DIM}")
     if heads % kv:
         raise CheckpointError(f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv} "
                               "(each key/value head serves a whole group of query heads)")

@@ -95,7 +95,9 @@ def picture_needs(config: "VilaConfig") -> Need:
     layer's hidden states (the selected layer is read from them), float32."""
     vis = config.vision_tower
     p, vh = vision_patches(config), vis["hidden_size"]
-    per_tile = vis["num_attention_heads"] * p * p + (vis["num_hidden_layers"] + 2) * p * vh + p * vis["intermediate_size"]
+    per_tile = (vis["num_attention_heads"] * p * p  # one layer's attention scores
+                + (vis["num_hidden_layers"] + 2) * p * vh  # every layer's hidden states
+                + p * vis["intermediate_size"])  # one MLP's activations
     return Need("one picture through the vision tower", _tiles(config) * per_tile * FLOAT32,
                 _fields("vision_tower/config.json", vis, "image_size", "patch_size", "num_attention_heads"))
 

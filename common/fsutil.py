@@ -212,6 +212,8 @@ def loads_json(text: str | bytes, *, what: str, error: type[VlmEdgeError] = VlmE
         raise error(f"{what} is not UTF-8 text") from None
     except RecursionError:
         raise error(f"{what} nests deeper than {max_depth} levels; it is not a file vlm-edge wrote or reads") from None
+    except ValueError as e:  # an integer of more than 4,300 digits (Python's int-from-text limit)
+        raise error(f"{what} is not JSON vlm-edge reads ({e})") from None
     if json_depth(obj) > max_depth:
         raise error(f"{what} nests deeper than {max_depth} levels; it is not a file vlm-edge wrote or reads")
     return obj

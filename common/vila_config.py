@@ -12,7 +12,9 @@ On-disk layout (the VILA1.5 releases):
 
 Each file is kept as read (real releases carry dozens of transformers defaults) so that a
 load -> save round trip loses nothing. The settings we act on are read through properties and
-checked by `validate()`, which names the offending field. Two settings are ours, saved
+checked by `validate()`, which names the offending file and field: first each field's type and
+range and the divisibility between fields (the table in common/config_checks.py), then what
+vlm-edge supports and how the files agree with each other. Two settings are ours, saved
 explicitly so nothing is inferred later:
 
 - `mm_projector/config.json: downsample_token_order` ("column_major" | "row_major"): the order
@@ -276,8 +278,8 @@ class VilaConfig:
             if not -len(scales) <= self.s2_output_scale < len(scales):
                 raise CheckpointError(f"config.json: s2_resize_output_to_scale_idx={self.s2_output_scale} is not one "
                                       f"of the {len(scales)} scales")
-            split = self.top.get("s2_max_split_size", self.image_size)
-            if int(split) != self.image_size:
+            split = self.top.get("s2_max_split_size") or self.image_size
+            if split != self.image_size:
                 raise UnsupportedFeatureError(f"config.json: s2_max_split_size={split} differs from the tower's image "
                                               f"size {self.image_size}; only tower-sized tiles are supported")
         if int(self.top.get("num_time_tokens") or 0):
@@ -346,8 +348,9 @@ class VilaConfig:
 
     def files(self) -> dict[str, dict[str, Any]]:
         """Each config file's object by its name relative to the checkpoint (common/config_checks.FILES)."""
-        return {"config.json": self.top, f"{LLM_DIR}/config.json": self.llm, f"{VISION_DIR}/config.json": self.vision_tower,
-                f"{VISION_DIR}/{PREPROCESSOR_FILE}": self.preprocessor, f"{PROJECTOR_DIR}/config.json": self.mm_projector}
+        return {"config.json": self.top, f"{LLM_DIR}/config.json": self.llm,
+                f"{VISION_DIR}/config.json": self.vision_tower, f"{VISION_DIR}/{PREPROCESSOR_FILE}": self.preprocessor,
+                f"{PROJECTOR_DIR}/config.json": self.mm_projector}
 
     def resolve_token_order(self, override: str | None = None, *, quiet: bool = False) -> None:
         """Fix the downsample token order: the override, else the saved one, else the default (said
