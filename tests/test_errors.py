@@ -586,6 +586,11 @@ def _nest(text_of_depth):
 
 
 _DEEP = _nest(lambda n: '{"a":' * n + "1" + "}" * n)
+
+
+def _long_integer(path: Path) -> None:
+    """hidden_size with 5,000 digits: past what Python turns into an int from text."""
+    path.write_text(path.read_text().replace('"hidden_size": 64', '"hidden_size": ' + "9" * 5000))
 _LLM, _VISION, _PREP, _TOP = "llm/config.json", "vision_tower/config.json", "vision_tower/preprocessor_config.json", \
     "config.json"
 # case -> (file, its change (a dict of fields, None to delete, or a writer), phrases the one-line error must hold)
@@ -602,6 +607,8 @@ HOSTILE_CHECKPOINTS = {
                                        ["num_video_frames='8; rm -rf /' must be an integer from 1 to 256"]),
     "config.json nested 100k deep": (_TOP, _DEEP, ["config.json nests deeper than 64 levels"]),
     "llm/config.json nested 100k deep": (_LLM, _DEEP, ["llm/config.json nests deeper than 64 levels"]),
+    "llm hidden_size of 5,000 digits": (_LLM, _long_integer, ["llm/config.json is not JSON vlm-edge reads",
+                                                              "4300 digits"]),
     "video_encoder text nested 100k deep": (_TOP, {"video_encoder": "[" * 100_000 + "]" * 100_000},
                                             ["video_encoder is not JSON that vlm-edge reads", "deeper than 64"]),
     # sizes that once ended in the OOM killer or an allocator traceback
