@@ -1,12 +1,15 @@
 """The server's memory under image-heavy load: idle, peak, and a minute after.
 
     python benchmarks/server_memory.py ENGINE [--clients 6] [--images 8] [--side 4096] [--after 60]
+    python benchmarks/server_memory.py ENGINE --video --side 8192 --clients 2 --serve-arg=--max-memory --serve-arg=128
 
 Starts `vlm-serve ENGINE` on a free loopback port (as a user would), waits for /health, then
 sends `--clients` concurrent requests, each with `--images` PNGs that are about 2 KB on the
 wire but decode to side x side pixels (under the default pixel limit: the request is valid).
 It samples the server's resident set (VmRSS from /proc) every 20 ms and prints a table: idle,
 peak, peak - idle, the statuses, and the RSS `--after` seconds after the last answer.
+With `--video`, each client sends one clip instead: `--images` frames of side x side, MJPEG in an
+AVI (small on the wire: the frames are flat), as a video_url part (needs OpenCV).
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ def bomb_png(side: int) -> bytes:
     return buf.getvalue()
 
 
+def bomb_clip(side: int, frames: int) -> bytes:
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (side, side))
+        frame = np.zeros((side, side, 3), np.uint8)
+        for _ in range(frames):
+            writer.write(frame)
+        writer.release()
+        return path.read_bytes()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engine")
@@ -44,15 +63,21 @@ def main() -> None:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--side", type=int, default=4096)
     p.add_argument("--after", type=float, default=60.0)
+    p.add_argument("--video", action="store_true", help="send one clip of --images frames per client instead")
     p.add_argument("--serve-arg", action="append", default=[], help="extra vlm-serve argument (repeatable)")
     args = p.parse_args()
 
     with served(args.engine, *args.serve_arg) as (base, server):
         time.sleep(1.0)
         idle = rss_mib(server.pid)
-        png = bomb_png(args.side)
-        url = "data:image/png;base64," + base64.b64encode(png).decode()
-        content = [{"type": "image_url", "image_url": {"url": url}} for _ in range(args.images)]
+        if args.video:
+            png = bomb_clip(args.side, args.images)
+            content = [{"type": "video_url", "video_url": {
+                "url": "data:video/x-msvideo;base64," + base64.b64encode(png).decode()}}]
+        else:
+            png = bomb_png(args.side)
+            url = "data:image/png;base64," + base64.b64encode(png).decode()
+            content = [{"type": "image_url", "image_url": {"url": url}} for _ in range(args.images)]
         content.append({"type": "text", "text": "Describe the image."})
         body = {"model": Path(args.engine).resolve().name, "messages": [{"role": "user", "content": content}],
                 "max_tokens": 4}
@@ -74,8 +99,9 @@ def main() -> None:
         sampler.join()
         time.sleep(args.after)
         after = rss_mib(server.pid)
-    print(f"{args.clients} clients x {args.images} PNGs of {len(png)} bytes each, decoding to "
-          f"{args.side}x{args.side}; {len(json.dumps(body)) / 1024:.0f} KiB per request")
+    what = f"one clip of {args.images} frames, {len(png)} bytes" if args.video else f"{args.images} PNGs of {len(png)} bytes each"
+    print(f"{args.clients} clients x {what}, decoding to {args.side}x{args.side}; "
+          f"{len(json.dumps(body)) / 1024:.0f} KiB per request")
     print(f"{'idle RSS':<28}{idle:>10.0f} MiB")
     print(f"{'peak RSS':<28}{peak[0]:>10.0f} MiB")
     print(f"{'peak - idle':<28}{peak[0] - idle:>10.0f} MiB")
