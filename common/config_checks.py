@@ -222,7 +222,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _num(v: float) -> str:
@@ -305,7 +305,7 @@ def scale_list(v: Any, f: Field | None = None) -> tuple[int, ...] | None:
     for part in parts:
         if isinstance(part, str):
             part = part.strip()
-            if not part.isdigit() or len(part) > 6:
+            if not (part.isascii() and part.isdigit()) or len(part) > 6:
                 return None
             part = int(part)
         if not _is_int(part) or not _in(part, f):

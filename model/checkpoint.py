@@ -160,8 +160,8 @@ def load_tokenizer(llm_dir: Path, llm_config: PretrainedConfig | None = None) ->
         raise CheckpointError(f"{llm_dir} has no tokenizer: expected tokenizer.json or tokenizer.model")
     from transformers import AutoTokenizer
 
+    config = llm_config if llm_config is not None else _folder_config(llm_dir)
     try:
-        config = llm_config if llm_config is not None else _folder_config(llm_dir)
         hf_tokenizer = AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True, config=config)
         backend = hf_tokenizer.backend_tokenizer
     except Exception as e:  # transformers/sentencepiece raise many types here
