@@ -43,6 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]*)")  # str() of an OSError, as shutil.Error lists them
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile/save on a full disk (no errno)
 _RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetensors) report a failed write
 # errnos that can only mean a write failed for lack of room or a read-only disk (EFBIG: ulimit -f)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -67,6 +68,8 @@ def _naming_output(e: BaseException, path: Path, tmp: Path | None = None) -> OSE
         e = OSError(int(found[1]), os.strerror(int(found[1])), str(path))
     if not isinstance(e, OSError):
         return None
+    if e.errno is None and not _SHORT_WRITE.search(str(e)):  # an OSError(message) of someone else's: as it was
+        return None if tmp is not None else e
     if isinstance(e.filename, str) and tmp is not None and Path(e.filename).is_relative_to(tmp):
         e.filename = str(path / Path(e.filename).relative_to(tmp))
     elif not e.filename:
