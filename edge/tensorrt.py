@@ -20,6 +20,7 @@ paths are tested there, the rest runs where TensorRT exists (tests marked `tenso
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ def load_plugins(trt, targets: list[dict], plans: dict[str, str]) -> None:
     if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
         return  # registered already (this process built the plans)
     for library in sorted(libraries):
+        check_plugin_library(library)
         if not Path(library).is_file():
             raise CheckpointError(f"the TensorRT plans need the plugin library {library}, which is gone; run "
                                   "vlm-build-engine ENGINE_DIR again (it rebuilds the library)")
@@ -230,10 +232,35 @@ def load_plugins(trt, targets: list[dict], plans: dict[str, str]) -> None:
                                   "ENGINE_DIR again")
 
 
+def check_plugin_library(library: str) -> None:
+    """Loading a shared library runs its code, and the manifest that names it may come from anyone:
+    only vlm-edge's own plugin builds are loaded (under the kernel cache, or $VLM_EDGE_PLUGIN_LIBRARY
+    where the user set one), never a path an engine directory brought along."""
+    from vlm_edge.kernels.build import cache_dir  # noqa: PLC0415
+
+    allowed = [cache_dir().resolve()]
+    given = os.environ.get("VLM_EDGE_PLUGIN_LIBRARY")
+    path = Path(library).resolve()
+    if (given and path == Path(given).resolve()) or any(path.is_relative_to(a) for a in allowed):
+        return
+    raise CheckpointError(f"the manifest names the plugin library {library}, which is not one vlm-edge built (under "
+                          f"{allowed[0]}) nor $VLM_EDGE_PLUGIN_LIBRARY; refused: run vlm-build-engine ENGINE_DIR here")
+
+
+def check_plan_files(engine_dir: Path, plans: dict[str, str]) -> None:
+    """Each plan the manifest names lies inside the engine directory (symlinks resolved)."""
+    root = engine_dir.resolve()
+    for rel in plans.values():
+        if Path(rel).is_absolute() or not (root / rel).resolve().is_relative_to(root):
+            raise CheckpointError(f"{engine_dir / 'manifest.json'} names the TensorRT plan {rel} outside the engine "
+                                  "directory; refused")
+
+
 def open_tensorrt(engine_dir: Path, manifest, capacity: int) -> tuple[TrtSession, TrtDecoder]:
     """The vision session and the decoder for an engine directory's plans on this GPU."""
     device = _Device()
     plans = select_plans(manifest.targets, device.trt.__version__, device_sm(device.cudart), ("vision", "decoder.trt"))
+    check_plan_files(engine_dir, plans)
     load_plugins(device.trt, manifest.targets, plans)
     for rel in plans.values():
         if not (engine_dir / rel).is_file():

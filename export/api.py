@@ -25,7 +25,7 @@ from vlm_edge.common import awq_format
 from vlm_edge.common.errors import InputError, UnsupportedFeatureError, VlmEdgeError
 from vlm_edge.common.fsutil import atomic_directory, sha256_file
 from vlm_edge.common.log import get_logger
-from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, file_records
+from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorSpec, check_files, file_records
 from vlm_edge.common.vila_config import LLM_DIR, VilaConfig
 from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, check_checkpoint_files, load_checkpoint
 from vlm_edge.quant.api import is_quantized, quantize_checkpoint
@@ -322,6 +322,7 @@ def build_engine_dir(engine_dir: str | Path, plugin_library: str | Path | None =
     """`vlm-build-engine`: build TensorRT engines for an existing engine directory (on the target device)."""
     engine_dir = Path(engine_dir)
     manifest = Manifest.read(engine_dir)
+    check_files(engine_dir, manifest, hashes=True)  # TensorRT's parser reads external data too: only the engine's own
     if not any(c.flavour == "trt" for c in manifest.components.values()):
         raise InputError(f"{engine_dir} has no trt decoder graph; re-export with --awq4 --flavour trt "
                          "(or --build-engine)")

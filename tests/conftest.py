@@ -6,17 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures import tiny_config, train_sentencepiece, write_release_fixture
+
+def pytest_configure(config):
+    """Pin PyTorch's CPU kernels before any test module imports torch (train/numerics.py): the
+    models the fixtures train from scratch are then the same draw on every x86-64 host with AVX2
+    of one vendor, whichever kernels its PyTorch would pick, and tests that ask them questions hold
+    on every such host. (fixtures.py imports torch: it is imported inside the fixtures below.)"""
+    from vlm_edge.train import numerics
+
+    numerics.request("portable")
+
 
 
 @pytest.fixture(scope="session")
 def spm_model(tmp_path_factory):
+    from fixtures import train_sentencepiece
+
     return train_sentencepiece(tmp_path_factory.mktemp("spm"))
 
 
 @pytest.fixture(scope="session")
 def release_dir(tmp_path_factory, spm_model):
     """A VILA1.5-3b-layout checkpoint with tiny widths (see fixtures.write_release_fixture)."""
+    from fixtures import write_release_fixture
+
     return write_release_fixture(tmp_path_factory.mktemp("release") / "VILA1.5-3b-tiny", spm_model=spm_model)
 
 
@@ -31,6 +44,7 @@ def release(release_dir):
 def tiny(request):
     """A random tiny Checkpoint (Llama + SigLIP + mlp_downsample, column-major) with the byte tokenizer."""
     import torch
+    from fixtures import tiny_config
 
     from vlm_edge.model import Checkpoint, VilaModel
     from vlm_edge.model.presets import byte_level_tokenizer

@@ -177,3 +177,25 @@ def test_tensorrt_backend_picks_plans_by_version_and_gpu_and_says_what_is_missin
         with pytest.raises(UnsupportedFeatureError, match="tensorrt.*ort-cpu"):
             load(engine / "engine", "tensorrt")
     assert load(engine / "engine").backend in ("ort-cpu", "ort-cuda")  # auto: no plans were built
+
+
+def test_tensorrt_plans_and_plugin_libraries_come_only_from_where_vlm_edge_puts_them(tmp_path, monkeypatch):
+    """A manifest is untrusted: a plan outside the engine directory and a plugin library that is not
+    vlm-edge's own build (loading one runs its code) are refused before TensorRT sees them."""
+    from vlm_edge.common.errors import CheckpointError
+    from vlm_edge.edge.tensorrt import check_plan_files, check_plugin_library
+
+    monkeypatch.setenv("VLM_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLM_EDGE_PLUGIN_LIBRARY", raising=False)
+    engine_dir = tmp_path / "engine"
+    (engine_dir / "engines").mkdir(parents=True)
+    (engine_dir / "engines" / "out").symlink_to(tmp_path)
+    check_plan_files(engine_dir, {"vision": "engines/k/vision.plan"})
+    for rel in ("/etc/passwd", "../x.plan", "engines/out/x.plan"):
+        with pytest.raises(CheckpointError, match="outside the engine directory"):
+            check_plan_files(engine_dir, {"vision": rel})
+    check_plugin_library(str(tmp_path / "cache" / "kernels" / "plugin-abc" / "libvlm_edge_plugins.so"))
+    with pytest.raises(CheckpointError, match="not one vlm-edge built"):
+        check_plugin_library(str(tmp_path / "evil.so"))
+    monkeypatch.setenv("VLM_EDGE_PLUGIN_LIBRARY", str(tmp_path / "mine.so"))
+    check_plugin_library(str(tmp_path / "mine.so"))  # the user's own prebuilt library, named by the user

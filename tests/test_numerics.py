@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -27,9 +28,15 @@ MICRO = ["--preset", "micro", "--eval-per-type", "0", "--device", "cpu", "--step
 X86_AVX2 = numerics.cpu_supports_portable()
 
 
+def _user_env() -> dict[str, str]:
+    """This environment without the kernel pins the test session sets for itself (tests/conftest.py):
+    what a user's shell has."""
+    return {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+
+
 def _train(out: Path, *extra: str) -> dict:
     run = subprocess.run([sys.executable, "-m", "vlm_edge.train.cli", *MICRO, *extra, "-o", str(out)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=_user_env())
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads((out / "training" / "train_config.json").read_text())["numerics_in_effect"]
 
@@ -66,7 +73,7 @@ def test_resume_keeps_the_saved_numerics(tmp_path):
     assert numerics.saved_settings(tmp_path / "run") == ("native", 1)
     assert numerics.saved_settings(tmp_path / "nothing") is None
     resumed = subprocess.run([sys.executable, "-m", "vlm_edge.train.cli", "-o", str(tmp_path / "run"), "--resume"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=_user_env())
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = json.loads((tmp_path / "run" / "training" / "train_config.json").read_text())
     assert again["numerics"] == "native" and again["numerics_in_effect"]["threads"] == 1
@@ -80,9 +87,20 @@ def test_configs_saved_before_the_setting_read_as_native():
 
 
 def test_portable_asked_too_late_says_native_and_why(tmp_path):
-    """In this process torch was loaded before anything could pin its kernels: the run must not
-    claim to be portable."""
-    stages = [StageConfig("align", 1, 1e-3, 2, ("mm_projector",), {"caption": 1})]
-    trainer = Trainer(TrainConfig(preset="micro", eval_per_type=0, device="cpu", stages=stages), tmp_path / "ckpt")
-    assert trainer.numerics["mode"] == "native"
-    assert trainer.numerics["why"]
+    """A process that loaded torch before anything could pin its kernels: the run must not claim to
+    be portable. (Run apart: this test session pins its kernels at start, tests/conftest.py.)"""
+    code = (
+        "import torch, json, sys\n"
+        "from pathlib import Path\n"
+        "from vlm_edge.train.recipe import StageConfig, TrainConfig\n"
+        "from vlm_edge.train.trainer import Trainer\n"
+        "stages = [StageConfig('align', 1, 1e-3, 2, ('mm_projector',), {'caption': 1})]\n"
+        "trainer = Trainer(TrainConfig(preset='micro', eval_per_type=0, device='cpu', stages=stages), Path(sys.argv[1]))\n"
+        "print(json.dumps(trainer.numerics))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ckpt")], capture_output=True, text=True,
+                         env=_user_env())
+    assert run.returncode == 0, run.stderr[-2000:]
+    effect = json.loads(run.stdout.strip().splitlines()[-1])
+    if X86_AVX2 and effect["capability"] == "AVX2":  # an AVX2-only host: the kernels match, MKL's pin is missing
+        assert "MKL_CBWR" in effect["why"]
+    assert effect["mode"] == "native" and effect["why"]
