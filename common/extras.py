@@ -54,3 +54,18 @@ def require(module: str, what: str) -> None:
         if err is None:
             raise
         raise err from None
+
+
+def require_installed(module: str, what: str) -> None:
+    """`require` without importing `module` (torch takes seconds): a command that checks its input
+    before loading it still says first which extra it lacks."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        err = missing_extra(ModuleNotFoundError(f"No module named {module!r}", name=module), what)
+        if err is not None:
+            raise err

@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from vlm_edge.common.cli import LayerProgress, run
+from vlm_edge.common.extras import require_installed
 from vlm_edge.common.log import setup_logging
 
 from .config import ExportConfig, check_source
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device)
 
     def export() -> None:
+        require_installed("torch", "vlm-export")  # a runtime-only install: say which extra, first
         check_source(args.checkpoint, config)  # a broken checkpoint fails here, before torch loads
         from .api import export_checkpoint
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from vlm_edge.common.cli import LayerProgress, emit_report, run
+from vlm_edge.common.extras import require_installed
 from vlm_edge.common.log import setup_logging
 
 from .config import ROUNDINGS, QuantConfig, check_source
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def quantize() -> None:
         source, name = (args.awq4, "awq") if args.awq4 else (args.rtn, "rtn")
+        require_installed("torch", "vlm-quant")  # a runtime-only install: say which extra, first
         check_source(source, _config(args, name))  # a broken checkpoint fails here, before torch loads
         from .api import quantize_checkpoint
 
