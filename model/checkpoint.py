@@ -247,35 +247,26 @@ def check_weight_files(module: torch.nn.Module, directory: Path, prefix: str = "
     found: set[str] = set()
     unexpected: list[str] = []
     packed: dict[str, set[str]] = {}  # linear -> the AWQ parts seen
-    for file in weight_files(directory):
+    for file, f, disk_key, key, base, part, awq in _stored_tensors(directory, prefix, awq_group_size, expected):
+        if not awq and key not in expected:
+            if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
+                unexpected.append(disk_key)
+            continue
         try:
-            handle = safe_open(str(file), framework="pt")
-        except Exception as e:  # safetensors raises SafetensorError / OSError
+            shape = tuple(f.get_slice(disk_key).get_shape())
+        except Exception as e:
             raise _broken(file, e) from None
-        with handle as f:
-            for disk_key in f.keys():
-                key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
-                base, _, part = key.rpartition(".")
-                awq = bool(awq_group_size) and part in _AWQ_PARTS and f"{base}.weight" in expected
-                if not awq and key not in expected:
-                    if not key.endswith("position_ids"):  # persistent in old transformers, a buffer now
-                        unexpected.append(disk_key)
-                    continue
-                try:
-                    shape = tuple(f.get_slice(disk_key).get_shape())
-                except Exception as e:
-                    raise _broken(file, e) from None
-                want = _awq_shapes(expected[f"{base}.weight"], awq_group_size)[part] if awq else expected[key]
-                if shape != want:
-                    group = f" with group size {awq_group_size}" if awq else ""
-                    raise CheckpointError(
-                        f"{file}: tensor {disk_key} has shape {list(shape)}, but {directory.name}/config.json "
-                        f"implies {list(want)}{group}; the weights do not belong to this config"
-                    )
-                if awq:
-                    packed.setdefault(base, set()).add(part)
-                else:
-                    found.add(key)
+        want = _awq_shapes(expected[f"{base}.weight"], awq_group_size)[part] if awq else expected[key]
+        if shape != want:
+            group = f" with group size {awq_group_size}" if awq else ""
+            raise CheckpointError(
+                f"{file}: tensor {disk_key} has shape {list(shape)}, but {directory.name}/config.json "
+                f"implies {list(want)}{group}; the weights do not belong to this config"
+            )
+        if awq:
+            packed.setdefault(base, set()).add(part)
+        else:
+            found.add(key)
     for base, parts in packed.items():
         if len(parts) < len(_AWQ_PARTS):
             raise CheckpointError(f"{directory}: AWQ layer {prefix}{base} lacks "
@@ -304,6 +295,25 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "", *, 
     check_weight_files(module, directory, prefix, awq_group_size=awq_group_size)
     expected = module.state_dict(keep_vars=True)
     packed: dict[str, dict[str, torch.Tensor]] = {}  # linear -> its AWQ parts, until all three are read
+    for file, f, disk_key, key, base, part, awq in _stored_tensors(directory, prefix, awq_group_size, expected):
+        if not awq and key not in expected:
+            continue  # position_ids of old transformers (anything else was refused above)
+        try:
+            tensor = f.get_tensor(disk_key)
+        except Exception as e:
+            raise _broken(file, e) from None
+        if awq:
+            packed.setdefault(base, {})[part] = tensor
+            if len(packed[base]) == len(_AWQ_PARTS):
+                _load_awq(expected[f"{base}.weight"], packed.pop(base), awq_group_size, file, base)
+            continue
+        with torch.no_grad():
+            expected[key].copy_(tensor)
+
+
+def _stored_tensors(directory: Path, prefix: str, awq_group_size: int | None, expected: dict):
+    """(file, its open handle, key on disk, key in the module, key's base, last part, whether it is an
+    AutoAWQ part of a linear in `expected`) for each tensor of the weight files, in file order."""
     for file in weight_files(directory):
         try:
             handle = safe_open(str(file), framework="pt")
@@ -314,19 +324,7 @@ def load_weights(module: torch.nn.Module, directory: Path, prefix: str = "", *, 
                 key = disk_key[len(prefix):] if prefix and disk_key.startswith(prefix) else disk_key
                 base, _, part = key.rpartition(".")
                 awq = bool(awq_group_size) and part in _AWQ_PARTS and f"{base}.weight" in expected
-                if not awq and key not in expected:
-                    continue  # position_ids of old transformers (anything else was refused above)
-                try:
-                    tensor = f.get_tensor(disk_key)
-                except Exception as e:
-                    raise _broken(file, e) from None
-                if awq:
-                    packed.setdefault(base, {})[part] = tensor
-                    if len(packed[base]) == len(_AWQ_PARTS):
-                        _load_awq(expected[f"{base}.weight"], packed.pop(base), awq_group_size, file, base)
-                    continue
-                with torch.no_grad():
-                    expected[key].copy_(tensor)
+                yield file, f, disk_key, key, base, part, awq
 
 
 def _load_awq(target: torch.Tensor, parts: dict[str, torch.Tensor], group_size: int, file: Path, name: str) -> None:
