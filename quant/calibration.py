@@ -18,7 +18,6 @@ as the published recipe does with text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.errors import InputError
+from vlm_edge.common.fsutil import loads_json
 from vlm_edge.common.image import load_image, preprocess_tiled
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import render
@@ -78,12 +78,7 @@ def _from_file(path: Path) -> CalibrationSet:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: line {number} is not JSON ({e.msg})") from None
-            except RecursionError:
-                raise InputError(f"{path}: line {number} nests too deeply to be a calibration record") from None
+            record = loads_json(line, what=f"{path}: line {number}", error=InputError)
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise InputError(f'{path}: line {number} must be an object with a string "text"')
             texts.append(record["text"])

@@ -195,7 +195,7 @@ def test_group_size_that_does_not_divide_k_is_a_clear_error(trained, tmp_path):
 def test_calibration_errors_name_the_input(trained, tmp_path):
     bad = tmp_path / "calib.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n')
-    with pytest.raises(InputError, match="line 2 is not JSON"):
+    with pytest.raises(InputError, match="line 2 is not valid JSON"):
         quantize_checkpoint(trained, tmp_path / "out", QuantConfig(calib=str(bad), group_size=GROUP))
     with pytest.raises(InputError, match="does not exist"):
         quantize_checkpoint(trained, tmp_path / "out", QuantConfig(calib=str(tmp_path / "nope.txt"), group_size=GROUP))
