@@ -32,7 +32,7 @@ from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
 
 from .config import ExportConfig, check_source
-from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, uses_gqa
+from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, set_accuracy_level, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize
 from .plugins import plugin_record, write_trt_vision
@@ -165,93 +165,35 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
                  vila.llm["max_position_embeddings"])
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
-    head_quant = {}
-    if config.lm_head_bits:  # RTN, per flavour's symmetry; the reference gets the same dequantized head
-        head_t = lm_head_weight(spec, weights).T
-        symmetric = config.wants_symmetric()
-        head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"), symmetric,
-                                      config.lm_head_bits)
-                      for f in flavours if f != "fp"}
-        if head_quant:
-            deq = next(iter(head_quant.values())).dequantize().T
-            model.llm.lm_head.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)),
-                                                          requires_grad=False)
-    for flavour in flavours:
-        d_in, d_out = decoder_io(spec, flavour)
-        log.info("decoder graph (%s): %d layers", flavour, spec.layers)
-        g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=uses_gqa(flavour) or flavour == "ort")
-        try:
-            build_decoder(g, spec, weights, flavour, accuracy_level=config.accuracy_level,
-                          lm_head=head_quant.get(flavour), progress=layer_progress)
-        except BaseException:
-            g.abort()
-            raise
-        files = g.save()
-        info = {"quantized_linears": len(weights.quantized_linears),
-                "kv_cache": "shared" if uses_gqa(flavour) else "concat",
-                "lm_head": config.resolved_lm_head if flavour in head_quant else "float32"}
-        if flavour == "trt":
-            problems = check_trt_graph(tmp / files[0])
-            if problems:
-                raise VlmEdgeError(f"the trt graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
-            info["tensorrt_check"] = "passed"
-        components[f"decoder.{flavour}"] = Component("decoder", file_records(tmp, files), _specs(d_in), _specs(d_out),
-                                                     flavour=flavour, info=info)
-
-    # vision last: `auto` tries int8 first and keeps it only if the whole validation passes with it
-    validation: dict = {}
-    prompts = validation_prompts(checkpoint, work, config.prompts) if config.validate or config.vision == "auto" else []
-    candidates, rejected = config.vision_candidates(), {}
-    for precision in candidates:
-        log.info("vision graph (%s)", precision)
-        g = GraphBuilder("vision", tmp / VISION_FILE)
-        try:
-            site = build_vision(g, vila, _state(model.vision_tower), _state(model.mm_projector), precision)
-        except BaseException:
-            g.abort()
-            raise
-        vision_files = g.save()
-        if vila.is_s2:  # NVILA: the projector runs after the numpy merge of each image's scales
-            gp = GraphBuilder("projector", tmp / PROJECTOR_FILE)
-            try:
-                build_projector(gp, vila, _state(model.mm_projector), precision)
-            except BaseException:
-                gp.abort()
-                raise
-            projector_files = gp.save()
-        last = precision == candidates[-1]
-        if config.validate:
-            log.info("validating against the PyTorch reference (%d prompts)", config.prompts)
-            validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
-                                  quantized=group is not None, decode_steps=config.decode_steps,
-                                  greedy_steps=config.greedy_steps, vision_precision=precision)
-            failed = [name for name, figures in validation.items() if not figures["passed"]]
-            check = validation.get("vision", {})
-        elif not last:  # --no-validate with auto: the vision check alone decides
-            images = vision_images(checkpoint, prompts)
-            check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, images)[:2], precision)
-            failed = [] if check["passed"] else ["vision"]
-        else:
-            failed = []
-        if not failed or last:
+    heads = config.lm_head_candidates()
+    original_head = model.llm.lm_head.weight
+    head_rejected: list[str] = []  # why the int8 head was dropped (auto)
+    for head in heads:
+        head_quant = _quantize_head(model, spec, weights, config, head, flavours, group, original_head)
+        decoder_files = _decoder_graphs(tmp, spec, weights, flavours, head_quant, config, components, layer_progress)
+        int8_head = "ort" in head_quant and head_quant["ort"].bits == 8
+        chosen = _validated_choice(checkpoint, work, tmp, table, flavours, group, config, int8_head)
+        if not chosen.failed or head == heads[-1]:
             break
-        rejected[precision] = failed
-        figures = []  # what failed: the image embeddings themselves, or a decoder's greedy tokens with them
-        for name in failed:
-            if name == "vision" and "cosine_threshold" in check:
-                figures.append(f"image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}")
-            elif config.validate and "greedy_identical" in validation.get(name, {}):
-                figures.append(f"{name} greedy identical {validation[name]['greedy_identical']}"
-                               f"/{validation[name]['prompts']}")
-            else:
-                figures.append(name)
-        log.info("%s vision does not validate (%s): trying %s", precision, "; ".join(figures),
-                 candidates[candidates.index(precision) + 1])
+        head_rejected.append("; ".join(chosen.reasons))
+        log.info("the %s LM head does not validate (%s): trying a float head", head, "; ".join(chosen.reasons))
+    failed, validation, precision, level = chosen.failed, chosen.validation, chosen.precision, chosen.level
     if failed:
         raise ExportValidationError(
             f"validation failed for {', '.join(failed)}: {', '.join(f'{n}: {validation[n]}' for n in failed)}; "
             "nothing was written. Report this with the checkpoint's config (or pass --no-validate to keep it)"
         )
+    for flavour, files in decoder_files.items():  # hashed now: the accuracy level may have been rewritten
+        decoder = components[f"decoder.{flavour}"]
+        decoder.files = file_records(tmp, files)
+        if flavour == "ort":
+            decoder.info.update(accuracy_level=level, accuracy_asked=config.accuracy_level)
+            if chosen.level_rejected and level != 4:
+                decoder.info["accuracy_rejected"] = {"4": chosen.level_rejected}
+        if head_rejected:
+            decoder.info["lm_head_rejected"] = {heads[0]: head_rejected}
+    vision_files, projector_files, site = chosen.vision_files, chosen.projector_files, chosen.site
+    rejected = {p: names for p, names in chosen.rejected.items() if p != precision}
     v_in, v_out = vision_io(vila)
     components["vision"] = Component("vision", file_records(tmp, vision_files), _specs(v_in), _specs(v_out),
                                      info={"precision": precision, "asked": config.vision,
@@ -286,6 +228,168 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     return Manifest(source={}, model=model_info, quantization=None,
                     preprocessing=dataclasses.asdict(model.image_processor_config), chat_template=vila.chat_template,
                     components=components, validation=validation, targets=targets)
+
+
+@dataclasses.dataclass
+class _Choice:
+    """What the validation loop settled on (or last tried, when `failed`)."""
+    precision: str
+    level: int
+    failed: list[str]
+    validation: dict
+    reasons: list[str]
+    rejected: dict[str, list[str]]  # vision precision -> the checks that failed with it
+    level_rejected: list[str]  # why accuracy level 4 was dropped (auto)
+    vision_files: list[str]
+    projector_files: list[str]
+    site: object
+
+
+def _quantize_head(model, spec: DecoderSpec, weights: ModuleWeights, config: ExportConfig, head: str,
+                   flavours: tuple[str, ...], group: int | None, original) -> dict:
+    """RTN LM head per flavour (its symmetry); the reference gets the same dequantized head, or its
+    own float head back (`original`) when the head stays float."""
+    bits = {"int8": 8, "int4": 4}.get(head)
+    model.llm.lm_head.weight = original
+    if not bits:
+        return {}
+    head_t = lm_head_weight(spec, weights).T
+    head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"),
+                                  config.wants_symmetric(), bits)
+                  for f in flavours if f != "fp"}
+    if head_quant:
+        deq = next(iter(head_quant.values())).dequantize().T
+        model.llm.lm_head.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)), requires_grad=False)
+    return head_quant
+
+
+def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavours: tuple[str, ...], head_quant: dict,
+                    config: ExportConfig, components: dict[str, Component], progress) -> dict[str, list[str]]:
+    """Write one decoder graph per flavour (the ort one at the first accuracy level to try); their
+    components are filed without file records, which are taken once the graphs are final."""
+    level = config.accuracy_candidates()[0] if "ort" in flavours else 0
+    decoder_files: dict[str, list[str]] = {}
+    for flavour in flavours:
+        d_in, d_out = decoder_io(spec, flavour)
+        log.info("decoder graph (%s): %d layers", flavour, spec.layers)
+        g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=uses_gqa(flavour) or flavour == "ort")
+        try:
+            build_decoder(g, spec, weights, flavour, accuracy_level=level, lm_head=head_quant.get(flavour),
+                          progress=progress)
+        except BaseException:
+            g.abort()
+            raise
+        decoder_files[flavour] = files = g.save()
+        info = {"quantized_linears": len(weights.quantized_linears),
+                "kv_cache": "shared" if uses_gqa(flavour) else "concat",
+                "lm_head": {8: "int8", 4: "int4"}[head_quant[flavour].bits] if flavour in head_quant else "float32"}
+        if flavour == "trt":
+            problems = check_trt_graph(tmp / files[0])
+            if problems:
+                raise VlmEdgeError(f"the trt graph breaks TensorRT's constraints: {'; '.join(problems[:5])}")
+            info["tensorrt_check"] = "passed"
+        components[f"decoder.{flavour}"] = Component("decoder", {}, _specs(d_in), _specs(d_out), flavour=flavour,
+                                                     info=info)
+    return decoder_files
+
+
+def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.ndarray, flavours: tuple[str, ...],
+                      group: int | None, config: ExportConfig, int8_head: bool) -> _Choice:
+    """The vision tower (auto: int8 first) and the ort graph's accuracy level (auto: 4 first) are kept
+    only if the whole validation passes with them: try them in order of preference, skipping what a
+    failed check has already ruled out. A graph with int8 activations (level 4, or the 8-bit head,
+    which always has them) is judged as rounded on purpose (validate.INT8_ACT_*)."""
+    levels = config.accuracy_candidates() if "ort" in flavours else (0,)
+    vila, model = checkpoint.config, checkpoint.model
+    prompts = validation_prompts(checkpoint, work, config.prompts) if config.validate or config.vision == "auto" else []
+    queue = [(p, level) for p in config.vision_candidates() for level in levels]
+    rejected: dict[str, list[str]] = {}
+    level_rejected: list[str] = []
+    memo: dict = {}  # the PyTorch reference's outputs: the same for every candidate
+    built, level, validation, reasons = None, levels[0], {}, []
+    while True:
+        precision, wanted = queue.pop(0)
+        if precision != built:
+            log.info("vision graph (%s)", precision)
+            vision_files, projector_files, site = _vision_graphs(tmp, vila, model, precision)
+            built = precision
+        if wanted != level:
+            set_accuracy_level(tmp / decoder_file("ort"), wanted)
+            level = wanted
+        if config.validate:
+            log.info("validating against the PyTorch reference (%d prompts%s)", config.prompts,
+                     f", accuracy level {level}" if "ort" in flavours else "")
+            validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
+                                  quantized=group is not None, decode_steps=config.decode_steps,
+                                  greedy_steps=config.greedy_steps, vision_precision=precision, memo=memo,
+                                  int8_activations=("ort",) if "ort" in flavours and (level == 4 or int8_head) else ())
+            failed = [name for name, figures in validation.items() if not figures["passed"]]
+            check = validation.get("vision", {})
+        elif any(p != precision for p, _ in queue):  # --no-validate with vision auto: the vision check decides
+            check = vision_figures(*run_vision(checkpoint, tmp, VISION_FILE, vision_images(checkpoint, prompts))[:2],
+                                   precision)
+            failed = [] if check["passed"] else ["vision"]
+        else:
+            failed = []
+        if not failed:
+            break
+        reasons = _failure_reasons(failed, check, validation)
+        rejected.setdefault(precision, []).extend(n for n in failed if n not in rejected[precision])
+        if level == 4 and len(levels) > 1:
+            level_rejected.append(f"with {precision} vision: {'; '.join(reasons)}")
+        # what the next candidates need not try: a vision tower whose own check failed, and an accuracy
+        # level whose decoder logits (fed the reference's image embeddings: the decoder alone) failed
+        vision_bad = "vision" in failed
+        level_bad = "decoder.ort" in failed and not validation["decoder.ort"].get("logits_passed", True)
+        queue = [(p, lv) for p, lv in queue if not (vision_bad and p == precision) and not (level_bad and lv == level)]
+        if not queue:
+            break
+        log.info("%s vision%s does not validate (%s): trying %s vision%s", precision,
+                 f" with accuracy level {level}" if len(levels) > 1 else "", "; ".join(reasons), queue[0][0],
+                 f" with accuracy level {queue[0][1]}" if len(levels) > 1 else "")
+    return _Choice(precision, level, failed, validation, reasons, rejected, level_rejected, vision_files,
+                   projector_files, site)
+
+
+def _vision_graphs(tmp: Path, vila: VilaConfig, model, precision: str) -> tuple[list[str], list[str], object]:
+    """Write the vision graph (and NVILA's projector graph) at `precision`: (vision files, projector
+    files, the downsample site for the trt plugin)."""
+    g = GraphBuilder("vision", tmp / VISION_FILE)
+    try:
+        site = build_vision(g, vila, _state(model.vision_tower), _state(model.mm_projector), precision)
+    except BaseException:
+        g.abort()
+        raise
+    vision_files, projector_files = g.save(), []
+    if vila.is_s2:  # NVILA: the projector runs after the numpy merge of each image's scales
+        gp = GraphBuilder("projector", tmp / PROJECTOR_FILE)
+        try:
+            build_projector(gp, vila, _state(model.mm_projector), precision)
+        except BaseException:
+            gp.abort()
+            raise
+        projector_files = gp.save()
+    return vision_files, projector_files, site
+
+
+def _failure_reasons(failed: list[str], check: dict, validation: dict) -> list[str]:
+    """One short phrase per failed check: the image embeddings themselves, or a decoder's figures."""
+    reasons = []
+    for name in failed:
+        figures = validation.get(name, {})
+        if name == "vision" and "cosine_threshold" in check:
+            reasons.append(f"image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}")
+        elif figures.get("int8_activations"):
+            reasons.append(f"{name} logits cosine {figures['logits_cosine_min']:.5f} (>= "
+                           f"{figures['logits_cosine_threshold']}), next token agreement "
+                           f"{100 * figures['next_token_agreement']:.1f}% (>= {100 * figures['agreement_threshold']:.0f}%)")
+        elif "greedy_identical" in figures:
+            logits = "" if figures.get("logits_passed", True) else \
+                f"logits rel err {figures['logits_rel_err']:.2e} > {figures['logits_threshold']:.0e}, "
+            reasons.append(f"{name} {logits}greedy identical {figures['greedy_identical']}/{figures['prompts']}")
+        else:
+            reasons.append(name)
+    return reasons
 
 
 def _state(module) -> dict[str, np.ndarray]:

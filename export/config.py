@@ -18,6 +18,7 @@ from vlm_edge.quant.config import GROUP_SIZES, TRT_BLOCKS
 ENGINE_MAX_POSITIONS = 1 << 17
 LM_HEADS = ("auto", "float", "int8", "int4")
 VISION_CHOICES = ("auto", "fp32", "int8", "fp16")
+ACCURACY_LEVELS = ("auto", 0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -38,7 +39,9 @@ class ExportConfig:
     # auto | float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes). auto: int8
     # for a 4-bit export with ONNX Runtime graphs only (validated like the rest), float otherwise
     lm_head: str = "auto"
-    accuracy_level: int = 0  # MatMulNBits: 0 float compute (bit-faithful); 4 int8 activations (faster on CPU)
+    # MatMulNBits compute in the ort graph: 0 float (bit-faithful), 4 int8 activations (about 2x faster decode
+    # on a CPU); "auto" = 4 when the validation passes with it, else 0 (the reason goes into the manifest)
+    accuracy_level: int | str = "auto"
     build_engine: bool = False  # build TensorRT engines now (needs tensorrt and a GPU)
     # the vision tower's linears: auto = int8 when no trt graph is asked for and the int8 graph passes the
     # vision check (else fp32); fp32; int8 (ONNX Runtime CPU graph); fp16 (half the file, for GPU builds)
@@ -92,8 +95,15 @@ class ExportConfig:
         if self.vision == "int8" and "trt" in flavours:
             raise InputError("--vision int8 writes ONNX Runtime's int8 CPU ops, which TensorRT does not read; use "
                              "--vision fp16 or fp32 with the trt flavour")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise InputError("--accuracy-level is 0 (float) .. 4 (int8 activations)")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise InputError(f"--accuracy-level {self.accuracy_level!r}: choose auto, 0 (float) .. 4 (int8 activations)")
+
+    def accuracy_candidates(self) -> tuple[int, ...]:
+        """MatMulNBits accuracy levels to try in order: auto tries int8 activations first and keeps them
+        only when the validation passes with them; without validation it keeps float (0)."""
+        if self.accuracy_level != "auto":
+            return (int(self.accuracy_level),)
+        return (4, 0) if self.validate else (0,)
 
     def vision_candidates(self) -> tuple[str, ...]:
         """Vision precisions to try in order: the first that passes the vision check is written."""
@@ -106,6 +116,12 @@ class ExportConfig:
         if self.lm_head != "auto":
             return self.lm_head
         return "int8" if self.awq4 and "trt" not in self.resolved_flavours() else "float"
+
+    def lm_head_candidates(self) -> tuple[str, ...]:
+        """LM heads to try in order: auto's int8 head (its int8 activations are validated as they run)
+        falls back to the float head when the validation does not pass with it."""
+        head = self.resolved_lm_head
+        return ("int8", "float") if self.lm_head == "auto" and head == "int8" and self.validate else (head,)
 
     @property
     def lm_head_bits(self) -> int | None:

@@ -39,7 +39,9 @@ fp16, and exp underflows to exactly 0 next to any real score).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -102,6 +104,31 @@ class DecoderSpec:
 
 
 GQA_FLAVOURS = ("fp", "ort")  # graphs for ONNX Runtime: GroupQueryAttention, shared KV buffers
+
+
+def set_accuracy_level(path: Path, level: int) -> int:
+    """Rewrite the accuracy_level of every 4-bit MatMulNBits node of the graph at `path` (its weights,
+    external data beside it, are not touched); an 8-bit head keeps level 4, the only level its CPU
+    kernel is fast at. Returns how many nodes changed."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if attrs["bits"].i != 4 or ("accuracy_level" in attrs and attrs["accuracy_level"].i == level):
+            continue
+        if "accuracy_level" in attrs:
+            attrs["accuracy_level"].i = level
+        else:
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+        changed += 1
+    part = path.with_name(f".{path.name}.part")
+    onnx.save(model, str(part))
+    os.replace(part, path)
+    return changed
 
 
 def uses_gqa(flavour: str) -> bool:

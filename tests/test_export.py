@@ -190,8 +190,13 @@ def _assert_validated(manifest: Manifest, flavours: tuple[str, ...], threshold: 
         assert vision["cosine_min"] >= 0.999 and vision["rel_err"] <= 0.1 and vision["passed"], vision
     for flavour in flavours:
         figures = v[f"decoder.{flavour}"]
-        print(f"\n{flavour}: logits rel err {figures['logits_rel_err']:.2e}, greedy {figures['greedy_identical']}/10")
-        assert figures["logits_rel_err"] <= threshold and figures["greedy_identical"] >= 9 and figures["passed"]
+        print(f"\n{flavour}: logits rel err {figures['logits_rel_err']:.2e}, cosine {figures['logits_cosine_min']:.5f}, "
+              f"greedy {figures['greedy_identical']}/10, next token {figures['next_token_agreement']:.1%}")
+        if figures.get("int8_activations"):  # rounded on purpose (accuracy level 4, the int8 head)
+            assert figures["logits_cosine_min"] >= 0.999 and figures["next_token_agreement"] >= 0.95, figures
+        else:
+            assert figures["logits_rel_err"] <= threshold and figures["greedy_identical"] >= 9, figures
+        assert figures["passed"]
 
 
 def test_trained_checkpoint_exports_in_both_precisions(trained, tmp_path):
@@ -222,10 +227,17 @@ def test_qwen2_clip_exports(qwen_clip, tmp_path):
     _assert_validated(fp, ("fp",), 1e-4)
     q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib=_calib(tmp_path)))
     _assert_validated(q, ("ort",), 1e-2)
-    # 8- and 4-bit LM heads: validated against a reference holding the same dequantized head
+    # random weights scaled up: near-tied logits, which the int8 head's int8 activations may flip; the
+    # default (auto) head then falls back to float, with the reason in the manifest
+    info = q.components["decoder.ort"].info
+    assert info["lm_head"] == "int8" or (info["lm_head"] == "float32" and info["lm_head_rejected"]["int8"])
+    # 8- and 4-bit LM heads: the same dequantized head in the reference; the 8-bit head always runs with
+    # int8 activations, which this model's near ties do not survive: its graph is checked unvalidated
     for head, bits in (("int8", 8), ("int4", 4)):
-        h = export_checkpoint(qwen_clip, tmp_path / head, ExportConfig(awq4=True, lm_head=head, method="rtn"))
-        _assert_validated(h, ("ort",), 1e-2)
+        h = export_checkpoint(qwen_clip, tmp_path / head, ExportConfig(awq4=True, lm_head=head, method="rtn",
+                                                                       validate=head == "int4"))
+        if head == "int4":
+            _assert_validated(h, ("ort",), 1e-2)
         assert h.components["decoder.ort"].info["lm_head"] == head
         nodes = onnx.load(str(tmp_path / head / "decoder.ort.onnx"), load_external_data=False).graph.node
         (node,) = [nd for nd in nodes if nd.op_type == "MatMulNBits" and nd.name.startswith("lm_head")]
@@ -387,6 +399,60 @@ def test_auto_vision_falls_back_to_float32_when_int8_does_not_validate(trained, 
     assert info["precision"] == "fp32" and info["rejected"] == {"int8": ["vision"]}
     explicit = export_checkpoint(trained, tmp_path / "i", ExportConfig(validate=False, vision="int8"))
     assert explicit.components["vision"].info["precision"] == "int8"  # asked for: written as asked
+
+
+def _levels(graph: Path) -> dict[int, set[int]]:
+    """{bits: the accuracy levels of the graph's MatMulNBits nodes of that width}."""
+    out: dict[int, set[int]] = {}
+    for node in onnx.load(str(graph), load_external_data=False).graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            out.setdefault(attrs["bits"], set()).add(attrs.get("accuracy_level", 0))
+    return out
+
+
+def test_accuracy_level_auto_keeps_int8_activations_only_when_they_validate(trained, tmp_path, monkeypatch):
+    """auto (the default) writes level 4 when the validation, run as the runtime runs the graph,
+    passes with it, and falls back to 0 (with the reason in the manifest) when it does not."""
+    import vlm_edge.export.validate as validate_module
+
+    assert ExportConfig().accuracy_level == "auto"
+    base = dict(awq4=True, method="rtn", lm_head="float", vision="fp32", prompts=3)
+    chosen = export_checkpoint(trained, tmp_path / "auto", ExportConfig(**base))
+    info = chosen.components["decoder.ort"].info
+    assert info["accuracy_asked"] == "auto" and info["accuracy_level"] in (0, 4)
+    assert _levels(tmp_path / "auto" / "decoder.ort.onnx") == {4: {info["accuracy_level"]}}
+    verify_files(tmp_path / "auto", Manifest.read(tmp_path / "auto"))  # hashed after any rewrite
+    if info["accuracy_level"] == 0:
+        assert info["accuracy_rejected"]["4"]
+
+    # a graph with int8 activations is judged by its logits' cosine and next-token agreement: a cosine
+    # above 1 rejects every such graph, while the float-compute graph is judged as before
+    monkeypatch.setattr(validate_module, "INT8_ACT_MIN_COSINE", 1.01)
+    fallback = export_checkpoint(trained, tmp_path / "fallback", ExportConfig(**base))
+    info = fallback.components["decoder.ort"].info
+    assert info["accuracy_level"] == 0 and "logits cosine" in info["accuracy_rejected"]["4"][0]
+    assert fallback.validation["decoder.ort"]["logits_rel_err"] <= 1e-4  # float compute: the reference's math
+    assert fallback.validation["decoder.ort"]["passed"]
+    assert _levels(tmp_path / "fallback" / "decoder.ort.onnx") == {4: {0}}
+    verify_files(tmp_path / "fallback", Manifest.read(tmp_path / "fallback"))
+    with pytest.raises(Exception, match="validation failed for decoder.ort"):  # asked for 4: no fallback
+        export_checkpoint(trained, tmp_path / "four", ExportConfig(**base, accuracy_level=4))
+    assert not (tmp_path / "four").exists()
+
+    unchecked = export_checkpoint(trained, tmp_path / "unchecked", ExportConfig(**base, validate=False))
+    assert unchecked.components["decoder.ort"].info["accuracy_level"] == 0  # auto never keeps 4 unvalidated
+
+
+def test_accuracy_level_option():
+    from vlm_edge.export.cli import _accuracy_level
+
+    assert ExportConfig(awq4=True).accuracy_candidates() == (4, 0)
+    assert ExportConfig(awq4=True, validate=False).accuracy_candidates() == (0,)
+    assert ExportConfig(awq4=True, accuracy_level=4).accuracy_candidates() == (4,)
+    assert _accuracy_level("auto") == "auto" and _accuracy_level("4") == 4
+    with pytest.raises(InputError, match="--accuracy-level 7"):
+        ExportConfig(awq4=True, accuracy_level=7).validate_options()
 
 
 def test_default_lm_head_is_int8_for_onnx_runtime_graphs():
