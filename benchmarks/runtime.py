@@ -1,35 +1,42 @@
-"""The runtime benchmark: our runtime against PyTorch eager and onnxruntime-genai, one machine.
+"""The runtime benchmark: our runtime against PyTorch eager, onnxruntime-genai and OpenVINO GenAI, one machine.
 
     python benchmarks/runtime.py --work /tmp/bench [--threads 1,2] [--new-tokens 64] [--runs 3] [--json out.json]
-    python benchmarks/runtime.py --work /tmp/bench --llm ~/models/Qwen2.5-0.5B --threads 1,2 --skip frames
+    python benchmarks/runtime.py --work /tmp/bench --llm ~/models/Qwen2.5-0.5B --threads 1,2 --skip frames \
+        --peer-python /tmp/peers/bin/python
 
 1. Model: `vlm-model init --preset bench-qwen0.5b` (VILA1.5 layout: VILA1.5-3b's SigLIP so400m,
    384 px, 729 -> 196 image tokens; an LLM with Qwen2.5-0.5B's dimensions; random weights, since
    speed does not depend on values). Real-weight mode, --llm FOLDER: any transformers LLM folder
    (Qwen2 or Llama family, float weights) as the LLM, with that preset's vision tower and a new
    projector (`vlm-model init --preset bench-qwen0.5b --llm FOLDER`).
-2. Engines (--exports): `vlm-export --awq4 --method rtn` (AWQ's calibration changes values, not
-   speed, and takes far longer on 2 cores), accuracy_level 4 (int8 activations, what
-   onnxruntime-genai's CPU int4 models use):
-     float32 export   --lm-head float --vision fp32: the export before the 8-bit defaults, the
-                      baseline for vision and first-token time
-     float32 head     --lm-head float, the vision tower as `auto` chooses
-     defaults         what `vlm-export --awq4` writes: --lm-head auto (int8), --vision auto (int8
-                      when it passes its check)
-     int4 head        --lm-head int4 (what genai's builder does to a tied head)
+2. Engines (--exports), each `vlm-export --awq4 --method rtn` (AWQ's calibration changes values,
+   not speed, and takes far longer on 2 cores) plus:
+     float32 export   --lm-head float --vision fp32 --accuracy-level 4: the export before the
+                      8-bit defaults, the baseline for vision and first-token time
+     float32 head     --lm-head float --accuracy-level 4
+     defaults         nothing more: what `vlm-export --awq4` writes (int8 head, vision and
+                      accuracy level as `auto` chooses them), validated
+     level 0          --accuracy-level 0: the defaults with float compute in the 4-bit linears
+     int4 head        --lm-head int4 --accuracy-level 4 (what genai's builder does to a tied head)
+   All but `defaults` are written with --no-validate (validation changes nothing that runs).
 3. Each contender runs in its own process (clean peak RSS), on the same prompt (one image + a
    short question), decoding --new-tokens greedy tokens with end-of-sequence ignored:
      ours          vlm-bench --threads N (median of --runs)
      torch fp32    the checkpoint in PyTorch eager, transformers' Qwen2 with a DynamicCache,
                    torch threads = cores (median of --runs)
      genai int4    onnxruntime-genai's model builder (-p int4 -e cpu) on the same LLM folder,
-                   intra_op_num_threads = N; decode only, from token ids of the same prompt length
-                   (needs `pip install onnxruntime-genai onnx_ir`; skipped with a note otherwise)
-   With --threads, each thread count is one round, every process pinned to that many cores.
+                   intra_op_num_threads = N; from token ids of the same prompt length (text only)
+     openvino int4 optimum-intel's export of the same folder (--weight-format int4 --sym
+                   --group-size 128 --ratio 1.0 --all-layers) run by OpenVINO GenAI's
+                   LLMPipeline, INFERENCE_NUM_THREADS = N; token ids of the same prompt length
+   The peers run with --peer-python (default: this Python); each is skipped with a note when
+   it is not installed there. With --threads, each thread count is one round, every process
+   pinned to that many cores.
 4. Pipelining (all cores only): --frames distinct frames, "Describe the image." each, 16 new
    tokens: one by one (generate per frame) against Pipeline.stream_frames.
-5. Roofline: decode reads every weight once per token, so tokens/s <= bandwidth / weight bytes.
-   Bandwidth is measured here (numpy copies over 1 GiB on the round's cores, bytes read + written).
+5. Roofline: decode reads every weight once per token, so tokens/s <= bandwidth / weight bytes
+   (embedding tables excluded: one row of them is read). Bandwidth is measured here (numpy
+   copies over 1 GiB on the round's cores, bytes read + written).
 
 Prints a table of ratios per round and saves everything as JSON with --json.
 """
@@ -61,9 +68,10 @@ def sh(cmd: list[str], cores: int | None = None, **kw) -> subprocess.CompletedPr
     return result
 
 
-def child(mode: str, *args: str, cores: int | None = None) -> dict:
-    """Run this script in a child process in `mode`; its last stdout line is JSON."""
-    result = sh([sys.executable, __file__, "--child", mode, *args], cores, capture_output=True, text=True)
+def child(mode: str, *args: str, cores: int | None = None, python: str = sys.executable) -> dict:
+    """Run this script in a child process in `mode` (with `python`: a peer's own venv); its last
+    stdout line is JSON."""
+    result = sh([python, __file__, "--child", mode, *args], cores, capture_output=True, text=True)
     sys.stderr.write(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -142,8 +150,38 @@ def run_genai(model_dir: str, prompt_tokens: int, new_tokens: int, runs: int) ->
         if i:
             rates.append((new_tokens - 1) / (t2 - t1))
             firsts.append((t1 - t0) * 1e3)
-    return {"decode_tokens_per_s": statistics.median(rates), "prefill_plus_first_ms": statistics.median(firsts),
-            "peak_rss_bytes": peak_rss(), "version": og.__version__}
+    first = statistics.median(firsts)
+    return {"decode_tokens_per_s": statistics.median(rates), "prefill_plus_first_ms": first,
+            "prefill_tokens_per_s": prompt_tokens / first * 1e3, "peak_rss_bytes": peak_rss(),
+            "version": og.__version__}
+
+
+def run_openvino(model_dir: str, prompt_tokens: int, new_tokens: int, runs: int, threads: int) -> dict:
+    """OpenVINO GenAI's LLMPipeline on the CPU: decode and time to first token of token ids of the
+    prompt's length, from its own performance metrics."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as og
+
+    pipe = og.LLMPipeline(model_dir, "CPU", INFERENCE_NUM_THREADS=threads)
+    config = og.GenerationConfig()
+    config.max_new_tokens = config.min_new_tokens = new_tokens
+    config.ignore_eos, config.do_sample = True, False
+    rng = np.random.default_rng(0)
+    rates, firsts = [], []
+    for i in range(runs + 1):
+        ids = rng.integers(10, 1000, (1, prompt_tokens)).astype(np.int64)
+        result = pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), config)
+        metrics = result.perf_metrics
+        if i:
+            rates.append(1e3 / metrics.get_tpot().mean)
+            firsts.append(metrics.get_ttft().mean)
+    weights = sum(op.get_byte_size() for op in ov.Core().read_model(str(Path(model_dir) / "openvino_model.xml")).get_ops()
+                  if op.get_type_name() == "Constant" and "embed" not in op.get_friendly_name())
+    first = statistics.median(firsts)
+    return {"decode_tokens_per_s": statistics.median(rates), "prefill_plus_first_ms": first,
+            "prefill_tokens_per_s": prompt_tokens / first * 1e3, "peak_rss_bytes": peak_rss(),
+            "version": og.__version__, "decoder_weight_bytes": weights}
 
 
 def run_frames(engine: str, frames: int, new_tokens: int) -> dict:
@@ -212,12 +250,36 @@ def decoder_weight_bytes(engine: Path) -> int:
     return total
 
 
-EXPORTS = {  # label -> (engine folder, vlm-export --lm-head, --vision)
-    "float32 export": ("engine-fp32", "float", "fp32"),  # the export before the int8 vision tower: the baseline
-    "float32 head": ("engine", "float", "auto"),
-    "defaults": ("engine-defaults", "auto", "auto"),  # what vlm-export --awq4 writes (int8 head on ONNX Runtime)
-    "int4 head": ("engine-head4", "int4", "auto"),
+EXPORTS = {  # label -> (engine folder, vlm-export options after --awq4 --method rtn)
+    # the export before the 8-bit defaults, the baseline for vision and first-token time
+    "float32 export": ("engine-fp32", ["--lm-head", "float", "--vision", "fp32", "--accuracy-level", "4",
+                                       "--no-validate"]),
+    "float32 head": ("engine", ["--lm-head", "float", "--accuracy-level", "4", "--no-validate"]),
+    # what `vlm-export --awq4` writes: int8 head, vision and accuracy level as auto chooses, validated
+    "defaults": ("engine-defaults", []),
+    "level 0": ("engine-level0", ["--accuracy-level", "0", "--no-validate"]),  # the default before auto
+    "int4 head": ("engine-head4", ["--lm-head", "int4", "--accuracy-level", "4", "--no-validate"]),
 }
+
+
+def has_module(python: str, name: str) -> bool:
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
+    return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
+
+
+def genai_weight_bytes(genai_dir: Path) -> int:
+    """Bytes of genai's model read per decode token: its initializers but the embedding table (one
+    row of it is read)."""
+    import onnx
+
+    model = onnx.load(str(genai_dir / "model.onnx"), load_external_data=False)
+    total = 0
+    for t in model.graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        size = int(info["length"]) if "length" in info else len(t.raw_data)
+        if "embed" not in t.name:
+            total += size
+    return total
 
 
 def genai_with_threads(genai_dir: Path, threads: int) -> Path:
@@ -245,7 +307,10 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--frame-tokens", type=int, default=16)
-    p.add_argument("--skip", action="append", default=[], choices=("torch", "genai", "frames"))
+    p.add_argument("--skip", action="append", default=[], choices=("torch", "genai", "openvino", "frames"))
+    p.add_argument("--peer-python", default=sys.executable,
+                   help="the Python with the peers installed (onnxruntime-genai, onnx_ir, optimum-intel[openvino], "
+                        "nncf, openvino-genai), for example a venv of their own: their pins may not suit ours")
     p.add_argument("--json", help="save the figures here")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -253,6 +318,7 @@ def main() -> None:
         mode, rest = args.child[0], args.child[1:]
         fn = {"torch": lambda: run_torch(rest[0], int(rest[1]), int(rest[2])),
               "genai": lambda: run_genai(rest[0], int(rest[1]), int(rest[2]), int(rest[3])),
+              "openvino": lambda: run_openvino(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4])),
               "frames": lambda: run_frames(rest[0], int(rest[1]), int(rest[2])),
               "bandwidth": run_bandwidth}[mode]
         print(json.dumps(fn()))
@@ -284,18 +350,27 @@ def main() -> None:
     engines = {label: work / (prefix + EXPORTS[label][0]) for label in labels}
     for label, engine in engines.items():
         if not (engine / "manifest.json").is_file():
-            _, head, vision = EXPORTS[label]
-            sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn",
-                "--accuracy-level", "4", "--no-validate", "--force", "--lm-head", head, "--vision", vision])
-    genai_dir = None
+            sh([py, "-m", "vlm_edge.export.cli", str(ckpt), "-o", str(engine), "--awq4", "--method", "rtn", "--force",
+                *EXPORTS[label][1]])
+    peer = args.peer_python
+    genai_dir = openvino_dir = None
     if "genai" not in args.skip:
-        if importlib.util.find_spec("onnxruntime_genai") is None:
-            print("genai int4: skipped (pip install onnxruntime-genai onnx_ir)")
+        if not has_module(peer, "onnxruntime_genai"):
+            print("genai int4: skipped (pip install onnxruntime-genai onnx_ir, or --peer-python)")
         else:
             genai_dir = work / (prefix + "genai-int4")
             if not (genai_dir / "genai_config.json").is_file():
-                sh([py, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(genai_dir),
+                sh([peer, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(genai_dir),
                     "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")])
+    if "openvino" not in args.skip:
+        if not has_module(peer, "openvino_genai") or not has_module(peer, "optimum.intel"):
+            print("openvino int4: skipped (pip install optimum-intel[openvino] nncf openvino-genai, or --peer-python)")
+        else:  # int4, symmetric, group 128, every linear (the head and embeddings too): like ours and genai's
+            openvino_dir = work / (prefix + "openvino-int4")
+            if not (openvino_dir / "openvino_model.xml").is_file():
+                sh([str(Path(peer).with_name("optimum-cli")), "export", "openvino", "--model", str(llm_dir),
+                    "--task", "text-generation-with-past", "--weight-format", "int4", "--sym", "--group-size", "128",
+                    "--ratio", "1.0", "--all-layers", str(openvino_dir)])
 
     runs = {}
     for threads in thread_counts:
@@ -315,7 +390,11 @@ def main() -> None:
         if genai_dir is not None:
             model = genai_with_threads(genai_dir, cores)
             f["genai int4"] = child("genai", str(model), str(prompt_tokens), str(args.new_tokens), str(args.runs),
-                                    cores=threads)
+                                    cores=threads, python=peer)
+            f["genai int4"]["decoder_weight_bytes"] = genai_weight_bytes(genai_dir)
+        if openvino_dir is not None:
+            f["openvino int4"] = child("openvino", str(openvino_dir), str(prompt_tokens), str(args.new_tokens),
+                                       str(args.runs), str(cores), cores=threads, python=peer)
         if "frames" not in args.skip and threads is None and "int4 head" in engines:
             f["frames"] = child("frames", str(engines["int4 head"]), str(args.frames), str(args.frame_tokens))
         report(f)
@@ -336,7 +415,6 @@ def report(f: dict) -> None:
     print(f"\n{'contender':<26}{'decode tok/s':>13}{'first token ms':>16}{'vision ms':>11}{'prefill tok/s':>15}"
           f"{'peak RSS MiB':>14}{'roofline tok/s':>16}")
     torch_tps = f.get("torch fp32", {}).get("decode_tokens_per_s")
-    genai_tps = f.get("genai int4", {}).get("decode_tokens_per_s")
     for label in ours_labels:
         o = f[label]
         m = o["metrics"]
@@ -348,23 +426,33 @@ def report(f: dict) -> None:
         t = f["torch fp32"]
         print(f"{'torch fp32 eager':<26}{torch_tps:>13.1f}{t['first_token_ms']:>16.0f}{t['vision_ms']:>11.0f}"
               f"{t['prefill_tokens_per_s']:>15.0f}{t['peak_rss_bytes'] / mib:>14.0f}")
-    if genai_tps:
-        g = f["genai int4"]
-        print(f"{'genai int4 ' + g['version']:<26}{genai_tps:>13.1f}{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}"
-              f"{'-':>11}{'-':>15}{g['peak_rss_bytes'] / mib:>14.0f}")
-    print("\nratios (decode tokens/s)")
+    peers = [k for k in ("genai int4", "openvino int4") if k in f]
+    for key in peers:  # text only: first token = prefill of the prompt's length as token ids + one token
+        g = f[key]
+        roof = f"{bw / g['decoder_weight_bytes']:>16.1f}" if "decoder_weight_bytes" in g else ""
+        print(f"{key + ' ' + g['version']:<26}{g['decode_tokens_per_s']:>13.1f}"
+              f"{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}{'-':>11}"
+              f"{g.get('prefill_tokens_per_s', float('nan')):>15.0f}{g['peak_rss_bytes'] / mib:>14.0f}{roof}")
+    print("\nratios (decode tokens/s; prefill tokens/s)")
     for label in ours_labels:
         o = f[label]
-        ours = o["metrics"]["decode_tokens_per_s"]["median"]
+        m = o["metrics"]
+        ours, prefill = m["decode_tokens_per_s"]["median"], m["prefill_tokens_per_s"]["median"]
         parts = []
         if torch_tps:
             parts.append(f"{ours / torch_tps:.2f}x torch fp32")
-        if genai_tps:
-            parts.append(f"{ours / genai_tps:.2f}x genai int4")
+        for key in peers:
+            parts.append(f"{ours / f[key]['decode_tokens_per_s']:.2f}x {key}"
+                         + (f" (prefill {prefill / f[key]['prefill_tokens_per_s']:.2f}x)"
+                            if "prefill_tokens_per_s" in f[key] else ""))
         parts.append(f"{100 * ours / (bw / o['decoder_weight_bytes']):.0f}% of the roofline")
-        parts.append(f"python overhead {o['metrics']['python_overhead_pct']['median']:.1f}% of a step")
+        parts.append(f"python overhead {m['python_overhead_pct']['median']:.1f}% of a step")
         parts.append(f"peak RSS {o['rss_over_model']:.2f}x the model's memory")
         print(f"  {label}: " + ", ".join(parts))
+    for key in peers:
+        if "decoder_weight_bytes" in f[key]:
+            print(f"  {key}: {100 * f[key]['decode_tokens_per_s'] / (bw / f[key]['decoder_weight_bytes']):.0f}% of "
+                  "its roofline")
     base = f.get("ours (float32 export)")
     if base:
         b = base["metrics"]
