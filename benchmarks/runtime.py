@@ -2,7 +2,7 @@
 
     python benchmarks/runtime.py --work /tmp/bench [--threads 1,2] [--new-tokens 64] [--runs 3] [--json out.json]
     python benchmarks/runtime.py --work /tmp/bench --llm ~/models/Qwen2.5-0.5B --threads 1,2 --skip frames \
-        --peer-python /tmp/peers/bin/python
+        --peer-python /tmp/peers/bin/python --repeat 3
 
 1. Model: `vlm-model init --preset bench-qwen0.5b` (VILA1.5 layout: VILA1.5-3b's SigLIP so400m,
    384 px, 729 -> 196 image tokens; an LLM with Qwen2.5-0.5B's dimensions; random weights, since
@@ -31,7 +31,8 @@
                    LLMPipeline, INFERENCE_NUM_THREADS = N; token ids of the same prompt length
    The peers run with --peer-python (default: this Python); each is skipped with a note when
    it is not installed there. With --threads, each thread count is one round, every process
-   pinned to that many cores.
+   pinned to that many cores. --repeat N runs each round's contenders N times, interleaved,
+   and reports medians over the repeats (and each repeat's decode rate).
 4. Pipelining (all cores only): --frames distinct frames, "Describe the image." each, 16 new
    tokens: one by one (generate per frame) against Pipeline.stream_frames.
 5. Roofline: decode reads every weight once per token, so tokens/s <= bandwidth / weight bytes
@@ -262,6 +263,26 @@ EXPORTS = {  # label -> (engine folder, vlm-export options after --awq4 --method
 }
 
 
+def merge_repeats(results: list[dict]) -> dict:
+    """One contender's figures over --repeat interleaved repeats: each figure's median over the
+    repeats (our metrics: the median of the per-repeat medians, the min and max over all runs), and
+    the per-repeat decode rates under "decode_repeats"."""
+    out = dict(results[0])
+    if "metrics" in out:
+        out["metrics"] = {k: {"median": statistics.median(r["metrics"][k]["median"] for r in results),
+                              "min": min(r["metrics"][k]["min"] for r in results),
+                              "max": max(r["metrics"][k]["max"] for r in results)} for k in out["metrics"]}
+        out["decode_repeats"] = [r["metrics"]["decode_tokens_per_s"]["median"] for r in results]
+        out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in results)
+        out["rss_over_model"] = max(r["rss_over_model"] for r in results)
+        return out
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and key not in ("decoder_weight_bytes", "prompt_tokens"):
+            out[key] = statistics.median(r[key] for r in results)
+    out["decode_repeats"] = [r["decode_tokens_per_s"] for r in results]
+    return out
+
+
 def has_module(python: str, name: str) -> bool:
     code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
     return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
@@ -305,6 +326,9 @@ def main() -> None:
     p.add_argument("--exports", default=",".join(EXPORTS), help=f"which of our exports to run (default: all of {', '.join(EXPORTS)})")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole round of contenders this many times, interleaved, and report each figure's "
+                        "median over the repeats (a host whose speed drifts between minutes needs 3 or more)")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--frame-tokens", type=int, default=16)
     p.add_argument("--skip", action="append", default=[], choices=("torch", "genai", "openvino", "frames"))
@@ -378,23 +402,28 @@ def main() -> None:
         f: dict = {"cores": cores, "pinned": threads is not None, "new_tokens": args.new_tokens, "runs": args.runs,
                    "llm": str(llm_dir) if args.llm else "random weights (bench-qwen0.5b)"}
         f["bandwidth"] = child("bandwidth", cores=threads)
-        for label, engine in engines.items():
-            out = work / f"ours-{engine.name}-c{cores}.json"
-            sh([py, "-m", "vlm_edge.edge.bench", str(engine), "--runs", str(args.runs), "--new-tokens",
-                str(args.new_tokens), "--backend", "ort-cpu", "--threads", str(cores), "-o", str(out)], threads)
-            f[f"ours ({label})"] = json.loads(out.read_text())
-            f[f"ours ({label})"]["decoder_weight_bytes"] = decoder_weight_bytes(engine)
-        prompt_tokens = next(v["prompt_tokens"] for k, v in f.items() if k.startswith("ours ("))
-        if "torch" not in args.skip:
-            f["torch fp32"] = child("torch", str(ckpt), str(args.new_tokens), str(args.runs), cores=threads)
-        if genai_dir is not None:
-            model = genai_with_threads(genai_dir, cores)
-            f["genai int4"] = child("genai", str(model), str(prompt_tokens), str(args.new_tokens), str(args.runs),
-                                    cores=threads, python=peer)
-            f["genai int4"]["decoder_weight_bytes"] = genai_weight_bytes(genai_dir)
-        if openvino_dir is not None:
-            f["openvino int4"] = child("openvino", str(openvino_dir), str(prompt_tokens), str(args.new_tokens),
-                                       str(args.runs), str(cores), cores=threads, python=peer)
+        repeats: dict[str, list[dict]] = {}
+        for _ in range(args.repeat):  # every contender once per repeat: a drifting host hits them all alike
+            for label, engine in engines.items():
+                out = work / f"ours-{engine.name}-c{cores}.json"
+                sh([py, "-m", "vlm_edge.edge.bench", str(engine), "--runs", str(args.runs), "--new-tokens",
+                    str(args.new_tokens), "--backend", "ort-cpu", "--threads", str(cores), "-o", str(out)], threads)
+                repeats.setdefault(f"ours ({label})", []).append(
+                    json.loads(out.read_text()) | {"decoder_weight_bytes": decoder_weight_bytes(engine)})
+            prompt_tokens = repeats[next(iter(repeats))][0]["prompt_tokens"]
+            if "torch" not in args.skip:
+                repeats.setdefault("torch fp32", []).append(
+                    child("torch", str(ckpt), str(args.new_tokens), str(args.runs), cores=threads))
+            if genai_dir is not None:
+                model = genai_with_threads(genai_dir, cores)
+                repeats.setdefault("genai int4", []).append(
+                    child("genai", str(model), str(prompt_tokens), str(args.new_tokens), str(args.runs), cores=threads,
+                          python=peer) | {"decoder_weight_bytes": genai_weight_bytes(genai_dir)})
+            if openvino_dir is not None:
+                repeats.setdefault("openvino int4", []).append(
+                    child("openvino", str(openvino_dir), str(prompt_tokens), str(args.new_tokens), str(args.runs),
+                          str(cores), cores=threads, python=peer))
+        f.update({name: merge_repeats(results) for name, results in repeats.items()})
         if "frames" not in args.skip and threads is None and "int4 head" in engines:
             f["frames"] = child("frames", str(engines["int4 head"]), str(args.frames), str(args.frame_tokens))
         report(f)
@@ -433,6 +462,10 @@ def report(f: dict) -> None:
         print(f"{key + ' ' + g['version']:<26}{g['decode_tokens_per_s']:>13.1f}"
               f"{'(' + format(g['prefill_plus_first_ms'], '.0f') + ')':>16}{'-':>11}"
               f"{g.get('prefill_tokens_per_s', float('nan')):>15.0f}{g['peak_rss_bytes'] / mib:>14.0f}{roof}")
+    if any(len(f[k].get("decode_repeats", [])) > 1 for k in ours_labels + peers):
+        print("\ndecode tokens/s per repeat (interleaved)")
+        for key in ours_labels + peers:
+            print(f"  {key}: " + ", ".join(f"{x:.1f}" for x in f[key].get("decode_repeats", [])))
     print("\nratios (decode tokens/s; prefill tokens/s)")
     for label in ours_labels:
         o = f[label]
