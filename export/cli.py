@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the LM head's weights: float (as AWQ leaves it), int8 or int4 (round-to-nearest, per "
                         "group). With a large vocabulary the head is most of the bytes a decode step reads: int8 is "
                         "near-lossless (ONNX Runtime graphs only), int4 the fastest. auto (default): int8 with "
-                        "--awq4 and ONNX Runtime graphs only, else float")
+                        "--awq4 and ONNX Runtime graphs only (a float head if the int8 one does not validate), "
+                        "else float")
     p.add_argument("--quantize-lm-head", dest="lm_head", action="store_const", const="int4",
                    help="the same as --lm-head int4")
     p.add_argument("--vision", choices=("auto", "fp32", "int8", "fp16"), default="auto",
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         "when its embeddings keep cosine >= 0.999 to the float model's and no trt graph is asked "
                         "for, else fp32")
     p.add_argument("--accuracy-level", type=_accuracy_level, default="auto", metavar="{auto,0,4}",
-                   help="how ONNX Runtime's 4-bit MatMulNBits computes: 4 quantizes the activations to int8 (about "
-                        "2x faster decode and prefill on a CPU), 0 computes in float. auto (default): 4 when the "
+                   help="how ONNX Runtime's 4-bit MatMulNBits computes: 4 quantizes the activations to int8 (2.4-2.7x "
+                        "faster decode measured on an AVX2 CPU), 0 computes in float. auto (default): 4 when the "
                         "validation passes with it, else 0, with the reason in the log and the manifest")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the comparison with PyTorch")
     p.add_argument("--prompts", type=int, default=10, help="validation prompts (default 10)")
