@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from vlm_edge.common import awq_format
 from vlm_edge.common.errors import InputError, UnsupportedFeatureError, VlmEdgeError
@@ -166,17 +165,23 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     group = awq_group_size(vila.llm, work / LLM_DIR)
     weights = ModuleWeights(model.llm, work / LLM_DIR if group else None, group)
     heads = config.lm_head_candidates()
-    original_head = model.llm.lm_head.weight
-    head_rejected: list[str] = []  # why the int8 head was dropped (auto)
+    head_rejected: dict[str, str] = {}  # auto: why a quantized head was dropped
+    memo: dict = {}  # the PyTorch reference's outputs (its head stays float): the same for every candidate
+    skip_vision: set[str] = set()  # vision precisions whose own check failed: no other head revives them
     for head in heads:
-        head_quant = _quantize_head(model, spec, weights, config, head, flavours, group, original_head)
+        head_quant = _quantize_head(spec, weights, config, head, flavours, group)
         decoder_files = _decoder_graphs(tmp, spec, weights, flavours, head_quant, config, components, layer_progress)
-        int8_head = "ort" in head_quant and head_quant["ort"].bits == 8
-        chosen = _validated_choice(checkpoint, work, tmp, table, flavours, group, config, int8_head)
+        # a quantized head that auto may still replace is kept only at the first accuracy level: a faster
+        # head at float compute loses to the next head with int8 activations
+        levels = config.accuracy_candidates() if "ort" in flavours else (0,)
+        chosen = _validated_choice(checkpoint, work, tmp, table, flavours, group, config, head_quant, memo,
+                                   skip_vision, levels if head == heads[-1] else levels[:1])
         if not chosen.failed or head == heads[-1]:
             break
-        head_rejected.append("; ".join(chosen.reasons))
-        log.info("the %s LM head does not validate (%s): trying a float head", head, "; ".join(chosen.reasons))
+        skip_vision.update(p for p, names in chosen.rejected.items() if "vision" in names)
+        head_rejected[head] = "; ".join(chosen.reasons)
+        log.info("the %s LM head does not validate (%s): trying the %s head", head, head_rejected[head],
+                 heads[heads.index(head) + 1])
     failed, validation, precision, level = chosen.failed, chosen.validation, chosen.precision, chosen.level
     if failed:
         raise ExportValidationError(
@@ -191,7 +196,7 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
             if chosen.level_rejected and level != 4:
                 decoder.info["accuracy_rejected"] = {"4": chosen.level_rejected}
         if head_rejected:
-            decoder.info["lm_head_rejected"] = {heads[0]: head_rejected}
+            decoder.info["lm_head_rejected"] = head_rejected
     vision_files, projector_files, site = chosen.vision_files, chosen.projector_files, chosen.site
     rejected = {p: names for p, names in chosen.rejected.items() if p != precision}
     v_in, v_out = vision_io(vila)
@@ -245,22 +250,16 @@ class _Choice:
     site: object
 
 
-def _quantize_head(model, spec: DecoderSpec, weights: ModuleWeights, config: ExportConfig, head: str,
-                   flavours: tuple[str, ...], group: int | None, original) -> dict:
-    """RTN LM head per flavour (its symmetry); the reference gets the same dequantized head, or its
-    own float head back (`original`) when the head stays float."""
+def _quantize_head(spec: DecoderSpec, weights: ModuleWeights, config: ExportConfig, head: str,
+                   flavours: tuple[str, ...], group: int | None) -> dict:
+    """RTN LM head per flavour (its symmetry). The reference keeps the float head, so the head's
+    rounding is part of what the validation measures."""
     bits = {"int8": 8, "int4": 4}.get(head)
-    model.llm.lm_head.weight = original
     if not bits:
         return {}
     head_t = lm_head_weight(spec, weights).T
-    head_quant = {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"),
-                                  config.wants_symmetric(), bits)
-                  for f in flavours if f != "fp"}
-    if head_quant:
-        deq = next(iter(head_quant.values())).dequantize().T
-        model.llm.lm_head.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)), requires_grad=False)
-    return head_quant
+    return {f: rtn_quantize(head_t, group or auto_group_size([spec.hidden], f == "trt"), config.wants_symmetric(), bits)
+            for f in flavours if f != "fp"}
 
 
 def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavours: tuple[str, ...], head_quant: dict,
@@ -294,18 +293,20 @@ def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavou
 
 
 def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.ndarray, flavours: tuple[str, ...],
-                      group: int | None, config: ExportConfig, int8_head: bool) -> _Choice:
+                      group: int | None, config: ExportConfig, head_quant: dict, memo: dict,
+                      skip_vision: set[str], levels: tuple[int, ...]) -> _Choice:
     """The vision tower (auto: int8 first) and the ort graph's accuracy level (auto: 4 first) are kept
     only if the whole validation passes with them: try them in order of preference, skipping what a
-    failed check has already ruled out. A graph with int8 activations (level 4, or the 8-bit head,
-    which always has them) is judged as rounded on purpose (validate.INT8_ACT_*)."""
-    levels = config.accuracy_candidates() if "ort" in flavours else (0,)
+    failed check has already ruled out (`skip_vision`: by an earlier head). A graph that rounds on
+    purpose beyond the checkpoint's own 4-bit weights (a quantized head against the reference's float
+    one, int8 activations at level 4 or in the 8-bit head) is judged by validate.ROUNDED_*.
+    `memo` keeps the PyTorch reference's outputs across calls."""
     vila, model = checkpoint.config, checkpoint.model
     prompts = validation_prompts(checkpoint, work, config.prompts) if config.validate or config.vision == "auto" else []
-    queue = [(p, level) for p in config.vision_candidates() for level in levels]
+    precisions = [p for p in config.vision_candidates() if p not in skip_vision] or list(config.vision_candidates())
+    queue = [(p, level) for p in precisions for level in levels]
     rejected: dict[str, list[str]] = {}
     level_rejected: list[str] = []
-    memo: dict = {}  # the PyTorch reference's outputs: the same for every candidate
     built, level, validation, reasons = None, levels[0], {}, []
     while True:
         precision, wanted = queue.pop(0)
@@ -322,7 +323,7 @@ def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.n
             validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
                                   quantized=group is not None, decode_steps=config.decode_steps,
                                   greedy_steps=config.greedy_steps, vision_precision=precision, memo=memo,
-                                  int8_activations=("ort",) if "ort" in flavours and (level == 4 or int8_head) else ())
+                                  rounded=_rounded(flavours, head_quant, level))
             failed = [name for name, figures in validation.items() if not figures["passed"]]
             check = validation.get("vision", {})
         elif any(p != precision for p, _ in queue):  # --no-validate with vision auto: the vision check decides
@@ -335,7 +336,7 @@ def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.n
             break
         reasons = _failure_reasons(failed, check, validation)
         rejected.setdefault(precision, []).extend(n for n in failed if n not in rejected[precision])
-        if level == 4 and len(levels) > 1:
+        if level == 4 and len(config.accuracy_candidates()) > 1:
             level_rejected.append(f"with {precision} vision: {'; '.join(reasons)}")
         # what the next candidates need not try: a vision tower whose own check failed, and an accuracy
         # level whose decoder logits (fed the reference's image embeddings: the decoder alone) failed
@@ -349,6 +350,18 @@ def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.n
                  f" with accuracy level {queue[0][1]}" if len(levels) > 1 else "")
     return _Choice(precision, level, failed, validation, reasons, rejected, level_rejected, vision_files,
                    projector_files, site)
+
+
+def _rounded(flavours: tuple[str, ...], head_quant: dict, level: int) -> dict[str, str]:
+    """{flavour: what its graph rounds on purpose}, for the graphs that do."""
+    out = {}
+    for flavour in flavours:
+        parts = [f"int{head_quant[flavour].bits} head"] if flavour in head_quant else []
+        if flavour == "ort" and (level == 4 or "int8 head" in parts):
+            parts.append("int8 activations")
+        if parts:
+            out[flavour] = ", ".join(parts)
+    return out
 
 
 def _vision_graphs(tmp: Path, vila: VilaConfig, model, precision: str) -> tuple[list[str], list[str], object]:
@@ -379,7 +392,7 @@ def _failure_reasons(failed: list[str], check: dict, validation: dict) -> list[s
         figures = validation.get(name, {})
         if name == "vision" and "cosine_threshold" in check:
             reasons.append(f"image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}")
-        elif figures.get("int8_activations"):
+        elif figures.get("rounded"):
             reasons.append(f"{name} logits cosine {figures['logits_cosine_min']:.5f} (>= "
                            f"{figures['logits_cosine_threshold']}), next token agreement "
                            f"{100 * figures['next_token_agreement']:.1f}% (>= {100 * figures['agreement_threshold']:.0f}%)")

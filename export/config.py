@@ -37,7 +37,7 @@ class ExportConfig:
     decode_steps: int = 16
     greedy_steps: int = 32
     # auto | float | int8 | int4: RTN LM head (AWQ keeps it float; a large share of decode bytes). auto: int8
-    # for a 4-bit export with ONNX Runtime graphs only (validated like the rest), float otherwise
+    # for a 4-bit export with ONNX Runtime graphs only (validated against the float head), float otherwise
     lm_head: str = "auto"
     # MatMulNBits compute in the ort graph: 0 float (bit-faithful), 4 int8 activations (about 2x faster decode
     # on a CPU); "auto" = 4 when the validation passes with it, else 0 (the reason goes into the manifest)
@@ -113,13 +113,16 @@ class ExportConfig:
 
     @property
     def resolved_lm_head(self) -> str:
+        """auto: the int8 head for a 4-bit export whose graphs are all ONNX Runtime ones (a trt graph
+        takes float or int4), else float."""
         if self.lm_head != "auto":
             return self.lm_head
         return "int8" if self.awq4 and "trt" not in self.resolved_flavours() else "float"
 
     def lm_head_candidates(self) -> tuple[str, ...]:
-        """LM heads to try in order: auto's int8 head (its int8 activations are validated as they run)
-        falls back to the float head when the validation does not pass with it."""
+        """LM heads to try in order: auto's int8 head falls back to the float head when the validation
+        (against the reference's float head: the head's rounding is measured) does not pass with it.
+        The int4 head is asked for by name: on a real Qwen2.5 0.5B it flipped 5.6% of next tokens."""
         head = self.resolved_lm_head
         return ("int8", "float") if self.lm_head == "auto" and head == "int8" and self.validate else (head,)
 
