@@ -24,8 +24,9 @@
      ours          vlm-bench --threads N (median of --runs)
      torch fp32    the checkpoint in PyTorch eager, transformers' Qwen2 with a DynamicCache,
                    torch threads = cores (median of --runs)
-     genai int4    onnxruntime-genai's model builder (-p int4 -e cpu) on the same LLM folder,
-                   intra_op_num_threads = N; from token ids of the same prompt length (text only)
+     genai int4    onnxruntime-genai's model builder on the same LLM folder (-p int4 -e cpu
+                   --extra_options int4_block_size=128: our exports' group size; its default is
+                   32), intra_op_num_threads = N; from token ids of the same prompt length (text only)
      openvino int4 optimum-intel's export of the same folder (--weight-format int4 --sym
                    --group-size 128 --ratio 1.0 --all-layers) run by OpenVINO GenAI's
                    LLMPipeline, INFERENCE_NUM_THREADS = N; token ids of the same prompt length
@@ -382,10 +383,11 @@ def main() -> None:
         if not has_module(peer, "onnxruntime_genai"):
             print("genai int4: skipped (pip install onnxruntime-genai onnx_ir, or --peer-python)")
         else:
-            genai_dir = work / (prefix + "genai-int4")
-            if not (genai_dir / "genai_config.json").is_file():
+            genai_dir = work / (prefix + "genai-int4-b128")
+            if not (genai_dir / "genai_config.json").is_file():  # block 128: the group size of our exports
                 sh([peer, "-m", "onnxruntime_genai.models.builder", "-i", str(llm_dir), "-o", str(genai_dir),
-                    "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")])
+                    "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache"), "--extra_options",
+                    "int4_block_size=128"])
     if "openvino" not in args.skip:
         if not has_module(peer, "openvino_genai") or not has_module(peer, "optimum.intel"):
             print("openvino int4: skipped (pip install optimum-intel[openvino] nncf openvino-genai, or --peer-python)")
