@@ -599,6 +599,60 @@ def test_init_from_existing_llm_and_vision_folders(tmp_path):
     assert load_checkpoint(tmp_path / "out").config.llm == source.config.llm | {"torch_dtype": "float32"}
 
 
+
+def test_vlm_eval_data_scores_a_users_test_set(tmp_path, capsys):
+    """--data: every assistant turn is a question; the model's own answers score 100%, other answers
+    0%; a broken record or picture stops with one line naming the record, exit 2."""
+    from vlm_edge.common.conversations import read_conversations
+    from vlm_edge.train.cli import eval_main
+    from vlm_edge.train.datasets import write_calibration_set
+    from vlm_edge.train.evaluate import evaluate_conversations, normalize_answer, question_word
+
+    assert normalize_answer("  Red. ") == "red" and normalize_answer("top left") == "top left"
+    assert question_word("<image>\nWhat colour is it?") == "what" and question_word("Is it red?") == "is"
+    config = TrainConfig(preset="micro", eval_per_type=0, seed=4,
+                         stages=[StageConfig("sft", 2, 1e-3, 4, ("mm_projector", "llm"), {"vqa": 1.0})])
+    Trainer(config, tmp_path / "ckpt").run()
+    data = tmp_path / "set"
+    write_calibration_set(SyntheticData(load_checkpoint(tmp_path / "ckpt").config.image_size, 1), data, count=8)
+    records = json.loads((data / "conversations.json").read_text())
+    turns = sum(len(r["conversations"]) // 2 for r in records)
+    assert eval_main([str(tmp_path / "ckpt"), "--data", str(data / "conversations.json"), "--json",
+                      str(tmp_path / "first.json")]) == 0
+    assert "exact match" in capsys.readouterr().out
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["answers"] == turns and sum(g["count"] for g in first["by_question_word"].values()) == turns
+
+    # first questions only, with the model's own answers (and a full stop) as references: every one
+    # matches (a fixed budget: an untrained model never stops, and the default budget follows the reference)
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    records = [{**r, "conversations": r["conversations"][:2]} for r in records]
+    (data / "first.json").write_text(json.dumps(records))
+    conversations = read_conversations(data / "first.json")
+    for row in evaluate_conversations(ckpt, conversations, keep_rows=True, max_new_tokens=12)["rows"]:
+        records[row["record"]]["conversations"][row["turn"]]["value"] = row["answer"] + "."
+    (data / "own.json").write_text(json.dumps(records))
+    own = evaluate_conversations(ckpt, read_conversations(data / "own.json"), max_new_tokens=12)
+    assert own["exact_match"] == 1.0 and own["answers"] == len(records)
+    for record in records:
+        for turn in range(1, len(record["conversations"]), 2):
+            record["conversations"][turn]["value"] = "nothing like it"
+    (data / "wrong.json").write_text(json.dumps(records))
+    assert evaluate_conversations(ckpt, read_conversations(data / "wrong.json"))["exact_match"] == 0.0
+    assert evaluate_conversations(ckpt, conversations, limit=3)["answers"] == 3
+
+    broken = [records[0], {"image": records[0]["image"], "conversations": [{"from": "human", "value": "hi"}]}]
+    (data / "broken.json").write_text(json.dumps(broken))
+    assert eval_main([str(tmp_path / "ckpt"), "--data", str(data / "broken.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 1" in err[0] and "assistant" in err[0], err
+    picture = next(r for r in records if r.get("image"))
+    (data / (picture["image"][0] if isinstance(picture["image"], list) else picture["image"])).write_bytes(b"not a png")
+    (data / "picture.json").write_text(json.dumps([picture]))
+    assert eval_main([str(tmp_path / "ckpt"), "--data", str(data / "picture.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 0" in err[0] and "could not be decoded" in err[0], err
+
 @pytest.mark.parametrize("std", [1.0, None])
 def test_vision_position_embeddings_start_at_the_configured_spread(tmp_path, std):
     config = TrainConfig(preset="micro", eval_per_type=0, vision_position_std=std,

@@ -107,11 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vlm-eval", description="Held-out VQA exact match per question type and "
-                                "perplexity of a checkpoint, on the training module's synthetic data.")
+    p = argparse.ArgumentParser(
+        prog="vlm-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure a checkpoint: held-out VQA exact match per question type and perplexity on the "
+                    "training module's synthetic data, or, with --data, exact match on your own test set.",
+        epilog="examples:\n  vlm-eval ckpt/                                  the synthetic yardstick\n"
+               "  vlm-eval ckpt/ --data test.json --image-folder images/\n\n"
+               "--data takes LLaVA-format JSON ([{\"image\": ..., \"conversations\": [{\"from\": \"human\", ...}, "
+               "{\"from\": \"gpt\", ...}]}]);\nevery assistant turn is one question, asked with the turns before "
+               "it. Answers match when they\nare equal ignoring case, surrounding space and a final full stop.")
     p.add_argument("checkpoint")
-    p.add_argument("--per-type", type=int, default=50, help="questions per type (default 50)")
-    p.add_argument("--seed", type=int, help="data seed (default: the one the checkpoint was trained with)")
+    p.add_argument("--per-type", type=int, default=50, help="synthetic questions per type (default 50)")
+    p.add_argument("--seed", type=int, help="synthetic data seed (default: the one the checkpoint was trained with)")
+    p.add_argument("--data", help="your own test set: LLaVA-format conversation JSON")
+    p.add_argument("--image-folder", help="folder the --data image paths are relative to (default: the JSON's)")
+    p.add_argument("--limit", type=int, help="with --data: at most this many answers")
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args(argv)
     setup_logging()
@@ -119,6 +129,16 @@ def eval_main(argv: list[str] | None = None) -> int:
     def measure() -> None:
         from vlm_edge.model import load_checkpoint
 
+        if args.data:
+            from vlm_edge.common.conversations import read_conversations
+
+            from .evaluate import evaluate_conversations, format_conversation_table
+
+            conversations = read_conversations(args.data, args.image_folder)  # checked before the model loads
+            ckpt = load_checkpoint(args.checkpoint)
+            result = evaluate_conversations(ckpt, conversations, limit=args.limit)
+            emit_report(format_conversation_table(result), result, args.json)
+            return
         from .datasets import SyntheticData
         from .evaluate import evaluate, format_table, training_seed
 

@@ -11,6 +11,15 @@ negative log-likelihood over the answer tokens of held-out conversations, 100 of
 image descriptions, VQA answers and text-only answers (what the finished model is for).
 Object questions are also broken down by the number of shapes in the picture: with one, naming
 it needs no search ("the colour of any object" is right); with 2-3 the model must find it.
+
+On a user's own test set (LLaVA-format JSON, `vlm-eval ckpt/ --data test.json`):
+
+    result = evaluate_conversations(checkpoint, read_conversations("test.json"))
+
+every assistant turn is one question, asked with the turns before it as they are in the file;
+its greedy answer is compared with the file's after `normalize_answer` (case, surrounding white
+space and a final full stop ignored), and the table breaks the exact match down by reference
+answer and by the question's first word.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ from typing import Any
 
 import torch
 
-from vlm_edge.common.errors import CheckpointError
+from vlm_edge.common.conversations import Conversation
+from vlm_edge.common.errors import CheckpointError, InputError
 from vlm_edge.common.fsutil import read_json
 from vlm_edge.common.image import preprocess_tiled
 from vlm_edge.common.templates import render
+from vlm_edge.common.tokenizer import IMAGE_TOKEN
 from vlm_edge.model.checkpoint import Checkpoint
 from vlm_edge.model.generate import GenerationConfig, generate
 
@@ -118,4 +129,92 @@ def format_table(result: dict[str, Any]) -> str:
         cells = " ".join(f"{split[n]:>{w}.0%}" if n in split else " " * w for n, w in (("1", 7), ("2", 8), ("3", 8)))
         lines.append(f"{qtype:<14} {acc:>10.1%} {result['chance'][qtype]:>7.1%}   {cells}".rstrip())
     lines.append(f"held-out perplexity: {result['perplexity']:.3f}  ({result['questions_per_type']} questions per type)")
+    return "\n".join(lines)
+
+
+# ---- a user's own test set ----------------------------------------------------------------------
+def normalize_answer(text: str) -> str:
+    """What exact match compares: lower case, no surrounding white space, no final full stop."""
+    text = text.strip().lower()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def question_word(question: str) -> str:
+    """The question's first word, lower case (without image placeholders and punctuation): what,
+    is, how, which, ..."""
+    words = question.replace(IMAGE_TOKEN, " ").split()
+    return words[0].strip("?,.!:;\"'").lower() if words else ""
+
+
+@torch.no_grad()
+def evaluate_conversations(checkpoint: Checkpoint, conversations: list[Conversation], *,
+                           limit: int | None = None, progress=None, keep_rows: bool = False,
+                           max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Exact match of the greedy answers over every assistant turn of `conversations` (at most
+    `limit` of them), overall, per reference answer and per question word; `keep_rows` adds every
+    question's row (record, turn, question, reference, answer, match). Each answer may run to
+    `max_new_tokens`, by default its reference's length + 8 tokens (at most 64): a longer one
+    cannot match."""
+    model, tokenizer, template = checkpoint.model, checkpoint.tokenizer, checkpoint.template
+    was_training = model.training
+    model.eval()
+    stops = tokenizer.stop_token_ids(template)
+    rows: list[dict[str, Any]] = []
+    for index, conversation in enumerate(conversations):
+        try:
+            pixels, plans = preprocess_tiled(conversation.images, model.image_processor_config) \
+                if conversation.images else (None, None)
+        except InputError as e:
+            raise InputError(f"record {index}: {e}") from None
+        for turn in range(1, len(conversation.messages), 2):
+            if limit is not None and len(rows) >= limit:
+                break
+            history = conversation.messages[:turn]
+            reference = conversation.messages[turn]["content"]
+            prompt = tokenizer.tokenize_prompt(render(template, history))
+            budget = max_new_tokens or min(64, len(tokenizer.encode(reference)) + 8)
+            config = GenerationConfig(max_new_tokens=budget, stop_token_ids=stops)
+            answer = tokenizer.decode(generate(model, prompt, pixels, config, plans=plans).token_ids).strip()
+            rows.append({"record": index, "turn": turn, "question": history[-1]["content"], "reference": reference,
+                         "answer": answer, "match": normalize_answer(answer) == normalize_answer(reference)})
+            if progress is not None:
+                progress(len(rows))
+    model.train(was_training)
+    return conversation_table(rows) | ({"rows": rows} if keep_rows else {})
+
+
+def conversation_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def share(group: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"exact_match": sum(r["match"] for r in group) / len(group), "count": len(group)}
+
+    by_answer: dict[str, list] = {}
+    by_word: dict[str, list] = {}
+    for r in rows:
+        by_answer.setdefault(normalize_answer(r["reference"]), []).append(r)
+        by_word.setdefault(question_word(r["question"]), []).append(r)
+    return {
+        "exact_match": sum(r["match"] for r in rows) / len(rows) if rows else 0.0,
+        "answers": len(rows),
+        "by_answer": {k: share(v) for k, v in sorted(by_answer.items(), key=lambda kv: (-len(kv[1]), kv[0]))},
+        "by_question_word": {k: share(v) for k, v in sorted(by_word.items(), key=lambda kv: (-len(kv[1]), kv[0]))},
+        "misses": [r for r in rows if not r["match"]][:20],
+    }
+
+
+def format_conversation_table(result: dict[str, Any], top: int = 15) -> str:
+    lines = [f"exact match {result['exact_match']:.1%} over {result['answers']} answers "
+             "(case, surrounding space and a final full stop ignored)"]
+    for title, key in (("question word", "by_question_word"), ("reference answer", "by_answer")):
+        groups = list(result[key].items())
+        lines.append(f"{title:<24} {'exact match':>11} {'answers':>8}")
+        for name, g in groups[:top]:
+            lines.append(f"  {name[:22]:<22} {g['exact_match']:>11.1%} {g['count']:>8}")
+        if len(groups) > top:
+            rest = groups[top:]
+            count = sum(g["count"] for _, g in rest)
+            hits = sum(g["exact_match"] * g["count"] for _, g in rest)
+            lines.append(f"  {f'({len(rest)} more)':<22} {hits / count:>11.1%} {count:>8}")
+    for miss in result["misses"][:5]:
+        lines.append(f"  miss, record {miss['record']}: {miss['question'].replace(IMAGE_TOKEN, '').strip()!r} -> "
+                     f"{miss['answer']!r}, expected {miss['reference']!r}")
     return "\n".join(lines)
