@@ -14,8 +14,9 @@
      float32 export   --lm-head float --vision fp32 --accuracy-level 4: the export before the
                       8-bit defaults, the baseline for vision and first-token time
      float32 head     --lm-head float --accuracy-level 4
-     defaults         nothing more: what `vlm-export --awq4` writes (int8 head, vision and
-                      accuracy level as `auto` chooses them), validated
+     defaults         nothing more: what `vlm-export --awq4` writes (head, vision and accuracy
+                      level as `auto` chooses them), validated
+     int8 head        --lm-head int8 --accuracy-level 4 (the default head before int4-rescore)
      level 0          --accuracy-level 0: the defaults with float compute in the 4-bit linears
      int4 head        --lm-head int4 --accuracy-level 4 (what genai's builder does to a tied head)
    All but `defaults` are written with --no-validate (validation changes nothing that runs).
@@ -240,14 +241,16 @@ def run_bandwidth() -> dict:
 # ---- the driver ------------------------------------------------------------------------------------
 def decoder_weight_bytes(engine: Path) -> int:
     """Bytes of the decoder's weights read per decode token (its external data, minus the RoPE tables,
-    of which one row per position is read)."""
+    of which one row per position is read, and the rescored head's int8 rows, of which 64 are)."""
     import onnx
 
     model = onnx.load(str(engine / "decoder.ort.onnx"), load_external_data=False)
     total = 0
     for t in model.graph.initializer:
         info = {e.key: e.value for e in t.external_data}
-        if "length" in info and "rope" not in t.name:
+        if "length" in info and "rows_int8" in t.name:  # [vocab, hidden]: RESCORE_TOP rows a step
+            total += int(info["length"]) * 64 // t.dims[0]
+        elif "length" in info and "rope" not in t.name:
             total += int(info["length"])
     return total
 
@@ -257,8 +260,9 @@ EXPORTS = {  # label -> (engine folder, vlm-export options after --awq4 --method
     "float32 export": ("engine-fp32", ["--lm-head", "float", "--vision", "fp32", "--accuracy-level", "4",
                                        "--no-validate"]),
     "float32 head": ("engine", ["--lm-head", "float", "--accuracy-level", "4", "--no-validate"]),
-    # what `vlm-export --awq4` writes: int8 head, vision and accuracy level as auto chooses, validated
+    # what `vlm-export --awq4` writes: head, vision and accuracy level as auto chooses, validated
     "defaults": ("engine-defaults", []),
+    "int8 head": ("engine-head8", ["--lm-head", "int8", "--accuracy-level", "4", "--no-validate"]),
     "level 0": ("engine-level0", ["--accuracy-level", "0", "--no-validate"]),  # the default before auto
     "int4 head": ("engine-head4", ["--lm-head", "int4", "--accuracy-level", "4", "--no-validate"]),
 }

@@ -31,7 +31,7 @@ from vlm_edge.quant.api import is_quantized, quantize_checkpoint
 from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
 
 from .config import ExportConfig, check_source
-from .decoder import DecoderSpec, build_decoder, decoder_io, lm_head_weight, set_accuracy_level, uses_gqa
+from .decoder import RESCORE_TOP, DecoderSpec, build_decoder, decoder_io, lm_head_weight, set_accuracy_level, uses_gqa
 from .graph import GraphBuilder
 from .linear import rtn_quantize
 from .plugins import plugin_record, write_trt_vision
@@ -170,11 +170,13 @@ def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportC
     skip_vision: set[str] = set()  # vision precisions whose own check failed: no other head revives them
     for head in heads:
         head_quant = _quantize_head(spec, weights, config, head, flavours, group)
-        decoder_files = _decoder_graphs(tmp, spec, weights, flavours, head_quant, config, components, layer_progress)
+        rescore = RESCORE_TOP if head == "int4-rescore" else 0
+        decoder_files = _decoder_graphs(tmp, spec, weights, flavours, head_quant, rescore, config, components,
+                                        layer_progress)
         # a quantized head that auto may still replace is kept only at the first accuracy level: a faster
         # head at float compute loses to the next head with int8 activations
         levels = config.accuracy_candidates() if "ort" in flavours else (0,)
-        chosen = _validated_choice(checkpoint, work, tmp, table, flavours, group, config, head_quant, memo,
+        chosen = _validated_choice(checkpoint, work, tmp, table, flavours, group, config, head_quant, rescore, memo,
                                    skip_vision, levels if head == heads[-1] else levels[:1])
         if not chosen.failed or head == heads[-1]:
             break
@@ -254,7 +256,7 @@ def _quantize_head(spec: DecoderSpec, weights: ModuleWeights, config: ExportConf
                    flavours: tuple[str, ...], group: int | None) -> dict:
     """RTN LM head per flavour (its symmetry). The reference keeps the float head, so the head's
     rounding is part of what the validation measures."""
-    bits = {"int8": 8, "int4": 4}.get(head)
+    bits = {"int8": 8, "int4": 4, "int4-rescore": 4}.get(head)
     if not bits:
         return {}
     head_t = lm_head_weight(spec, weights).T
@@ -263,7 +265,8 @@ def _quantize_head(spec: DecoderSpec, weights: ModuleWeights, config: ExportConf
 
 
 def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavours: tuple[str, ...], head_quant: dict,
-                    config: ExportConfig, components: dict[str, Component], progress) -> dict[str, list[str]]:
+                    rescore: int, config: ExportConfig, components: dict[str, Component],
+                    progress) -> dict[str, list[str]]:
     """Write one decoder graph per flavour (the ort one at the first accuracy level to try); their
     components are filed without file records, which are taken once the graphs are final."""
     level = config.accuracy_candidates()[0] if "ort" in flavours else 0
@@ -274,7 +277,7 @@ def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavou
         g = GraphBuilder(f"decoder_{flavour}", tmp / decoder_file(flavour), ms_domain=uses_gqa(flavour) or flavour == "ort")
         try:
             build_decoder(g, spec, weights, flavour, accuracy_level=level, lm_head=head_quant.get(flavour),
-                          progress=progress)
+                          rescore=rescore if flavour == "ort" else 0, progress=progress)
         except BaseException:
             g.abort()
             raise
@@ -282,6 +285,8 @@ def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavou
         info = {"quantized_linears": len(weights.quantized_linears),
                 "kv_cache": "shared" if uses_gqa(flavour) else "concat",
                 "lm_head": {8: "int8", 4: "int4"}[head_quant[flavour].bits] if flavour in head_quant else "float32"}
+        if rescore and flavour == "ort":
+            info.update(lm_head="int4-rescore", rescore_top=rescore)
         if flavour == "trt":
             problems = check_trt_graph(tmp / files[0])
             if problems:
@@ -293,7 +298,7 @@ def _decoder_graphs(tmp: Path, spec: DecoderSpec, weights: ModuleWeights, flavou
 
 
 def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.ndarray, flavours: tuple[str, ...],
-                      group: int | None, config: ExportConfig, head_quant: dict, memo: dict,
+                      group: int | None, config: ExportConfig, head_quant: dict, rescore: int, memo: dict,
                       skip_vision: set[str], levels: tuple[int, ...]) -> _Choice:
     """The vision tower (auto: int8 first) and the ort graph's accuracy level (auto: 4 first) are kept
     only if the whole validation passes with them: try them in order of preference, skipping what a
@@ -323,7 +328,7 @@ def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.n
             validation = validate(checkpoint, tmp, VISION_FILE, {f: decoder_file(f) for f in flavours}, table, prompts,
                                   quantized=group is not None, decode_steps=config.decode_steps,
                                   greedy_steps=config.greedy_steps, vision_precision=precision, memo=memo,
-                                  rounded=_rounded(flavours, head_quant, level))
+                                  rounded=_rounded(flavours, head_quant, level, rescore))
             failed = [name for name, figures in validation.items() if not figures["passed"]]
             check = validation.get("vision", {})
         elif any(p != precision for p, _ in queue):  # --no-validate with vision auto: the vision check decides
@@ -352,11 +357,13 @@ def _validated_choice(checkpoint: Checkpoint, work: Path, tmp: Path, table: np.n
                    projector_files, site)
 
 
-def _rounded(flavours: tuple[str, ...], head_quant: dict, level: int) -> dict[str, str]:
+def _rounded(flavours: tuple[str, ...], head_quant: dict, level: int, rescore: int = 0) -> dict[str, str]:
     """{flavour: what its graph rounds on purpose}, for the graphs that do."""
     out = {}
     for flavour in flavours:
         parts = [f"int{head_quant[flavour].bits} head"] if flavour in head_quant else []
+        if parts and rescore and flavour == "ort":
+            parts = [f"int4 head rescored (top {rescore} in int8)"]
         if flavour == "ort" and (level == 4 or "int8 head" in parts):
             parts.append("int8 activations")
         if parts:
@@ -393,8 +400,9 @@ def _failure_reasons(failed: list[str], check: dict, validation: dict) -> list[s
         if name == "vision" and "cosine_threshold" in check:
             reasons.append(f"image cosine {check['cosine_min']:.5f}, threshold {check['cosine_threshold']}")
         elif figures.get("rounded"):
-            reasons.append(f"{name} logits cosine {figures['logits_cosine_min']:.5f} (>= "
-                           f"{figures['logits_cosine_threshold']}), next token agreement "
+            logits = (f"KL mean {figures['kl_mean']:.2e} (<= {figures['kl_threshold']})" if "kl_threshold" in figures
+                      else f"logits cosine {figures['logits_cosine_min']:.5f} (>= {figures['logits_cosine_threshold']})")
+            reasons.append(f"{name} {logits}, next token agreement "
                            f"{100 * figures['next_token_agreement']:.1f}% (>= {100 * figures['agreement_threshold']:.0f}%)")
         elif "greedy_identical" in figures:
             logits = "" if figures.get("logits_passed", True) else \

@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", help="calibration data for AWQ (see vlm-quant --help; default: the checkpoint's own set)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per calibration block (default 512)")
-    p.add_argument("--lm-head", choices=("auto", "float", "int8", "int4"), default="auto",
-                   help="the LM head's weights: float (as AWQ leaves it), int8 or int4 (round-to-nearest, per "
-                        "group). With a large vocabulary the head is most of the bytes a decode step reads: int8 is "
-                        "near-lossless (ONNX Runtime graphs only), int4 the fastest but it moved 5.6%% of a real "
-                        "0.5B model's next tokens. auto (default): int8 with --awq4 and ONNX Runtime graphs only "
-                        "(float if its logits and next tokens do not validate against the float head), else float")
+    p.add_argument("--lm-head", choices=("auto", "float", "int8", "int4", "int4-rescore"), default="auto",
+                   help="the LM head's weights: float (as AWQ leaves it), int8, int4 (round-to-nearest, per "
+                        "group) or int4-rescore (the int4 head picks 64 candidates, int8 rows of the head give their "
+                        "logits; ONNX Runtime graphs only). With a large vocabulary the head is most of the bytes a "
+                        "decode step reads: int4 reads the fewest but moved 5.6%% of a real 0.5B model's next "
+                        "tokens; int4-rescore reads about as few and kept the int8 head's 98.4%% agreement. auto "
+                        "(default), with --awq4 and ONNX Runtime graphs only: int4-rescore, int8, float, the first "
+                        "that validates against the float head (int8 with --no-validate); float with a trt graph")
     p.add_argument("--quantize-lm-head", dest="lm_head", action="store_const", const="int4",
                    help="the same as --lm-head int4")
     p.add_argument("--vision", choices=("auto", "fp32", "int8", "fp16"), default="auto",
@@ -117,7 +119,8 @@ def summary(manifest) -> str:
             lines.append(f"  vision   {figures.get('precision', 'fp32')}: image embeddings rel err "
                          f"{figures['rel_err']:.2e}{cosine}")
         elif figures.get("rounded"):
-            lines.append(f"  {name:<12} logits cosine >= {figures['logits_cosine_min']:.5f}, next token agreement "
+            kl = f"KL mean {figures['kl_mean']:.2e}, " if "kl_threshold" in figures else ""
+            lines.append(f"  {name:<12} {kl}logits cosine >= {figures['logits_cosine_min']:.5f}, next token agreement "
                          f"{100 * figures['next_token_agreement']:.1f}%, greedy identical "
                          f"{figures['greedy_identical']}/{figures['prompts']} ({figures['rounded']})")
         else:

@@ -108,6 +108,38 @@ def test_rtn_lm_head_runs_in_onnx_runtime_as_its_dequantized_weights(tmp_path, b
     np.testing.assert_allclose(y, x @ deq, rtol=0, atol=(0.05 if bits == 8 else 1e-4) * np.abs(x @ deq).max())
 
 
+
+def test_rescored_head_matches_its_numpy_reference(tmp_path):
+    """The rescored LM head: TopK of the 4-bit logits, those rows recomputed from int8 rows (the
+    numpy reference beside the builder), scattered back; the rest keep the 4-bit estimate."""
+    import onnxruntime as ort
+
+    from vlm_edge.export.decoder import _rescored, int8_rows, rescore_reference
+    from vlm_edge.export.graph import GraphBuilder
+    from vlm_edge.export.linear import emit_linear, rtn_quantize
+
+    rng = np.random.default_rng(5)
+    head = rng.standard_normal((500, 64)).astype(np.float32)  # [vocab, hidden]
+    q, scale = int8_rows(head)
+    assert q.dtype == np.int8 and np.all(np.abs(q.astype(np.float32) * scale[:, None] - head) <= 0.5 * scale[:, None] + 1e-6)
+    lin = rtn_quantize(head.T, 32, False, 4)
+    g = GraphBuilder("rescored", tmp_path / "head.onnx", ms_domain=True)
+    g.input("h", np.dtype("float32"), [3, 1, 64])
+    approx = emit_linear(g, "h", "lm_head", "ort", quant=lin)
+    g.output(approx, "approx", np.float32, [3, 1, 500])
+    g.output(_rescored(g, "h", approx, q, scale, 16), "logits", np.float32, [3, 1, 500])
+    g.save()
+    h = rng.standard_normal((3, 1, 64)).astype(np.float32)
+    got_approx, got = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"h": h})
+    want = rescore_reference(h[:, 0], got_approx[:, 0], q, scale, 16)
+    np.testing.assert_allclose(got[:, 0], want, rtol=0, atol=1e-4 * np.abs(want).max())
+    exact = h[:, 0] @ (q.astype(np.float32) * scale[:, None]).T
+    for r in range(3):  # the top 16 of the estimate hold the int8 rows' logits; the argmax is theirs
+        top = np.argsort(-got_approx[r, 0])[:16]
+        np.testing.assert_allclose(got[r, 0, top], exact[r, top], rtol=0, atol=1e-4 * np.abs(exact).max())
+        assert int(got[r, 0].argmax()) == int(top[exact[r, top].argmax()])
+
 def test_initializers_carry_exactly_the_checkpoints_integers_and_scales(trained, tmp_path):
     """MatMulNBits (ort) and int4 DequantizeLinear (trt) hold the AWQ checkpoint's q, zeros, scales."""
     from vlm_edge.quant.api import quantize_checkpoint
@@ -205,7 +237,9 @@ def test_trained_checkpoint_exports_in_both_precisions(trained, tmp_path):
     q = export_checkpoint(trained, tmp_path / "q", ExportConfig(awq4=True))
     _assert_validated(q, ("ort",), 1e-2)
     assert q.quantization["group_size"] == 32  # auto: micro widths 32 / 64
-    assert q.components["decoder.ort"].info["lm_head"] == "int8"  # the default head of a 4-bit ONNX Runtime export
+    # the default head of a 4-bit ONNX Runtime export: the rescored int4 head when it validates
+    info = q.components["decoder.ort"].info
+    assert info["lm_head"] == "int4-rescore" and info["rescore_top"] == 64, info
     assert q.quantization["symmetric"] is False
     manifest = Manifest.read(tmp_path / "q")
     verify_files(tmp_path / "q", manifest)
@@ -227,11 +261,12 @@ def test_qwen2_clip_exports(qwen_clip, tmp_path):
     _assert_validated(fp, ("fp",), 1e-4)
     q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib=_calib(tmp_path)))
     _assert_validated(q, ("ort",), 1e-2)
-    # random weights scaled up: near-tied logits, which the int8 head (and its int8 activations) may flip
-    # against the reference's float head; the default (auto) head then falls back to float, with the
-    # reason in the manifest
+    # random weights scaled up: near-tied logits, which a quantized head (and int8 activations) may flip
+    # against the reference's float head; the default (auto) head then falls back from the rescored
+    # int4 head to int8 to float, with the reasons in the manifest
     info = q.components["decoder.ort"].info
-    assert info["lm_head"] == "int8" or (info["lm_head"] == "float32" and info["lm_head_rejected"]["int8"]), info
+    order = ("int4-rescore", "int8", "float32")
+    assert list(info.get("lm_head_rejected", {})) == list(order[:order.index(info["lm_head"])]), info
     # 8- and 4-bit LM heads asked for by name: the graphs carry them (unvalidated: this model's near ties
     # need not survive the rounding)
     for head, bits in (("int8", 8), ("int4", 4)):
@@ -464,10 +499,13 @@ def test_accuracy_level_option():
         ExportConfig(awq4=True, accuracy_level=7).validate_options()
 
 
-def test_default_lm_head_is_int8_for_onnx_runtime_graphs():
-    assert ExportConfig(awq4=True).resolved_lm_head == "int8"
-    assert ExportConfig(awq4=True).lm_head_candidates() == ("int8", "float")  # each validated, in turn
-    assert ExportConfig(awq4=True, validate=False).lm_head_candidates() == ("int8",)
+def test_default_lm_head_for_onnx_runtime_graphs():
+    assert ExportConfig(awq4=True).resolved_lm_head == "int4-rescore"
+    assert ExportConfig(awq4=True).lm_head_candidates() == ("int4-rescore", "int8", "float")  # each validated
+    assert ExportConfig(awq4=True, validate=False).lm_head_candidates() == ("int8",)  # unchecked: the closer head
+    assert ExportConfig(awq4=True, lm_head="int4-rescore").lm_head_bits == 4
+    with pytest.raises(InputError, match="int4-rescore is for ONNX Runtime"):
+        ExportConfig(awq4=True, flavours=("ort", "trt"), lm_head="int4-rescore").validate_options()
     assert ExportConfig(awq4=True, lm_head="int8").lm_head_candidates() == ("int8",)
     assert ExportConfig(awq4=True, flavours=("ort", "trt")).resolved_lm_head == "float"  # trt takes float or int4
     assert ExportConfig().resolved_lm_head == "float"  # a float32 export quantizes nothing
