@@ -653,6 +653,48 @@ def test_vlm_eval_data_scores_a_users_test_set(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "record 0" in err[0] and "could not be decoded" in err[0], err
 
+
+def test_init_fine_tunes_a_trained_checkpoint_on_a_users_data(tmp_path, capsys):
+    """vlm-train --init ckpt/ --data: the checkpoint's weights and tokenizer, one SFT stage with the
+    user's data dominant, a tenth of the records held out, scored at the end and saved for vlm-eval."""
+    from vlm_edge.train.cli import eval_main, main
+    from vlm_edge.train.datasets import write_calibration_set
+    from vlm_edge.train.recipe import FINETUNE_SYNTHETIC, finetune_stages
+
+    (stage,) = finetune_stages("micro")
+    assert stage.name == "sft" and stage.mix["user"] == 1 - FINETUNE_SYNTHETIC
+    assert abs(sum(w for k, w in stage.mix.items() if k != "user") - FINETUNE_SYNTHETIC) < 1e-9
+    config = TrainConfig(preset="micro", eval_per_type=0, seed=4,
+                         stages=[StageConfig("sft", 2, 1e-3, 4, ("mm_projector", "llm"), {"vqa": 1.0})])
+    Trainer(config, tmp_path / "ckpt").run()
+    write_calibration_set(SyntheticData(load_checkpoint(tmp_path / "ckpt").config.image_size, 9), tmp_path / "mine",
+                          count=30)
+    data = str(tmp_path / "mine" / "conversations.json")
+    args = ["--init", str(tmp_path / "ckpt"), "--data", data, "-o", str(tmp_path / "out"), "--steps", "sft=2",
+            "--eval-per-type", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "your held-out records (3)" in out and "exact match" in out
+    saved = json.loads((tmp_path / "out" / "training" / "train_config.json").read_text())
+    assert saved["init"] == str(tmp_path / "ckpt") and saved["stages"][0]["mix"]["user"] == 1 - FINETUNE_SYNTHETIC
+    held = json.loads((tmp_path / "out" / "training" / "heldout.json").read_text())
+    assert len(held) == 3 and all(Path(i).is_absolute() for r in held for i in r.get("image", []))
+    result = json.loads((tmp_path / "out" / "training" / "eval.json").read_text())["user_data"]
+    assert result["answers"] == sum(len(r["conversations"]) // 2 for r in held)
+    assert load_checkpoint(tmp_path / "out").tokenizer.tokenizer.to_str() == \
+        load_checkpoint(tmp_path / "ckpt").tokenizer.tokenizer.to_str()  # the checkpoint's own tokenizer
+    assert eval_main([str(tmp_path / "out"), "--data", str(tmp_path / "out" / "training" / "heldout.json")]) == 0
+    capsys.readouterr()
+
+    # misuse: one line, exit 2
+    for bad, phrase in ((["--init", str(tmp_path / "ckpt"), "-o", str(tmp_path / "x")], "add --data"),
+                        (["--init", str(tmp_path / "mine"), "--data", data, "-o", str(tmp_path / "y")], "config.json"),
+                        (["--init", str(tmp_path / "ckpt"), "--data", data, "-o", str(tmp_path / "ckpt"), "--force"],
+                         "same directory")):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and phrase in err[0], err
+
 @pytest.mark.parametrize("std", [1.0, None])
 def test_vision_position_embeddings_start_at_the_configured_spread(tmp_path, std):
     config = TrainConfig(preset="micro", eval_per_type=0, vision_position_std=std,

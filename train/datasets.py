@@ -28,7 +28,7 @@ from typing import Callable
 
 from PIL import Image
 
-from vlm_edge.common.conversations import read_conversations
+from vlm_edge.common.conversations import Conversation, read_conversations
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
@@ -409,5 +409,28 @@ def write_calibration_set(data: SyntheticData, directory: Path, count: int = 64)
 def load_conversations(path: str | Path, image_folder: str | Path | None = None) -> list[Sample]:
     """Read a LLaVA-format JSON list as training samples; every record is checked (see
     `vlm_edge.common.conversations.read_conversations`). Images are opened per batch."""
+    return conversation_samples(read_conversations(path, image_folder))
+
+
+def conversation_samples(conversations: list[Conversation]) -> list[Sample]:
     return [Sample(list(c.images), messages=c.messages, kind="user")  # type: ignore[arg-type]
-            for c in read_conversations(path, image_folder)]
+            for c in conversations]
+
+
+def split_heldout(conversations: list[Conversation], seed: int, share: float, most: int,
+                  ) -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held out): a seeded draw of `share` of the records (at most `most`; none below 10)."""
+    count = min(most, round(share * len(conversations))) if len(conversations) >= 10 else 0
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return ([c for i, c in enumerate(conversations) if i not in held],
+            [c for i, c in enumerate(conversations) if i in held])
+
+
+def conversation_records(conversations: list[Conversation]) -> list[dict]:
+    """Conversations back as LLaVA-format records (absolute image paths): `vlm-eval --data` reads them."""
+    roles = {"user": "human", "assistant": "gpt"}
+    return [{**({"image": [str(Path(i).resolve()) for i in c.images]} if c.images else {}),
+             "conversations": [{"from": roles[m["role"]], "value": m["content"]} for m in c.messages]}
+            for c in conversations]

@@ -66,6 +66,9 @@ class TrainConfig:
     image_folder: str | None = None
     init_llm: str | None = None  # start from an existing LLM folder (transformers layout + tokenizer)
     init_vision: str | None = None  # and/or an existing vision tower folder (+ preprocessor_config.json)
+    init: str | None = None  # fine-tune this trained checkpoint (its weights and tokenizer) instead of a new model
+    # the user's held-out test set (LLaVA JSON); None with user data: HELDOUT_SHARE of it is carved out
+    eval_data: str | None = None
     # Std of a from-scratch vision tower's position embeddings at init; None keeps transformers'
     # SigLIP init (1/sqrt(width): 0.09 for the tiny tower, a tenth of the patch embeddings' spread).
     # The tiny recipe uses 1.0 (PRESET_OPTIONS): where an object is then weighs in its image token
@@ -140,6 +143,25 @@ PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "micro": {"probe_weight": 0.0},  # its 150-step test fixtures learn to talk too slowly beside the probe loss
     "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
 }
+
+
+# Fine-tuning a trained checkpoint on a user's data (`vlm-train --init ckpt/ --data ...`): the recipe's
+# SFT stage with the user's conversations dominant and the synthetic SFT mix kept at FINETUNE_SYNTHETIC
+# of the draws, enough that the model does not forget what it could do
+FINETUNE_SYNTHETIC = 0.2
+HELDOUT_SHARE = 0.1  # of the user's records, at most HELDOUT_MAX, when no --eval-data is given
+HELDOUT_MAX = 500
+
+
+def finetune_stages(preset: str) -> list[StageConfig]:
+    """The one stage of a fine-tune: the preset's SFT (steps, learning rate, batch, modules), its mix
+    scaled to FINETUNE_SYNTHETIC beside the user's data."""
+    if preset not in RECIPES:
+        raise InputError(f"no training recipe for preset {preset!r}; choose one of {', '.join(RECIPES)}")
+    sft = dataclasses.replace(next(s for s in RECIPES[preset] if s.name == "sft"))
+    total = sum(sft.mix.values())
+    sft.mix = {**{k: FINETUNE_SYNTHETIC * w / total for k, w in sft.mix.items()}, "user": 1 - FINETUNE_SYNTHETIC}
+    return [sft]
 
 
 def default_config(preset: str, **overrides: Any) -> TrainConfig:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vlm_edge.common.conversations import read_conversations
 from vlm_edge.common.errors import CheckpointError, InputError
 from vlm_edge.common.fsutil import atomic_directory, recover_directory
 from vlm_edge.common.log import get_logger
@@ -49,17 +50,19 @@ from vlm_edge.model.vila import VilaModel
 
 from . import numerics
 from .batching import by_length, collate
-from .datasets import DATA_KINDS_SYNTHETIC, Sample, SyntheticData, load_conversations, write_calibration_set
-from .evaluate import evaluate, format_table
+from .datasets import (DATA_KINDS_SYNTHETIC, Sample, SyntheticData, conversation_records, conversation_samples,
+                       split_heldout, write_calibration_set)
+from .evaluate import evaluate, evaluate_conversations, format_conversation_table, format_table
 from . import lookup as lookup_module
 from .lookup import LookupLoss, lookup_count
 from .picture_stage import FIELDS, PictureProbes, ProbedModel, picture_targets, target_counts, token_cells
-from .recipe import StageConfig, TrainConfig
+from .recipe import HELDOUT_MAX, HELDOUT_SHARE, StageConfig, TrainConfig
 from .tokenizer import train_tokenizer
 
 log = get_logger(__name__)
 TRAINING_DIR = "training"
 CALIBRATION_DIR = "calibration"  # held-out conversations + images that vlm-quant calibrates on
+HELDOUT_FILE = "heldout.json"  # with --init and no --eval-data: the records held out of the user's data
 PROBES_FILE = "probes.pt"  # the vision stage's linear probes, kept while that stage is unfinished (resume)
 
 
@@ -164,7 +167,7 @@ class Trainer:
                     "or --force to start over (the old directory is replaced only at the first checkpoint)"
                 )
             self.state = TrainerState()
-            self.checkpoint = self._new_model(config)
+            self.checkpoint = self._init_checkpoint(config) if config.init else self._new_model(config)
         for stage in config.stages:
             if stage.batch_size % self.par.world:
                 raise InputError(f"stage {stage.name}: batch size {stage.batch_size} does not split over {self.par.world} processes")
@@ -188,11 +191,37 @@ class Trainer:
             readout = self.probes.readout if self.probes is not None and lookup_module.PICTURE_READOUT else None
             self.lookup = LookupLoss(self.model.llm, readout=readout)
         image_size = self.model.config.image_size
-        user = load_conversations(config.user_data, config.image_folder) if config.user_data else None
+        self.heldout: list | None = None  # the user's test set, scored at the end (and saved beside the checkpoint)
+        user = None
+        if config.user_data:
+            conversations = read_conversations(config.user_data, config.image_folder)
+            if config.eval_data:
+                self.heldout = read_conversations(config.eval_data)
+            elif config.init:
+                conversations, self.heldout = split_heldout(conversations, config.seed, HELDOUT_SHARE, HELDOUT_MAX)
+                if self.par.main:
+                    if self.heldout:
+                        log.info("held out %d of %d records of %s for the final score (--eval-data to give your own)",
+                                 len(self.heldout), len(self.heldout) + len(conversations), config.user_data)
+                    else:
+                        log.warning("%s has fewer than 10 records: none held out, so no score at the end",
+                                    config.user_data)
+            if not conversations:
+                raise InputError(f"{config.user_data} holds no training records")
+            user = conversation_samples(conversations)
         self.data = SyntheticData(image_size, config.seed)
         self.mix = DataMix(self.data, user)
 
     # ---- model init / resume
+    def _init_checkpoint(self, config: TrainConfig) -> Checkpoint:
+        """A trained checkpoint to fine-tune (`--init`): its weights and tokenizer, as they are."""
+        source = Path(config.init)
+        if source.resolve() == self.output.resolve():
+            raise InputError(f"--init {source} and the output are the same directory; write the fine-tune elsewhere")
+        if self.par.main:
+            log.info("fine-tuning %s", source)
+        return load_checkpoint(source)
+
     def _new_model(self, config: TrainConfig) -> Checkpoint:
         """The preset's model with a BPE tokenizer trained on the corpus, or existing components."""
         torch.manual_seed(config.seed)
@@ -250,6 +279,10 @@ class Trainer:
         if self.par.main and self.config.eval_per_type > 0:
             result = evaluate(Checkpoint(self.model, self.checkpoint.tokenizer), self.data, self.config.eval_per_type)
             print(format_table(result), flush=True)
+        if self.par.main and self.heldout:
+            result["user_data"] = evaluate_conversations(Checkpoint(self.model, self.checkpoint.tokenizer), self.heldout)
+            print(f"your held-out records ({len(self.heldout)}):", flush=True)
+            print(format_conversation_table(result["user_data"]), flush=True)
         self._save(None, evaluation=result or None)
         self.par.barrier()
         return result
@@ -399,6 +432,8 @@ class Trainer:
                         torch.save(self.probes.state_dict(), state_dir / PROBES_FILE)
                 if evaluation is not None:
                     (state_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+                if self.heldout:  # `vlm-eval ckpt --data ckpt/training/heldout.json` scores it again
+                    (state_dir / HELDOUT_FILE).write_text(json.dumps(conversation_records(self.heldout), indent=1) + "\n")
         self.par.barrier()
 
 
