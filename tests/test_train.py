@@ -695,6 +695,25 @@ def test_init_fine_tunes_a_trained_checkpoint_on_a_users_data(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and phrase in err[0], err
 
+
+def test_the_example_data_set_is_a_valid_users_set(tmp_path):
+    """examples/shapes_dataset.py writes LLaVA-format records that --data reads, one 64x64 picture and
+    one question each, with answers from its vocabulary."""
+    from PIL import Image
+
+    from vlm_edge.common.conversations import read_conversations
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "shapes_dataset.py"
+    subprocess.run([sys.executable, str(script), "-o", str(tmp_path), "--train", "12", "--test", "5", "--seed", "3"],
+                   check=True, capture_output=True)
+    answers = {"red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "yes", "no"}
+    for split, count in (("train", 12), ("test", 5)):
+        conversations = read_conversations(tmp_path / f"{split}.json")
+        assert len(conversations) == count
+        for c in conversations:
+            assert len(c.images) == 1 and Image.open(c.images[0]).size == (64, 64)
+            assert len(c.messages) == 2 and c.messages[1]["content"] in answers
+
 @pytest.mark.parametrize("std", [1.0, None])
 def test_vision_position_embeddings_start_at_the_configured_spread(tmp_path, std):
     config = TrainConfig(preset="micro", eval_per_type=0, vision_position_std=std,
