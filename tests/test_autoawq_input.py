@@ -80,7 +80,10 @@ def test_export_carries_autoawqs_integers_and_the_runtime_matches(autoawq_ckpt, 
     from vlm_edge.model import GenerationConfig, load_checkpoint
     from vlm_edge.model.generate import generate
 
-    manifest = export_checkpoint(autoawq_ckpt, tmp_path / "engine", ExportConfig(awq4=True, vision="fp32"))
+    # the checkpoint's own math (a float head, float compute): the runtime is held to the reference token
+    # for token, which the default's rounding on purpose (judged by agreement) need not keep on random weights
+    manifest = export_checkpoint(autoawq_ckpt, tmp_path / "engine", ExportConfig(awq4=True, vision="fp32",
+                                                                                 lm_head="float", accuracy_level=0))
     assert manifest.quantization["group_size"] == 32 and manifest.validation["decoder.ort"]["passed"]
     graph = tmp_path / "engine" / "decoder.ort.onnx"
     model = onnx.load(str(graph))  # with its external data
