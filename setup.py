@@ -23,6 +23,7 @@ TORCH = [
     "sentencepiece>=0.2",  # converting a release's tokenizer.model to tokenizer.json
     "protobuf>=4",
     "onnx>=1.17",  # vlm-export builds the graphs with it (int4 initializers need >= 1.16)
+    "opencv-python-headless>=4.8",  # one of vlm-train's renderers (train/renderers.py)
 ]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"]
 EXTRAS = {

@@ -20,8 +20,8 @@ from pathlib import Path
 from vlm_edge.common.manifest import Manifest
 from vlm_edge.common.vila_config import VilaConfig
 from vlm_edge.edge import SamplingConfig, load
-from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa
-from vlm_edge.train.evaluate import training_seed
+from vlm_edge.train.datasets import SyntheticData, heldout_vqa
+from vlm_edge.train.evaluate import training_seed, training_world
 
 
 def engine_label(engine: Path) -> str:
@@ -45,7 +45,8 @@ def main() -> None:
     p.add_argument("--per-type", type=int, default=200)
     p.add_argument("--json")
     args = p.parse_args()
-    data = SyntheticData(VilaConfig.read(args.checkpoint).image_size, training_seed(args.checkpoint) or 0)
+    data = SyntheticData(VilaConfig.read(args.checkpoint).image_size, training_seed(args.checkpoint) or 0,
+                         training_world(args.checkpoint))
     samples = list(heldout_vqa(data, args.per_type))
     results = {}
     for engine in map(Path, args.engines):
@@ -53,7 +54,7 @@ def main() -> None:
         hits = answer_all(engine, samples)
         label = engine_label(engine)
         table = {}
-        for qtype in QUESTION_TYPES:
+        for qtype in data.question_types:
             rows = [(s, h) for s, h in zip(samples, hits) if s.question_type == qtype]
             entry = {"all": sum(h for _, h in rows) / len(rows)}
             for n in sorted({s.objects for s, _ in rows if s.objects is not None}):
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"\n{args.per_type} held-out questions per type, answered by the runtime (ort-cpu)\n")
     print("| question type | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))
-    for qtype in QUESTION_TYPES:
+    for qtype in data.question_types:
         cells = []
         for label in labels:
             e = results[label]["accuracy"][qtype]

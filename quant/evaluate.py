@@ -29,8 +29,8 @@ from vlm_edge.common.errors import InputError
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.vila_config import VilaConfig
 from vlm_edge.model.checkpoint import load_checkpoint
-from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData
-from vlm_edge.train.evaluate import evaluate, training_seed
+from vlm_edge.train.datasets import SyntheticData
+from vlm_edge.train.evaluate import evaluate, training_seed, training_world
 
 from .api import quantize_model
 from .calibration import load_calibration
@@ -56,7 +56,7 @@ def quality_report(checkpoint_dir: str | Path, config: QuantConfig, *, per_type:
         checkpoint = load_checkpoint(checkpoint_dir)
         if variant is not None:
             quantize_model(checkpoint, variant, checkpoint_dir)
-        data = SyntheticData(checkpoint.config.image_size, seed)
+        data = SyntheticData(checkpoint.config.image_size, seed, training_world(checkpoint_dir))
         result = evaluate(checkpoint, data, per_type)
         result["mean_accuracy"] = sum(result["accuracy"].values()) / len(result["accuracy"])
         rows[name] = result
@@ -135,7 +135,7 @@ def format_text_report(report: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     names = list(report["variants"])
     lines = [f"{'':<14}" + "".join(f"{n:>10}" for n in names)]
-    for qtype in QUESTION_TYPES:
+    for qtype in report["variants"][names[0]]["accuracy"]:  # the types the checkpoint's world asks
         lines.append(f"{qtype:<14}" + "".join(f"{report['variants'][n]['accuracy'][qtype]:>10.1%}" for n in names))
     lines.append(f"{'mean':<14}" + "".join(f"{report['variants'][n]['mean_accuracy']:>10.1%}" for n in names))
     lines.append(f"{'perplexity':<14}" + "".join(f"{report['variants'][n]['perplexity']:>10.4f}" for n in names))

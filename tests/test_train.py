@@ -52,7 +52,8 @@ def test_samples_are_deterministic_and_splits_disjoint():
     train_scenes = [data.scene(__import__("random").Random(i), "train") for i in range(500)]
     assert not any(_is_heldout(s) for s in train_scenes)
     held = heldout_vqa(data, 5)
-    assert {s.question_type for s in held} == set(QUESTION_TYPES) and len(held) == 5 * len(QUESTION_TYPES)
+    assert {s.question_type for s in held} == set(data.question_types) and len(held) == 5 * len(data.question_types)
+    assert set(QUESTION_TYPES) - set(data.question_types) == {"yes_no"}  # the plain wording asks no yes/no
 
 
 def test_fact_captions_and_sft_scene_sizes():
@@ -226,10 +227,12 @@ def test_fact_captions_look_at_the_object_each_fact_is_about(monkeypatch):
         assert len(lookups) == sum(len(tokenizer.encode(s.split(" is", 1)[1])) for s in sentences)
         for layer, query, targets in lookups:
             assert layer == LOOKUP_LAYER and labels[query + 1] != IGNORE_INDEX
-            ((image, token),) = targets
-            o = next(o for o in sample.scenes[0].objects if o.cell == CELLS[CELLS_COLUMN_MAJOR[token]])
             said = tokenizer.decode(ids[:query + 2])  # the caption up to the token predicted
-            assert said.rsplit("The ", 1)[1].split(" is ")[0] == o.shape  # the fact being said is about o
+            scene = sample.scenes[0]
+            o = next(o for o in scene.objects if o.shape == said.rsplit("The ", 1)[1].split(" is ")[0])
+            # the fact being said is about o: it looks at o's tokens (its centre's and those it covers a share of)
+            assert sorted(CELLS_COLUMN_MAJOR[token] for _, token in targets) == list(scene.painted()[scene.objects.index(o)])
+            assert CELLS.index(o.cell) in [CELLS_COLUMN_MAJOR[token] for _, token in targets]
             facts += 1
     assert facts > 500
     monkeypatch.setattr(datasets, "WHICH_PICTURE_PROBABILITY", 0.0)  # documents describing 2-3 pictures in order
@@ -733,5 +736,11 @@ def test_vlm_eval_prints_and_saves_the_table(tmp_path, capsys):
     assert eval_main([str(tmp_path / "ckpt"), "--per-type", "2", "--json", str(tmp_path / "eval.json")]) == 0
     assert "question type" in capsys.readouterr().out
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert set(result["accuracy"]) == set(QUESTION_TYPES) and result["data"]["seed"] == 4 and result["perplexity"] > 1
+    assert set(result["accuracy"]) == set(QUESTION_TYPES) - {"yes_no"} and result["data"]["seed"] == 4
+    assert result["data"]["world"] == "plain" and result["perplexity"] > 1  # the world it was trained in
+    assert eval_main([str(tmp_path / "ckpt"), "--per-type", "1", "--world", "heldout", "--wording", "heldout",
+                      "--layout", "free", "--json", str(tmp_path / "held.json")]) == 0
+    held = json.loads((tmp_path / "held.json").read_text())
+    assert set(held["accuracy"]) == set(QUESTION_TYPES)
+    assert (held["data"]["world"], held["data"]["wording"], held["data"]["layout"]) == ("heldout", "heldout", "free")
     assert eval_main([str(tmp_path / "nowhere")]) == 2

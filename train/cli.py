@@ -54,6 +54,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-vision", help="start from this vision tower folder (config.json, safetensors, "
                    "preprocessor_config.json); the vision stage, for towers trained from scratch, is skipped")
     p.add_argument("--eval-per-type", type=int, help="held-out questions per type in the final evaluation (0 = skip)")
+    p.add_argument("--world", choices=("train", "plain"),
+                   help="how the synthetic pictures are drawn: train (Pillow and OpenCV, plain, gradient and "
+                        "noisy backgrounds, shapes placed, sized and turned freely) or plain (a 2x2 grid of "
+                        "shapes on grey); default: the preset's")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on a GPU, fp32 on a CPU")
@@ -96,6 +100,8 @@ def build_config(args: argparse.Namespace):
         config.checkpoint_every = args.checkpoint_every
     if args.eval_per_type is not None:
         config.eval_per_type = args.eval_per_type
+    if args.world:
+        config.world = args.world
     config.user_data, config.image_folder = args.data, args.image_folder
     config.init, config.eval_data = args.init, args.eval_data
     config.init_llm, config.init_vision = args.init_llm, args.init_vision
@@ -157,6 +163,16 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="your own test set: LLaVA-format conversation JSON")
     p.add_argument("--image-folder", help="folder the --data image paths are relative to (default: the JSON's)")
     p.add_argument("--limit", type=int, help="with --data: at most this many answers")
+    p.add_argument("--world", choices=("plain", "train", "heldout"),
+                   help="how the synthetic pictures are drawn: plain (one grey, exact colours), train (several "
+                        "renderers, backgrounds, lighting, blur, JPEG) or heldout (a renderer and backgrounds no "
+                        "training world has); default: the world the checkpoint was trained in")
+    p.add_argument("--layout", choices=("cells", "grid", "free"),
+                   help="where the shapes sit: cells (the plain world's), grid (upright, two sizes, one to a "
+                        "quadrant, moved within it) or free (any size, angle and place); default: the world's")
+    p.add_argument("--wording", choices=("plain", "train", "heldout"),
+                   help="the questions' phrasings: plain (one a type), train (many, yes/no questions) or heldout "
+                        "(phrasings no training data has); default: the world's (plain for plain)")
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args(argv)
     setup_logging()
@@ -175,11 +191,14 @@ def eval_main(argv: list[str] | None = None) -> int:
             emit_report(format_conversation_table(result), result, args.json)
             return
         from .datasets import SyntheticData
-        from .evaluate import evaluate, format_table, training_seed
+        from .evaluate import evaluate, format_table, training_seed, training_world
 
         ckpt = load_checkpoint(args.checkpoint)
         seed = args.seed if args.seed is not None else training_seed(args.checkpoint) or 0
-        result = evaluate(ckpt, SyntheticData(ckpt.config.image_size, seed), args.per_type)
+        world = args.world or training_world(args.checkpoint)
+        wording = args.wording or ("plain" if world == "plain" else "train")
+        data = SyntheticData(ckpt.config.image_size, seed, world, wording, args.layout)
+        result = evaluate(ckpt, data, args.per_type)
         emit_report(format_table(result), result, args.json)
 
     return run("vlm-eval", measure)

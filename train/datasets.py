@@ -29,15 +29,19 @@ from typing import Callable
 from PIL import Image
 
 from vlm_edge.common.conversations import Conversation, read_conversations
+from vlm_edge.common.errors import InputError
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
+from .renderers import WORLDS, random_style
+from .wordings import ONLY_REFERENCES, phrase
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
 
 DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "describe", "text")  # with text: the tokenizer learns from them
-QUESTION_TYPES = ("colour", "shape", "count", "position", "size", "word", "multi_image")
+QUESTION_TYPES = ("colour", "shape", "count", "position", "size", "yes_no", "word", "multi_image")
+SCENE_TYPES = QUESTION_TYPES[:6]  # the types about one picture of shapes
 # Exact-match accuracy of a uniform guess among the possible answers, per question type.
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / 3, "position": 1 / len(CELLS),
-          "size": 1 / 2, "word": 1 / len(WORDS), "multi_image": 1 / 2}
+          "size": 1 / 2, "yes_no": 1 / 2, "word": 1 / len(WORDS), "multi_image": 1 / 2}
 
 
 @dataclass
@@ -67,23 +71,55 @@ class Sample:
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """The procedural dataset; `image_size` is the model's input size."""
+    """The procedural dataset; `image_size` is the model's input size.
+
+    world    how pictures are drawn: "plain" (one grey, exact colours, Pillow without
+             anti-aliasing: the tiny recipe's), "train" (several renderers, backgrounds, shades,
+             lighting, blur and JPEG: train/renderers.py) or "heldout" (a renderer and backgrounds
+             no training world has: evaluation only)
+    wording  how questions are phrased (train/wordings.py): "plain" (one phrasing a type, no
+             yes/no questions), "train" (many, US and UK spelling, yes/no questions) or "heldout"
+             (phrasings no training data has); default: "plain" in the plain world, else "train"
+    layout   where shapes sit (train/scenes.py): "cells", "grid" or "free"; default: "cells" in
+             the plain world, else "grid"
+    """
 
     image_size: int
     seed: int = 0
+    world: str = "plain"
+    wording: str | None = None
+    layout: str | None = None
+    draw: bool = True  # False: samples carry a blank 1x1 picture (text only, for the tokenizer's corpus)
+
+    def __post_init__(self) -> None:
+        if self.world not in ("plain", *WORLDS):
+            raise InputError(f"world {self.world!r} is unknown; choose plain, {', '.join(WORLDS)}")
+        plain = self.world == "plain"
+        object.__setattr__(self, "wording", self.wording or ("plain" if plain else "train"))
+        object.__setattr__(self, "layout", self.layout or ("cells" if plain else "grid"))
+
+    @property
+    def question_types(self) -> tuple[str, ...]:
+        """The question types this data asks (the plain wording has no yes/no questions)."""
+        return tuple(t for t in QUESTION_TYPES if t != "yes_no" or self.wording != "plain")
 
     def sample(self, kind: str, index: int, split: str = "train") -> Sample:
         rng = random.Random(f"{self.seed}:{split}:{kind}:{index}")
         return _BUILDERS[kind](self, rng, split)
 
     def scene(self, rng: random.Random, split: str, **kwargs) -> Scene:
+        kwargs.setdefault("layout", self.layout)
         while True:
             scene = random_scene(rng, **kwargs)
             if _is_heldout(scene) == (split == "heldout"):
                 return scene
 
     def image(self, scene: Scene, rng: random.Random) -> Image.Image:
-        return render(scene, self.image_size, rng)
+        if self.world == "plain":
+            return render(scene, self.image_size, rng)
+        if not self.draw:
+            return Image.new("RGB", (1, 1))
+        return render(scene, self.image_size, rng, random_style(rng, self.world, self.image_size))
 
 
 def _is_heldout(scene: Scene) -> bool:
@@ -91,11 +127,17 @@ def _is_heldout(scene: Scene) -> bool:
     return zlib.crc32(key.encode()) % 10 == 0
 
 
+def looked_at(scene: Scene, o, image: int = 0) -> tuple[tuple[int, int], ...]:
+    """((image, cell), ...): the quadrants that hold object `o`'s centre or a good share of it, the
+    image tokens an answer about it looks at (train/lookup.py)."""
+    return tuple((image, c) for c in scene.painted()[scene.objects.index(o)])
+
+
 # ---- sentences ----------------------------------------------------------------------------------
 def describe(scene: Scene) -> str:
     if scene.word is not None:
         return f"the word {scene.word} written in black"
-    parts = [f"{o.describe()} at the {o.cell}" for o in scene.objects]
+    parts = [f"{o.describe()} at the {o.cell}" if o.clear else o.describe() for o in scene.objects]
     return " and ".join(parts)
 
 
@@ -110,7 +152,8 @@ def facts(scene: Scene, rng: random.Random) -> str | None:
     if scene.word is not None or not unique:
         return None
     rng.shuffle(unique)
-    return " ".join(f"The {o.shape} is {o.size} and {o.colour}, at the {o.cell}." for o in unique)
+    return " ".join(f"The {o.shape} is {o.size} and {o.colour}, at the {o.cell}." if o.clear
+                    else f"The {o.shape} is {o.size} and {o.colour}." for o in unique)
 
 
 def fact_spans(text: str, scene: Scene, offset: int = 0) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
@@ -122,7 +165,7 @@ def fact_spans(text: str, scene: Scene, offset: int = 0) -> list[tuple[int, int,
         head = f"The {o.shape} is"
         if head in text:
             start = text.index(head) + len(head)
-            spans.append((offset + start, offset + text.index(".", start), ((0, CELLS.index(o.cell)),)))
+            spans.append((offset + start, offset + text.index(".", start), looked_at(scene, o)))
     return sorted(spans)
 
 
@@ -164,7 +207,7 @@ def _describe(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     """A conversation whose answer is the caption: long answers in chat format for SFT."""
     scene = data.scene(rng, split)
     text = describe(scene)
-    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nDescribe the image."},
+    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{phrase('describe', rng, data.wording)}"},
                 {"role": "assistant", "content": f"{text[0].upper()}{text[1:]}."}]
     return Sample([data.image(scene, rng)], messages=messages, kind="describe", question_type="describe",
                   scenes=[scene])
@@ -201,8 +244,8 @@ def _which_picture_document(data: SyntheticData, rng: random.Random, split: str)
         text += ("" if k == 0 else " ") + sentence
         start = len(text)
         text += f" {ordinals[picture]} image."
-        cells = tuple((picture, CELLS.index(o.cell)) for o in scenes[picture].objects
-                      if (o.colour, o.shape) == (colour, shape))
+        cells = tuple(at for o in scenes[picture].objects if (o.colour, o.shape) == (colour, shape)
+                      for at in looked_at(scenes[picture], o, picture))
         spans.append((start, len(text) - 1, cells))
     return Sample([data.image(s, rng) for s in scenes], text=text, kind="interleaved", scenes=scenes,
                   text_grounding=spans if FACT_LOOKUPS else None, image_names=list(ordinals))
@@ -219,47 +262,81 @@ def _interleaved(data: SyntheticData, rng: random.Random, split: str) -> Sample:
 
 
 # ---- questions ----------------------------------------------------------------------------------
-# Single-scene question types about one object, as data: (question with {ref}, attribute answered,
-# ways the question may name the object). A name is used only when it picks out exactly one object
-# in the scene. Naming objects by shape as well as by colour matters: finding an object by its shape
-# is what colour questions need, and position and size questions train it too.
+# Ways a question may name the object it is about: (attributes that must pick it out, the words).
+# A name is used only when it picks out exactly one object in the scene ("only": the scene has one
+# object, named "the shape", "the object" or "it"). Naming objects by shape as well as by colour
+# matters: finding an object by its shape is what colour questions need, and position and size
+# questions train it too.
 REFERENCES = {
     "shape": (("shape",), "the {o.shape}"),
     "colour": (("colour",), "the {o.colour} object"),
     "colour+shape": (("colour", "shape"), "the {o.colour} {o.shape}"),
+    "only": ((), None),
 }
+# question type -> (attribute answered, ways the question may name the object); phrasings: train/wordings.py
 OBJECT_QUESTIONS = {
-    "colour": ("What colour is {ref}?", "colour", ("shape",)),
-    "shape": ("What shape is {ref}?", "shape", ("colour",)),
-    "position": ("Where is {ref}?", "cell", ("shape", "colour", "colour+shape")),
-    "size": ("Is {ref} big or small?", "size", ("shape", "colour", "colour+shape")),
+    "colour": ("colour", ("shape", "only")),
+    "shape": ("shape", ("colour", "only")),
+    "position": ("cell", ("shape", "colour", "colour+shape", "only")),
+    "size": ("size", ("shape", "colour", "colour+shape", "only")),
 }
 
 
 Question = tuple[str, str, tuple[tuple[int, int], ...]]  # (question, answer, grounding: ((image, cell), ...))
 
 
-def _question(scene: Scene, qtype: str, rng: random.Random) -> Question | None:
-    """(question, answer, grounding) about one scene, or None if this scene cannot answer that type.
-    The grounding is ((0, cell),) for a question about one object, () otherwise."""
+def _question(scene: Scene, qtype: str, rng: random.Random, wording: str = "train") -> Question | None:
+    """(question, answer, grounding) about one scene in a phrasing of set `wording`, or None if this
+    scene cannot answer that type. The grounding is the object's ((0, cell), ...) for a question
+    about one object, () otherwise."""
     if qtype == "word":
-        return ("What word is written?", scene.word, ()) if scene.word is not None else None
+        return (phrase("word", rng, wording), scene.word, ()) if scene.word is not None else None
     if scene.word is not None:
         return None
     if qtype == "count":
-        return "How many objects are there?", NUMBERS[len(scene.objects)], ()
-    question, answer, styles = OBJECT_QUESTIONS[qtype]
+        return phrase("count", rng, wording), NUMBERS[len(scene.objects)], ()
+    if qtype == "yes_no":
+        return _yes_no(scene, rng, wording)
+    answer, styles = OBJECT_QUESTIONS[qtype]
     options = []
     for style in styles:
         keys, ref = REFERENCES[style]
+        if ref is None and wording == "plain":  # the plain wording names objects by colour or shape only
+            continue
         for o in scene.objects:
+            if answer == "cell" and not o.clear:  # a centre near the middle lines has no position answer
+                continue
             if sum(all(getattr(p, k) == getattr(o, k) for k in keys) for p in scene.objects) == 1:
                 options.append((o, ref))
     if not options:
         return None
     o, ref = rng.choice(options)
-    text = question.format(ref=ref.format(o=o))
-    return text[0].upper() + text[1:], getattr(o, answer), ((0, CELLS.index(o.cell)),)
+    name = ref.format(o=o) if ref is not None else rng.choice(ONLY_REFERENCES)
+    return phrase(qtype, rng, wording, ref=name), getattr(o, answer), looked_at(scene, o)
+
+
+def _yes_no(scene: Scene, rng: random.Random, wording: str) -> Question:
+    """Is there a (colour) (shape) / (colour) object? or Is the (shape) (colour)?: yes or no, even odds.
+    A yes looks at the object it is about; a no about a thing that is not there looks at nothing."""
+    unique = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+    if unique and rng.random() < 0.3:
+        o = rng.choice(unique)
+        colour = o.colour if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != o.colour])
+        return (phrase("is_colour", rng, wording, shape=o.shape, colour=colour), "yes" if colour == o.colour else "no",
+                looked_at(scene, o))
+    keys = rng.choice((("colour", "shape"), ("shape",), ("colour",)))
+    name = {("colour", "shape"): "{colour} {shape}", ("shape",): "{shape}", ("colour",): "{colour} object"}[keys]
+    present = {tuple(getattr(p, k) for k in keys) for p in scene.objects}
+    absent = [(c, sh) for c in COLOURS for sh in SHAPES
+              if tuple({"colour": c, "shape": sh}[k] for k in keys) not in present]
+    if rng.random() < 0.5 or not absent:
+        o = rng.choice(scene.objects)
+        matches = [p for p in scene.objects if all(getattr(p, k) == getattr(o, k) for k in keys)]
+        thing = name.format(colour=o.colour, shape=o.shape)
+        return (phrase("exists", rng, wording, thing=thing), "yes",
+                tuple(at for p in matches for at in looked_at(scene, p)))
+    colour, shape = rng.choice(absent)
+    return phrase("exists", rng, wording, thing=name.format(colour=colour, shape=shape)), "no", ()
 
 
 def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None = None) -> Sample:
@@ -272,7 +349,7 @@ def _vqa(data: SyntheticData, rng: random.Random, split: str, qtype: str | None 
         return _multi_image(data, rng, split)
     while True:
         scene = data.scene(rng, split, word_probability=1.0 if qtype == "word" else 0.0)
-        qa = _question(scene, qtype, rng)
+        qa = _question(scene, qtype, rng, data.wording)
         if qa is not None:
             break
     question, answer, grounding = qa
@@ -299,19 +376,21 @@ POSITION_COUNT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 2.0, 1.0)
 # The type of an SFT conversation's first question, drawn uniformly from this pool: colour twice (the
 # one question found by shape alone), multi-image four times (the last type the model learns to answer).
 FIRST_QUESTIONS: tuple[str, ...] = QUESTION_TYPES + ("colour", "multi_image", "multi_image", "multi_image")
+PLAIN_FIRST_QUESTIONS = tuple(t for t in FIRST_QUESTIONS if t != "yes_no")  # the plain wording asks no yes/no
 
 
 def _vqa_conversation(data: SyntheticData, rng: random.Random, split: str) -> Sample:
-    first = rng.choice(FIRST_QUESTIONS)
+    first = rng.choice(PLAIN_FIRST_QUESTIONS if data.wording == "plain" else FIRST_QUESTIONS)
     if first == "multi_image":
         return _multi_image(data, rng, split, turns=rng.randint(1, MAX_TURNS))
     scene = data.scene(rng, split, word_probability=1.0 if first == "word" else 0.0,
                        count_weights=POSITION_COUNT_WEIGHTS if first == "position" else SFT_COUNT_WEIGHTS)
     if scene.word is not None:
-        pairs = [_question(scene, "word", rng)]
+        pairs = [_question(scene, "word", rng, data.wording)]
     else:
-        types = [t for t in QUESTION_TYPES[:5] if t != "position" or len(scene.objects) >= POSITION_MIN_OBJECTS]
-        pairs = [qa for t in types if (qa := _question(scene, t, rng)) is not None]
+        types = [t for t in SCENE_TYPES if t in data.question_types
+                 and (t != "position" or len(scene.objects) >= POSITION_MIN_OBJECTS)]
+        pairs = [qa for t in types if (qa := _question(scene, t, rng, data.wording)) is not None]
         rng.shuffle(pairs)
         kept: list[Question] = []
         for question, answer, grounding in pairs:  # no answer may be read off an earlier turn's words
@@ -343,8 +422,8 @@ def _multi_image(data: SyntheticData, rng: random.Random, split: str, turns: int
             question = (f"The first image: {IMAGE_TOKEN}\nThe second image: {IMAGE_TOKEN}\n{question}" if NAME_IMAGES
                         else f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{question}")
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ("first", "second")[target]}]
-        grounding.append(tuple((target, CELLS.index(o.cell)) for o in scenes[target].objects
-                               if (o.colour, o.shape) == (colour, shape)))
+        grounding.append(tuple(at for o in scenes[target].objects if (o.colour, o.shape) == (colour, shape)
+                               for at in looked_at(scenes[target], o, target)))
     return Sample([data.image(s, rng) for s in scenes], messages=messages, kind="vqa", question_type="multi_image",
                   answer=messages[1]["content"], scenes=scenes, grounding=grounding,
                   image_names=["first", "second"] if NAME_IMAGES else None)
@@ -380,7 +459,7 @@ _BUILDERS: dict[str, Callable[[SyntheticData, random.Random, str], Sample]] = {
 def heldout_vqa(data: SyntheticData, per_type: int) -> list[Sample]:
     """The evaluation set: `per_type` held-out questions of every type, deterministic."""
     samples = []
-    for qtype in QUESTION_TYPES:
+    for qtype in data.question_types:
         for i in range(per_type):
             rng = random.Random(f"{data.seed}:heldout:vqa-{qtype}:{i}")
             samples.append(_vqa(data, rng, "heldout", qtype))

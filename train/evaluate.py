@@ -62,14 +62,14 @@ def vqa_results(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> l
 
 def vqa_accuracy(checkpoint: Checkpoint, data: SyntheticData, per_type: int) -> dict[str, float]:
     results = vqa_results(checkpoint, data, per_type)
-    return {qtype: sum(hit for s, hit in results if s.question_type == qtype) / per_type for qtype in QUESTION_TYPES}
+    return {qtype: sum(hit for s, hit in results if s.question_type == qtype) / per_type for qtype in data.question_types}
 
 
 def _by_objects(results: list[tuple[Sample, bool]]) -> dict[str, dict[str, float]]:
     """Accuracy per question type and number of shapes in the picture (object questions only):
     with one shape, naming it by shape or colour needs no search; with 2-3 the model must find it."""
     table: dict[str, dict[str, float]] = {}
-    for qtype in QUESTION_TYPES:
+    for qtype in QUESTION_TYPES:  # the types asked are the ones with results
         counts = sorted({s.objects for s, _ in results if s.question_type == qtype and s.objects is not None})
         if counts:
             table[qtype] = {}
@@ -101,13 +101,25 @@ def evaluate(checkpoint: Checkpoint, data: SyntheticData, per_type: int = 50) ->
     """Accuracy per question type (with chance levels), held-out perplexity, and the set's size."""
     results = vqa_results(checkpoint, data, per_type)
     return {
-        "accuracy": {q: sum(hit for s, hit in results if s.question_type == q) / per_type for q in QUESTION_TYPES},
+        "accuracy": {q: sum(hit for s, hit in results if s.question_type == q) / per_type for q in data.question_types},
         "by_objects": _by_objects(results),
         "chance": dict(CHANCE),
         "perplexity": perplexity(checkpoint, data),
         "questions_per_type": per_type,
-        "data": {"image_size": data.image_size, "seed": data.seed},
+        "data": {"image_size": data.image_size, "seed": data.seed, "world": data.world, "wording": data.wording,
+                 "layout": data.layout},
     }
+
+
+def training_world(checkpoint_dir: str | Path) -> str:
+    """The synthetic world a vlm-train checkpoint was trained in ("plain" for others and older runs)."""
+    saved = Path(checkpoint_dir) / "training" / "train_config.json"
+    if not saved.is_file():
+        return "plain"
+    world = read_json(saved, what="training config", error=CheckpointError).get("world", "plain")
+    if world not in ("plain", "train"):
+        raise CheckpointError(f"{saved}: world={world!r} must be plain or train")
+    return world
 
 
 def training_seed(checkpoint_dir: str | Path) -> int | None:

@@ -62,19 +62,29 @@ def token_cells(token_order: str | None, num_tokens: int) -> list[int]:
     raise InputError(f"the vision stage needs a 2x2 downsample projector; token order {token_order!r}")
 
 
+PAINT_SHARE = 0.25  # a token with no centre in its cell still tells what covers it, from this share of an object
+
+
 def picture_targets(scene: Scene, cells: list[int]) -> np.ndarray:
-    """[tokens, len(FIELDS)] int64 class indices of each token's fields, IGNORE where undefined."""
+    """[tokens, len(FIELDS)] int64 class indices of each token's fields, IGNORE where undefined.
+
+    kind is SHAPE where an object's centre lies in the token's cell (counting reads it); colour,
+    shape and size are that object's, or, in a cell with no centre, those of the object with the
+    largest share of its area there if it is at least PAINT_SHARE (a shape that reaches over)."""
     out = np.full((len(cells), len(FIELDS)), IGNORE, dtype=np.int64)
     by_cell = {o.cell: o for o in scene.objects}
+    shares = scene.shares() if scene.objects else None
     for t, cell in enumerate(cells):
         out[t, 4] = cell
         if scene.word is not None:
             out[t, 0], out[t, 5] = WORD, WORDS.index(scene.word)
-        elif CELLS[cell] in by_cell:
-            o = by_cell[CELLS[cell]]
-            out[t, :4] = SHAPE, list(COLOURS).index(o.colour), SHAPES.index(o.shape), SIZES.index(o.size)
-        else:
-            out[t, 0] = EMPTY
+            continue
+        o = by_cell.get(CELLS[cell])
+        out[t, 0] = SHAPE if o is not None else EMPTY
+        if o is None and shares is not None and shares[:, cell].max() >= PAINT_SHARE:
+            o = scene.objects[int(shares[:, cell].argmax())]
+        if o is not None:
+            out[t, 1:4] = list(COLOURS).index(o.colour), SHAPES.index(o.shape), SIZES.index(o.size)
     return out
 
 

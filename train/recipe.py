@@ -81,6 +81,10 @@ class TrainConfig:
     # Weight of the look-up loss (train/lookup.py) in the stages with questions about one object: one
     # attention head learns to attend to the object named. 0 turns it off.
     lookup_weight: float = 0.0
+    # the synthetic data's world (train/datasets.py SyntheticData): "plain" (one grey, exact colours,
+    # one phrasing a question: the tiny recipe's) or "train" (several renderers, backgrounds and
+    # phrasings, yes/no questions: docs/training.md, "Pictures from other renderers")
+    world: str = "plain"
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
     # portable: the same weights on every x86-64 CPU (train/numerics.py) | native: each host's fastest kernels
@@ -92,6 +96,8 @@ class TrainConfig:
             raise InputError("the training recipe has no stages")
         if self.eval_per_type < 0:
             raise InputError(f"eval_per_type {self.eval_per_type} must be >= 0 (0 skips the final evaluation)")
+        if self.world not in ("train", "plain"):
+            raise InputError(f"world {self.world!r} is unknown; choose train or plain (heldout is for evaluation only)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         if self.numerics not in ("portable", "native"):
@@ -113,6 +119,7 @@ class TrainConfig:
         d = dict(d)
         d.pop("numerics_in_effect", None)  # what the run had, recorded beside the settings
         d.setdefault("numerics", "native")  # runs saved before the field existed used each host's kernels
+        d.setdefault("world", "plain")  # and, before worlds, drew the plain world's pictures
         d["stages"] = [StageConfig(**{**s, "train": tuple(s["train"])}) for s in d.get("stages", [])]
         return cls(**d)
 

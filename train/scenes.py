@@ -1,18 +1,33 @@
 """Procedural scenes: coloured shapes and rendered words, deterministic by seed.
 
-A scene is 1-3 objects (training scenes up to 4), each in its own cell of a 2x2 grid (so positions
-have names: "top left", ...), or a single short word written in black. Rendering is plain Pillow drawing on a light
-background, anti-aliasing off, so the pixels are a pure function of the scene.
+A scene is 1-3 objects (training scenes up to 4) or a single short word written in black, at
+most one object in each quadrant of the picture; the quadrant of an object's centre names its
+position ("top left", ...). Three layouts:
+
+    cells  each shape in the middle of its quadrant, left for the plain renderer to move a few
+           pixels (the plain world: the tiny recipe's pictures, drawn by `render` without a style)
+    grid   each shape upright, at one of two fixed sizes, moved at random within its quadrant
+           (the training world's pictures)
+    free   each shape of any size within its size word's range, turned at any angle, its centre
+           anywhere in its quadrant, reaching over into the next one; a single shape may sit
+           anywhere, the middle included (its position is then asked only when its centre is
+           clearly in one quadrant). The tiny tower, trained from scratch, does not learn to tell
+           shapes apart in this layout (docs/training.md, "Pictures from other renderers").
+
+How a scene is drawn (renderer, background, lighting, compression) is train/renderers.py's: the
+scene is what the picture shows, the style how.
 
 Every question the datasets ask is answerable from the picture alone.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = {
@@ -30,22 +45,107 @@ WORDS = ("cat", "dog", "sun", "box", "cup", "hat", "map", "pen", "key", "egg")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
+# Radius (half the extent of the unrotated shape), as a share of the picture's width, by size word
+FREE_RADIUS = {"small": (0.07, 0.11), "big": (0.16, 0.23)}
+GRID_RADIUS = {"small": 0.14, "big": 0.21}  # the grid layout's fixed sizes
+BOUND = {"circle": 1.0, "square": math.sqrt(2), "triangle": 1.0}  # farthest point from the centre, in radii
+MIDDLE_MARGIN = 0.05  # a centre this close to the middle lines has no position answer
+ANYWHERE_PROBABILITY = 0.35  # a single shape placed anywhere, the middle included (else inside its quadrant)
+
+
 @dataclass(frozen=True)
 class Shape:
     shape: str
     colour: str
     size: str
     cell: str
+    # centre (shares of width and height), radius (share of the width) and rotation (radians); None:
+    # the grid layout (the middle of the cell, GRID_RADIUS, upright)
+    x: float | None = None
+    y: float | None = None
+    r: float | None = None
+    angle: float = 0.0
 
     def describe(self) -> str:
         return f"a {self.size} {self.colour} {self.shape}"
+
+    def geometry(self) -> tuple[float, float, float, float]:
+        """(x, y, r, angle) in shares of the picture."""
+        if self.x is not None and self.y is not None and self.r is not None:
+            return self.x, self.y, self.r, self.angle
+        row, col = divmod(CELLS.index(self.cell), 2)
+        return col * 0.5 + 0.25, row * 0.5 + 0.25, GRID_RADIUS[self.size], self.angle
+
+    @property
+    def clear(self) -> bool:
+        """Whether the centre is clearly in its quadrant (position questions are asked only then)."""
+        x, y, _, _ = self.geometry()
+        return abs(x - 0.5) >= MIDDLE_MARGIN and abs(y - 0.5) >= MIDDLE_MARGIN
+
+    def outline(self) -> list[tuple[float, float]]:
+        """The polygon of a square or triangle, (x, y) in shares of the picture (a circle has none)."""
+        x, y, r, angle = self.geometry()
+        if self.shape == "square":
+            corners = [(-r, -r), (r, -r), (r, r), (-r, r)]
+        elif self.shape == "triangle":  # apex up (at angle 0): apex at -r, base corners at +r
+            corners = [(0.0, -r), (r, r), (-r, r)]
+        else:
+            raise ValueError("a circle has no outline")
+        c, s = math.cos(angle), math.sin(angle)
+        return [(x + u * c - v * s, y + u * s + v * c) for u, v in corners]
+
+    def inside(self, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        """Boolean mask of the points (px, py), shares of the picture, that the shape covers."""
+        x, y, r, _ = self.geometry()
+        if self.shape == "circle":
+            return (px - x) ** 2 + (py - y) ** 2 <= r * r
+        inside = np.ones(np.broadcast(px, py).shape, dtype=bool)
+        points = self.outline()
+        for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1]):  # clockwise on screen: inside on the right
+            inside &= (bx - ax) * (py - ay) - (by - ay) * (px - ax) >= 0
+        return inside
+
+
+def _within_quadrant(o: Shape) -> bool:
+    """Whether the shape stays inside its own quadrant (upright, every shape's extent is its radius)."""
+    x, y, r, angle = o.geometry()
+    bound = r if angle == 0 else r * BOUND[o.shape]
+    row, col = divmod(CELLS.index(o.cell), 2)
+    return (col * 0.5 <= x - bound and x + bound <= col * 0.5 + 0.5
+            and row * 0.5 <= y - bound and y + bound <= row * 0.5 + 0.5)
+
+
+QUARTER_SAMPLES = 24  # samples per side of each quadrant when measuring how much of a shape lies in it
 
 
 @dataclass(frozen=True)
 class Scene:
     objects: tuple[Shape, ...] = ()
     word: str | None = None
-    background: int = 245  # grey level
+    background: int = 245  # grey level (the plain style's; train/renderers.py draws others)
+    _shares: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def shares(self) -> np.ndarray:
+        """[objects, 4] float: the share of each object's area that lies in each quadrant (CELLS order)."""
+        if "value" not in self._shares and all(_within_quadrant(o) for o in self.objects):
+            self._shares["value"] = np.eye(len(CELLS))[[CELLS.index(o.cell) for o in self.objects]].reshape(-1, len(CELLS))
+        if "value" not in self._shares:
+            n = 2 * QUARTER_SAMPLES
+            grid = (np.arange(n) + 0.5) / n
+            py, px = np.meshgrid(grid, grid, indexing="ij")
+            out = np.zeros((len(self.objects), len(CELLS)))
+            for i, o in enumerate(self.objects):
+                mask = o.inside(px, py).reshape(2, QUARTER_SAMPLES, 2, QUARTER_SAMPLES).sum(axis=(1, 3)).reshape(-1)
+                out[i] = mask / max(1, mask.sum())
+            self._shares["value"] = out
+        return self._shares["value"]
+
+    def painted(self, share: float = 0.25) -> list[tuple[int, ...]]:
+        """Per object, the quadrants (indices into CELLS) that hold its centre or at least `share` of
+        its area: the image tokens a question about it should look at."""
+        shares = self.shares()
+        return [tuple(sorted({CELLS.index(o.cell)} | {c for c in range(len(CELLS)) if shares[i, c] >= share}))
+                for i, o in enumerate(self.objects)]
 
     def key(self) -> str:
         """Canonical text of the scene, used to keep training and held-out scenes apart."""
@@ -55,10 +155,12 @@ class Scene:
 
 
 def random_scene(rng: random.Random, *, word_probability: float = 0.15,
-                 count_weights: Sequence[float] | None = None) -> Scene:
-    """A word, or objects in distinct cells: 1-3 of them, equally likely (what evaluation asks
+                 count_weights: Sequence[float] | None = None, layout: str = "cells") -> Scene:
+    """A word, or objects in distinct quadrants: 1-3 of them, equally likely (what evaluation asks
     about), or with `count_weights` (w1, ..., wn), n <= 4, k objects with weight wk (training
-    scenes may fill all four cells)."""
+    scenes may fill all four). `layout`: "cells" (where each shape sits is left to the plain
+    renderer), "grid" (upright, fixed sizes, moved within the quadrant) or "free" (any size,
+    angle and place)."""
     background = rng.randint(225, 255)
     if rng.random() < word_probability:
         return Scene(word=rng.choice(WORDS), background=background)
@@ -70,11 +172,62 @@ def random_scene(rng: random.Random, *, word_probability: float = 0.15,
         raise ValueError(f"count_weights {tuple(count_weights)} must weight 1 to {len(CELLS)} objects")
     cells = sorted(rng.sample(CELLS, count), key=CELLS.index)  # captions list objects in reading order
     objects = tuple(Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), cell) for cell in cells)
+    if layout == "free":
+        objects = place(objects, rng)
+    elif layout == "grid":
+        objects = tuple(jitter(o, rng) for o in objects)
+    elif layout != "cells":
+        raise ValueError(f"layout {layout!r} is unknown: cells, grid or free")
     return Scene(objects=objects, background=background)
 
 
-def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
-    """Draw `scene` on a size x size canvas; `rng` jitters positions within each cell."""
+def jitter(o: Shape, rng: random.Random) -> Shape:
+    """A grid shape moved at random within its quadrant, upright, at its size's fixed radius."""
+    r = GRID_RADIUS[o.size]
+    slack = max(0.0, 0.25 - r - 0.01)
+    row, col = divmod(CELLS.index(o.cell), 2)
+    x, y = col * 0.5 + 0.25 + rng.uniform(-slack, slack), row * 0.5 + 0.25 + rng.uniform(-slack, slack)
+    return Shape(o.shape, o.colour, o.size, o.cell, round(x, 4), round(y, 4), r, 0.0)
+
+
+def place(objects: Sequence[Shape], rng: random.Random) -> tuple[Shape, ...]:
+    """Each shape a radius within its size's range, a rotation, and a centre in its quadrant (a
+    single shape: with ANYWHERE_PROBABILITY anywhere in the picture), kept inside the picture and
+    apart from the others; a shape that finds no room within 40 tries takes its smallest radius at
+    the middle of its quadrant."""
+    placed: list[Shape] = []
+    anywhere = len(objects) == 1 and rng.random() < ANYWHERE_PROBABILITY
+    for o in objects:
+        low, high = FREE_RADIUS[o.size]
+        angle = rng.uniform(0, 2 * math.pi) if o.shape != "circle" else 0.0
+        row, col = divmod(CELLS.index(o.cell), 2)
+        for _ in range(40):
+            r = rng.uniform(low, high)
+            bound = r * BOUND[o.shape]
+            edge = min(bound + 0.01, 0.5 - MIDDLE_MARGIN)
+            if anywhere:
+                x, y = rng.uniform(edge, 1 - edge), rng.uniform(edge, 1 - edge)
+            else:
+                x = rng.uniform(edge, 0.5 - MIDDLE_MARGIN) if col == 0 else rng.uniform(0.5 + MIDDLE_MARGIN, 1 - edge)
+                y = rng.uniform(edge, 0.5 - MIDDLE_MARGIN) if row == 0 else rng.uniform(0.5 + MIDDLE_MARGIN, 1 - edge)
+            if all(math.hypot(x - p.x, y - p.y) > bound + p.r * BOUND[p.shape] + 0.02 for p in placed):  # type: ignore[operator]
+                break
+        else:
+            r = low
+            x, y = col * 0.5 + 0.25, row * 0.5 + 0.25
+        cell = CELLS[(2 if y >= 0.5 else 0) + (1 if x >= 0.5 else 0)]
+        placed.append(Shape(o.shape, o.colour, o.size, cell, round(x, 4), round(y, 4), round(r, 4), round(angle, 4)))
+    return tuple(placed)
+
+
+def render(scene: Scene, size: int, rng: random.Random, style=None) -> Image.Image:
+    """Draw `scene` in `style` (train/renderers.py), or with style None as the plain world draws a
+    scene of the cells layout: a size x size canvas of the scene's grey, plain Pillow drawing
+    without anti-aliasing, exact colours, `rng` jittering each shape within its cell."""
+    if style is not None:
+        from .renderers import draw as draw_styled
+
+        return draw_styled(scene, size, rng, style)
     image = Image.new("RGB", (size, size), (scene.background,) * 3)
     draw = ImageDraw.Draw(image)
     if scene.word is not None:

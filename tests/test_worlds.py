@@ -1,0 +1,131 @@
+"""The training data's pictures and words from more than one world: renderers, backgrounds, free
+layouts, and the phrasings kept out of training (train/renderers.py, train/scenes.py,
+train/wordings.py)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa
+from vlm_edge.train.renderers import (HELDOUT_BACKGROUNDS, HELDOUT_RENDERERS, TRAIN_BACKGROUNDS, TRAIN_RENDERERS,
+                                      Style, draw, random_style)
+from vlm_edge.train.scenes import CELLS, GRID_RADIUS, Scene, Shape, random_scene
+from vlm_edge.train.wordings import WORDINGS, all_phrasings
+
+
+def test_worlds_keep_their_renderers_and_backgrounds_apart():
+    rng = random.Random(0)
+    train = [random_style(rng, "train", 56) for _ in range(400)]
+    held = [random_style(rng, "heldout", 56) for _ in range(100)]
+    assert {s.renderer for s in train} == set(TRAIN_RENDERERS) and {s.background for s in train} == set(TRAIN_BACKGROUNDS)
+    assert {s.renderer for s in held} == set(HELDOUT_RENDERERS) and {s.background for s in held} == set(HELDOUT_BACKGROUNDS)
+    assert not set(TRAIN_RENDERERS) & set(HELDOUT_RENDERERS) and not set(TRAIN_BACKGROUNDS) & set(HELDOUT_BACKGROUNDS)
+    assert any(s.jpeg for s in train) and any(s.blur for s in train) and any(s.light for s in train)
+    assert len({(s.width, s.height) for s in train}) > 50  # canvases of many sizes and aspects
+    with pytest.raises(ValueError, match="world"):
+        random_style(rng, "mars", 56)
+
+
+def test_pictures_are_a_pure_function_of_the_seed():
+    for world in ("train", "heldout", "plain"):
+        data = SyntheticData(56, seed=5, world=world)
+        a, b = data.sample("vqa", 3), data.sample("vqa", 3)
+        assert a.messages == b.messages
+        assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.images, b.images))
+
+
+def _coverage(image, ground: int) -> np.ndarray:
+    """Per pixel, how far from the background towards full ink (0..1), from the red channel."""
+    red = np.asarray(image, dtype=np.float32)[..., 0]
+    return np.clip((ground - red) / ground, 0, 1)
+
+
+@pytest.mark.parametrize("renderer", ["pillow", "pillow-aa", "opencv"])
+def test_renderers_agree_with_the_numpy_coverage_raster(renderer):
+    """The numpy raster (4x4 samples a pixel) is the reference: each renderer puts the same shapes
+    in the same places, to within its edge handling (mean coverage difference <= 0.06, and the
+    painted area within 6%; Pillow without anti-aliasing and OpenCV fill the pixels their outline touches: within 12%)."""
+    rng = random.Random(1)
+    for k in range(20):
+        scene = random_scene(rng, word_probability=0.0)
+        scene = Scene(objects=tuple(Shape(o.shape, "blue", o.size, o.cell, o.x, o.y, o.r, o.angle)
+                                    for o in scene.objects))
+        style = Style(renderer, "plain", 96, 96, shades=False, grey=255)
+        reference = _coverage(draw(scene, 96, random.Random(k), Style("numpy", "plain", 96, 96, shades=False, grey=255)), 255)
+        drawn = _coverage(draw(scene, 96, random.Random(k), style), 255)
+        assert np.abs(drawn - reference).mean() <= 0.06
+        assert abs(drawn.sum() - reference.sum()) <= (0.06 if renderer == "pillow-aa" else 0.12) * reference.sum()
+
+
+def test_free_scenes_name_positions_by_centre_and_share_tokens_by_area():
+    centred = Scene(objects=(Shape("circle", "red", "big", "bottom right", 0.5, 0.5, 0.2),))
+    assert np.allclose(centred.shares(), 0.25, atol=0.01) and centred.painted() == [(0, 1, 2, 3)]
+    assert not centred.objects[0].clear  # no position answer for a shape on the middle lines
+    inside = Scene(objects=(Shape("square", "red", "small", "top left", 0.2, 0.25, 0.08, 0.3),))
+    assert inside.painted() == [(0,)] and inside.objects[0].clear
+    rng = random.Random(2)
+    for _ in range(300):
+        scene = random_scene(rng, word_probability=0.0, count_weights=(1, 1, 1, 1))
+        assert np.allclose(scene.shares().sum(1), 1.0)
+        assert len({o.cell for o in scene.objects}) == len(scene.objects)  # one centre per quadrant
+        for o in scene.objects:
+            x, y, r, _ = o.geometry()
+            assert CELLS[(2 if y >= 0.5 else 0) + (1 if x >= 0.5 else 0)] == o.cell
+            assert 0 < x - r * 0.99 and x + r * 0.99 < 1  # inside the picture
+    for _ in range(100):  # the grid: upright, fixed sizes, moved within the quadrant, never over its edge
+        grid = random_scene(rng, word_probability=0.0, layout="grid")
+        assert np.allclose(grid.shares().max(1), 1.0)
+        assert all(o.clear and o.angle == 0 and o.r == GRID_RADIUS[o.size] for o in grid.objects)
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)).replace("colour", "colou?r"), re.IGNORECASE)
+
+
+def test_heldout_phrasings_never_occur_in_training_data():
+    assert not all_phrasings("train") & all_phrasings("heldout")
+    held = [_pattern(t) for t in all_phrasings("heldout")]
+    data = SyntheticData(28, seed=0, world="train", draw=False)
+    questions = [m["content"].split("\n")[-1] for i in range(1500) for kind in ("vqa", "describe")
+                 for m in data.sample(kind, i).messages if m["role"] == "user"]
+    assert not [q for q in questions if any(p.fullmatch(q) for p in held)]
+    assert sum("color" in q for q in questions) > 50 and sum("colour" in q for q in questions) > 50
+    asked = SyntheticData(28, seed=0, world="train", wording="heldout", draw=False)
+    heldout = [s.messages[0]["content"].split("\n")[-1] for s in heldout_vqa(asked, 20)
+               if s.question_type in WORDINGS or s.question_type == "yes_no"]
+    assert heldout and all(any(p.fullmatch(q) for p in held) for q in heldout)
+
+
+def test_yes_no_questions_are_answered_by_the_scene():
+    data = SyntheticData(28, seed=4, world="train", draw=False)
+    samples = [s for s in heldout_vqa(data, 200) if s.question_type == "yes_no"]
+    answers = Counter(s.answer for s in samples)
+    assert set(answers) == {"yes", "no"} and 0.35 < answers["yes"] / len(samples) < 0.65
+    for s in samples:
+        question, scene = s.messages[0]["content"].split("\n")[-1].lower().rstrip("?"), s.scenes[0]
+        words = set(question.replace("color", "colour").split())
+        mentioned = [o for o in scene.objects if o.shape in words or o.colour in words]
+        if s.answer == "yes":
+            assert mentioned
+    assert "yes_no" in QUESTION_TYPES
+
+
+def test_vlm_train_world_train_runs_and_records_its_world(tmp_path):
+    """`vlm-train --world train`: the training world's pictures and words through every stage (a
+    thread drawing the next batch), the world saved with the checkpoint and used by vlm-eval."""
+    import json
+
+    from vlm_edge.train.cli import eval_main, main
+
+    out = tmp_path / "ckpt"
+    assert main(["--preset", "micro", "--world", "train", "--steps", "vision=2,align=1,pretrain=1,sft=3",
+                 "--eval-per-type", "0", "--device", "cpu", "-o", str(out)]) == 0
+    assert json.loads((out / "training" / "train_config.json").read_text())["world"] == "train"
+    assert eval_main([str(out), "--per-type", "1", "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["data"]["world"] == "train" and "yes_no" in result["accuracy"]
