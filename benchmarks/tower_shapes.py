@@ -1,7 +1,7 @@
 """Can a vision tower trained from scratch tell shapes apart wherever they sit? The vision stage alone.
 
     python benchmarks/tower_shapes.py [--image 28 --patch 7 --projector mlp_downsample] [--steps 200]
-        [--free-share 0.0] [--position-std 1.0] [--lr 2e-3] [--width 128 --layers 4] [--cnn]
+        [--free-share 0.0 [--ramp]] [--position-std 1.0] [--lr 2e-3] [--width 128 --layers 4] [--cnn]
 
 Trains the tiny preset's vision stage (tower + projector + linear probes, train/picture_stage.py)
 on the training world's pictures (train/renderers.py) for --steps steps, --free-share of the
@@ -36,7 +36,7 @@ def probe_accuracy(trainer, data_cls, image_size: int, world: str, batches: int 
     model = trainer.model.eval()
     data = data_cls(image_size, 7, world, layout="free")
     rng = random.Random(0)
-    hits: dict[str, list[bool]] = {"colour": [], "shape": [], "size": []}
+    hits: dict[str, list[bool]] = {"colour": [], "shape": [], "size": [], "shape of big": [], "shape of small": []}
     for _ in range(batches):
         scenes = [random_scene(rng, word_probability=0.0, count_weights=(1, 1, 1, 1), layout="free") for _ in range(64)]
         pixels = torch.from_numpy(preprocess_images([data.image(s, rng) for s in scenes], model.image_processor_config))
@@ -49,6 +49,7 @@ def probe_accuracy(trainer, data_cls, image_size: int, world: str, batches: int 
                     continue
                 for j, name in ((1, "colour"), (2, "shape"), (3, "size")):
                     hits[name].append(int(trainer.probes.heads[j](embeds[i, t]).argmax()) == targets[t, j])
+                hits["shape of big" if targets[t, 3] == 1 else "shape of small"].append(hits["shape"][-1])
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
@@ -70,14 +71,20 @@ def tower(args) -> str:
     def mixed(image_size, seed=0, world="train", *rest, **kw):  # the trainer's data: grid and free scenes
         return base(image_size, seed, world, *rest, **kw)
 
-    original_scene = base.scene
+    original_scene, original_sample = base.scene, base.sample
+    progress = [0.0]  # of the vision stage, from the sample index (sample g of step s: g = s * 64 + k)
+
+    def sample(self, kind, index, split="train"):
+        progress[0] = (index % 10**9) / max(1, args.steps * 64)
+        return original_sample(self, kind, index, split)
 
     def scene(self, rng, split, **kwargs):
-        if "layout" not in kwargs and self.layout == "grid" and rng.random() < args.free_share:
+        share = args.free_share * (min(1.0, 2 * progress[0]) if args.ramp else 1.0)
+        if "layout" not in kwargs and self.layout == "grid" and rng.random() < share:
             kwargs["layout"] = "free"
         return original_scene(self, rng, split, **kwargs)
 
-    base.scene = scene
+    base.scene, base.sample = scene, sample
     config = default_config("tiny", eval_per_type=0, world="train")
     config.vision_position_std = args.position_std
     for stage in config.stages:
@@ -89,14 +96,16 @@ def tower(args) -> str:
         trainer = Trainer(config, out, force=True)
         trainer.run()
         seconds = time.time() - start
-        base.scene = original_scene
+        base.scene, base.sample = original_scene, original_sample
         train = probe_accuracy(trainer, mixed, args.image, "train")
         held = probe_accuracy(trainer, mixed, args.image, "heldout")
     return (f"tower {args.image} px / {args.patch} px patches / {args.projector}, width {args.width}, "
-            f"{args.layers} layers, position std {args.position_std}, free share {args.free_share:.0%}, "
+            f"{args.layers} layers, position std {args.position_std}, free share {args.free_share:.0%}"
+            f"{' (ramped up)' if args.ramp else ''}, "
             f"{args.steps} steps ({seconds:.0f} s): free-layout probes, training world colour {train['colour']:.1%} "
-            f"shape {train['shape']:.1%} size {train['size']:.1%}; held-out world colour {held['colour']:.1%} "
-            f"shape {held['shape']:.1%} size {held['size']:.1%}")
+            f"shape {train['shape']:.1%} (big {train['shape of big']:.1%}, small {train['shape of small']:.1%}) "
+            f"size {train['size']:.1%}; held-out world colour {held['colour']:.1%} shape {held['shape']:.1%} "
+            f"(big {held['shape of big']:.1%}, small {held['shape of small']:.1%}) size {held['size']:.1%}")
 
 
 def cnn(args) -> str:
@@ -146,6 +155,8 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=4, help="tower layers (default 4)")
     p.add_argument("--steps", type=int, default=200, help="vision-stage steps of 64 pictures (default 200)")
     p.add_argument("--free-share", type=float, default=0.0, help="share of training scenes in the free layout")
+    p.add_argument("--ramp", action="store_true",
+                   help="grow the free share from 0 to --free-share over the first half of the stage")
     p.add_argument("--position-std", type=float, default=1.0, help="std of the position embeddings at init")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, 2e-3)")
     p.add_argument("--cnn", action="store_true", help="train the convolutional yardstick instead")
