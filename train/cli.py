@@ -55,9 +55,9 @@ def train_parser() -> argparse.ArgumentParser:
                    "preprocessor_config.json); the vision stage, for towers trained from scratch, is skipped")
     p.add_argument("--eval-per-type", type=int, help="held-out questions per type in the final evaluation (0 = skip)")
     p.add_argument("--world", choices=("train", "plain"),
-                   help="how the synthetic pictures are drawn: train (Pillow and OpenCV, plain, gradient and "
-                        "noisy backgrounds, shapes placed, sized and turned freely) or plain (a 2x2 grid of "
-                        "shapes on grey); default: the preset's")
+                   help="the synthetic data: plain (one grey background, exact colours, one phrasing a "
+                        "question; the default) or train (Pillow and OpenCV renderers, gradient and noisy "
+                        "backgrounds, shades, lighting, blur and JPEG, several phrasings and yes/no questions)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on a GPU, fp32 on a CPU")
