@@ -455,8 +455,14 @@ def test_vision_stage_is_skipped_for_a_tower_that_already_sees(tmp_path):
     from vlm_edge.train.cli import build_config, train_parser
 
     args = train_parser().parse_args(["-o", str(tmp_path), "--preset", "tiny", "--init-vision", str(tmp_path)])
-    stages = {s.name: s.steps for s in build_config(args).stages}
-    assert stages["vision"] == 0 and stages["sft"] > 0
+    config = build_config(args)
+    stages = {s.name: s.steps for s in config.stages}
+    assert stages["vision"] == 0 and stages["sft"] > 0 and config.probe_weight == 0
+    # a tower of the preset's own token grid, pretrained elsewhere: its vision stage and probes on request
+    args = train_parser().parse_args(["-o", str(tmp_path), "--preset", "tiny", "--init-vision", str(tmp_path),
+                                      "--steps", "vision=400"])
+    config = build_config(args)
+    assert {s.name: s.steps for s in config.stages}["vision"] == 400 and config.probe_weight == 1.0
     with pytest.raises(InputError, match="cannot be mixed"):
         StageConfig("odd", 1, 1e-3, 2, ("llm",), {"picture": 1.0}).validate()
 

@@ -105,8 +105,10 @@ def build_config(args: argparse.Namespace):
     config.user_data, config.image_folder = args.data, args.image_folder
     config.init, config.eval_data = args.init, args.eval_data
     config.init_llm, config.init_vision = args.init_llm, args.init_vision
-    if args.init_vision:
-        config.probe_weight = 0.0  # the probes name synthetic scenes' cells; another tower's tokens need not map to them
+    if args.init_vision and not (args.steps or {}).get("vision"):
+        # the probes name synthetic scenes' cells; another tower's tokens need not map to them. Asking for
+        # vision steps (a tower of the preset's own token grid, pretrained elsewhere) keeps them.
+        config.probe_weight = 0.0
     if args.numerics:
         config.numerics = args.numerics
     if args.threads is not None:
