@@ -2,6 +2,7 @@
 
     python benchmarks/tower_samples.py [--image 56 --patch 14] [--batch 256 --steps 600 --lr 1e-3]
         [--width 128 --layers 4] [--init default|mimetic] [--every 400] [--pool 30000] [--save DIR] [--cnn]
+        [--objects 3 --downsample 1|2]
 
 The tower alone, as the checkpoint holds it (transformers SiglipVisionModel with the tiny
 preset's width, depth and heads, here at --image px with --patch px patches): the tokens of its
@@ -11,6 +12,11 @@ pictures are the training world's free layout (train/renderers.py, train/scenes.
 angle and place, every training renderer and background), a pool of --pool drawn once and
 sampled --batch at a time. Accuracy is read on 1,000 fresh pictures of the training world and
 1,000 of the held-out world (numpy raster over texture grounds, never trained on).
+
+With --objects N, pictures hold 1 to N free shapes and each shape is read off the image tokens
+(the patches, or with --downsample 2 the mean of each 2x2 block, as the tiny projector merges them)
+weighted by the share of its area in each: can the tokens a VLM reads tell several free shapes
+apart, and how many tokens does that take?
 
 The question it answers: the vision stage of the tiny recipe (tower_shapes.py) sees 12,800
 pictures and its tower does not learn shapes in the free layout. Is that the tower's form or its
@@ -33,9 +39,11 @@ import sys
 import time
 
 
-def pictures(size: int, count: int, seed: int, world: str):
-    """(pixels [N, 3, size, size] float32 in [-1, 1], [N, 2] (shape, colour) indices): one free
-    shape a picture."""
+def pictures(size: int, count: int, seed: int, world: str, objects: int = 1, grid: int = 0):
+    """(pixels [N, 3, size, size] float32 in [-1, 1], labels): one free shape a picture, labels
+    [N, 2] (shape, colour) indices; or with grid > 0, 1 to `objects` shapes a picture (as many of
+    each count), labels [N, objects, 2] (-1 where a picture has fewer) and the share of each
+    shape's area in each cell of a grid x grid split of the picture, [N, objects, grid * grid]."""
     import numpy as np
     import torch
     from PIL import Image
@@ -44,14 +52,28 @@ def pictures(size: int, count: int, seed: int, world: str):
     from vlm_edge.train.scenes import COLOURS, SHAPES, random_scene
 
     rng = random.Random(seed)
-    xs, ys = [], []
+    xs, ys, ws = [], [], []
+    n = grid * 8
+    points = (np.arange(n) + 0.5) / n
+    py, px = np.meshgrid(points, points, indexing="ij")
     for _ in range(count):
-        scene = random_scene(rng, word_probability=0.0, count_weights=(1,), layout="free")
+        scene = random_scene(rng, word_probability=0.0, count_weights=(1,) * objects, layout="free")
         image = draw(scene, size, rng, random_style(rng, world, size)).convert("RGB").resize((size, size), Image.BICUBIC)
         xs.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)  # the SigLIP processor's scaling
-        o = scene.objects[0]
-        ys.append((SHAPES.index(o.shape), list(COLOURS).index(o.colour)))
-    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys)
+        labels = [(SHAPES.index(o.shape), list(COLOURS).index(o.colour)) for o in scene.objects]
+        if not grid:
+            ys.append(labels[0])
+            continue
+        ys.append(labels + [(-1, -1)] * (objects - len(labels)))
+        weights = np.zeros((objects, grid * grid), dtype=np.float32)
+        for i, o in enumerate(scene.objects):
+            cells = o.inside(px, py).reshape(grid, 8, grid, 8).sum(axis=(1, 3)).reshape(-1)
+            weights[i] = cells / max(1, cells.sum())
+        ws.append(weights)
+    pixels = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()
+    if not grid:
+        return pixels, torch.tensor(ys)
+    return pixels, torch.tensor(ys), torch.from_numpy(np.stack(ws))
 
 
 def sincos(grid: int, width: int):
@@ -124,9 +146,19 @@ def vit(args):
             super().__init__()
             self.tower, self.head = SiglipVisionModel(config), nn.Linear(args.width, 3 + len(COLOURS))
 
-        def forward(self, pixels):  # [N, 3, H, W] -> [N, 3 + colours] logits (shape, then colour)
-            # the tokens the VLM reads: the second-to-last layer's (mm_vision_select_layer -2), mean-pooled
-            return self.head(self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].mean(1))
+        def forward(self, pixels, weights=None):
+            """[N, 3, H, W] -> [N, 3 + colours] logits (shape, then colour) of the mean token; with
+            weights [N, K, tokens], [N, K, 3 + colours] of each shape's tokens weighted by its shares."""
+            # the tokens the VLM reads: the second-to-last layer's (mm_vision_select_layer -2)
+            tokens = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+            if weights is None:
+                return self.head(tokens.mean(1))
+            if args.downsample > 1:  # [N, g*g, C] -> [N, (g/d)^2, C]: the mean of each d x d block
+                n, count, width = tokens.shape
+                g = int(round(count ** 0.5))
+                tokens = nn.functional.avg_pool2d(tokens.transpose(1, 2).reshape(n, width, g, g), args.downsample)
+                tokens = tokens.flatten(2).transpose(1, 2)
+            return self.head(torch.einsum("nkt,ntc->nkc", weights, tokens))
 
     net = Classifier()
     if args.init == "mimetic":
@@ -135,22 +167,26 @@ def vit(args):
 
 
 def train(net, data, args, steps: int, lr: float, colour: bool = True, report=None) -> float:
-    """AdamW, 30 warm-up steps, linear decay to 5%; the shape's cross-entropy (+ the colour's);
-    returns seconds."""
+    """AdamW, 30 warm-up steps, linear decay to 5%; the shape's cross-entropy (+ the colour's),
+    over every shape of a picture when data carries share weights; returns seconds."""
     import torch
     from torch import nn
 
-    x, y = data
+    x, y = data[0], data[1]
     optimizer = torch.optim.AdamW(net.parameters(), lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 30) * max(0.05, 1 - s / steps))
     generator = torch.Generator().manual_seed(0)
     start = time.time()
     for step in range(steps):
         index = torch.randint(0, len(y), (args.batch,), generator=generator)
-        logits = net(x[index])
-        loss = nn.functional.cross_entropy(logits[:, :3], y[index, 0])
+        logits = net(x[index], *(w[index] for w in data[2:]))
+        labels = y[index]
+        if labels.dim() == 3:  # [N, K, 2] -> the shapes pictures have
+            keep = labels[..., 0] >= 0
+            logits, labels = logits[keep], labels[keep]
+        loss = nn.functional.cross_entropy(logits[:, :3], labels[:, 0])
         if colour:
-            loss = loss + nn.functional.cross_entropy(logits[:, 3:], y[index, 1])
+            loss = loss + nn.functional.cross_entropy(logits[:, 3:], labels[:, 1])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -161,14 +197,17 @@ def train(net, data, args, steps: int, lr: float, colour: bool = True, report=No
 
 
 def accuracy(net, data, field: int = 0) -> float:
-    """Share of pictures whose shape (field 0) or colour (1) is read right."""
+    """Share of shapes whose shape (field 0) or colour (1) is read right."""
     import torch
 
     net.eval()
     with torch.no_grad():
-        logits = net(data[0])
+        logits, labels = net(data[0], *data[2:]), data[1]
+        if labels.dim() == 3:
+            keep = labels[..., 0] >= 0
+            logits, labels = logits[keep], labels[keep]
         logits = logits[:, :3] if field == 0 else logits[:, 3:]
-        out = float((logits.argmax(1) == data[1][:, field]).float().mean())
+        out = float((logits.argmax(1) == labels[:, field]).float().mean())
     net.train()
     return out
 
@@ -209,6 +248,14 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=256, help="pictures a step (default 256)")
     p.add_argument("--steps", type=int, default=600, help="steps (default 600)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--objects", type=int, default=1,
+                   help="shapes a picture, 1 to N (default 1); above 1, each shape is read off the tokens it covers")
+    p.add_argument("--readout", choices=("mean", "shares"), default="mean",
+                   help="mean: every token pooled (one shape a picture); shares: each shape's tokens weighted by "
+                        "the share of its area in them (the default above one shape)")
+    p.add_argument("--downsample", type=int, default=2,
+                   help="with --readout shares, tokens are the mean of each d x d block of patches (default 2, the "
+                        "tiny projector's 2x2; 1 keeps every patch, as the mlp2x_gelu projector does)")
     p.add_argument("--init", choices=("default", "mimetic"), default="default", help="the tower's initialisation")
     p.add_argument("--pool", type=int, default=30000, help="training pictures drawn (default 30,000)")
     p.add_argument("--every", type=int, default=10**9, help="also print the accuracy every this many steps")
@@ -220,8 +267,14 @@ def main() -> int:
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    data = pictures(args.image, args.pool, 1, "train")
-    own, held = pictures(args.image, 1000, 2, "train"), pictures(args.image, 1000, 3, "heldout")
+    if args.objects > 1:
+        args.readout = "shares"
+    if args.cnn and args.readout == "shares":
+        p.error("--cnn reads one shape a picture: leave out --objects and --readout")
+    grid = args.image // args.patch // args.downsample if args.readout == "shares" else 0
+    data = pictures(args.image, args.pool, 1, "train", args.objects, grid)
+    own, held = (pictures(args.image, 1000, seed, world, args.objects, grid)
+                 for seed, world in ((2, "train"), (3, "heldout")))
     samples = f"{args.batch} x {args.steps} = {args.batch * args.steps:,} pictures"
     if args.cnn:  # the shape alone: is it in the pixels?
         net = cnn()
@@ -231,7 +284,8 @@ def main() -> int:
         return 0
     net = vit(args)
     name = (f"tower {args.image} px / {args.patch} px patches, width {args.width}, {args.layers} layers, "
-            f"{args.init} init, lr {args.lr:g}")
+            f"{args.init} init, lr {args.lr:g}"
+            + (f", 1-{args.objects} shapes read off {grid}x{grid} tokens" if grid else ""))
 
     def report(step: int, seconds: float) -> None:
         print(f"  step {step} ({seconds:.0f} s): training world {accuracy(net, own):.1%}, "
