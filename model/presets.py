@@ -5,7 +5,11 @@ minutes on 2 CPU cores. Its 28 px images make 4x4 patches of 7 px, downsampled t
 tokens: exactly one token per cell of the training scenes' 2x2 layout, so each object is one
 token and finding it by colour or shape is a choice among 4 keys. (56 px images with 16 tokens,
 a 2x2 block per object, trained slower and learnt shape and OCR far worse: docs/training.md.)
-Odd patch grids (VILA1.5-3b's 27x27 -> padded 28x28 -> 196 tokens) are exercised by the test
+`tiny16` is the same LLM and tower
+width at 56 px with 14 px patches and VILA's `mlp2x_gelu` projector (no merge): 16 image tokens,
+so a shape placed anywhere, and two shapes near each other, each have tokens of their own (for a
+tower pretrained elsewhere, `vlm-train --init-vision`; docs/training.md). Odd patch grids
+(VILA1.5-3b's 27x27 -> padded 28x28 -> 196 tokens) are exercised by the test
 fixtures. `vila1.5-3b` has the published VILA1.5-3b dimensions (for benchmarks and memory
 checks; random weights). `bench-qwen0.5b` is the runtime benchmark's model: VILA1.5-3b's SigLIP
 so400m (384 px, 729 -> 196 tokens) with Qwen2.5-0.5B's LLM dimensions (tied embeddings, 151936
@@ -59,6 +63,11 @@ PRESETS: dict[str, ModelDims] = {
     "tiny": ModelDims(
         hidden=192, intermediate=512, layers=4, heads=4, kv_heads=2, max_positions=1024,
         image_size=28, patch_size=7, vision_hidden=128, vision_intermediate=256, vision_layers=4, vision_heads=4,
+    ),
+    "tiny16": ModelDims(  # tiny's LLM and tower width at 56 px, 14 px patches, no merge: 16 image tokens
+        hidden=192, intermediate=512, layers=4, heads=4, kv_heads=2, max_positions=1024,
+        image_size=56, patch_size=14, vision_hidden=128, vision_intermediate=256, vision_layers=4, vision_heads=4,
+        projector_type="mlp2x_gelu",
     ),
     "vila1.5-3b": ModelDims(
         hidden=2560, intermediate=6912, layers=32, heads=20, kv_heads=20, max_positions=4096,

@@ -403,8 +403,36 @@ def test_vision_stage_targets_follow_the_projector_token_order(order):
             assert row["kind"] == 0 and row["colour"] == row["shape"] == row["size"] == IGNORE
     word = picture_targets(Scene(word="cup"), cells)
     assert (word[:, 0] == 2).all() and (word[:, 5] == 4).all() and (word[:, 1:4] == IGNORE).all()
-    with pytest.raises(InputError, match="one image token per cell.*--steps vision=0"):
+    with pytest.raises(InputError, match="2x2 or 4x4 image tokens.*--steps vision=0"):
         token_cells(order, 196)
+
+
+def test_sixteen_tokens_read_each_shape_off_the_regions_it_covers(tmp_path):
+    """On a 4x4 token grid (tiny16: 56 px, 14 px patches, no merge) a shape's region is where its
+    centre is, its look-ups reach every region holding a sixteenth of it, the probes' cell field is
+    the region's quadrant; and a few steps of every stage train with probes and look-ups on it."""
+    from vlm_edge.train.cli import main
+    from vlm_edge.train.picture_stage import IGNORE, picture_targets, token_cells
+    from vlm_edge.train.scenes import Scene, Shape
+
+    cells = token_cells(None, 16)
+    assert cells == list(range(16)) and token_cells("column_major", 16)[1] == 4
+    small = Scene(objects=(Shape("square", "red", "small", "top left", 0.36, 0.11, 0.06),), grid=4)
+    assert small.region(small.objects[0]) == 1 and small.painted() == [(1,)]
+    big = Scene(objects=(Shape("circle", "blue", "big", "bottom right", 0.5, 0.5, 0.2),
+                         Shape("triangle", "green", "small", "top left", 0.12, 0.12, 0.08)), grid=4)
+    assert np.allclose(big.shares().sum(1), 1.0) and big.painted()[0] == (5, 6, 9, 10) and big.region(big.objects[0]) == 10
+    targets = picture_targets(big, cells)
+    assert [t for t in range(16) if targets[t, 0] == 1] == [0, 10]  # kind SHAPE where a centre is
+    assert list(targets[:, 4]) == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]  # each region's quadrant
+    assert (targets[[5, 6, 9], 2] == 0).all() and targets[15, 1] == IGNORE  # the circle reaches over; a corner is empty
+    data = SyntheticData(56, seed=1, world="train", layout="free", grid=4)
+    assert all(s.grid == 4 for i in range(10) for s in data.sample("vqa", i).scenes)
+    assert SyntheticData(56, seed=1, world="train", layout="free").sample("vqa", 3).scenes[0] == data.sample("vqa", 3).scenes[0]
+    assert main(["--preset", "tiny16", "--eval-per-type", "0", "--device", "cpu", "--world", "train",
+                 "--steps", "vision=2,align=1,pretrain=2,sft=2", "--batch-size", "4", "-o", str(tmp_path / "ckpt")]) == 0
+    config = json.loads((tmp_path / "ckpt" / "mm_projector" / "config.json").read_text())
+    assert config["mm_projector_type"] == "mlp2x_gelu"
 
 
 def test_vision_stage_trains_tower_and_projector_to_see(tmp_path):

@@ -15,7 +15,7 @@ from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa
 from vlm_edge.train.renderers import (HELDOUT_BACKGROUNDS, HELDOUT_RENDERERS, TRAIN_BACKGROUNDS, TRAIN_RENDERERS,
                                       Style, draw, random_style)
 from vlm_edge.train.scenes import CELLS, GRID_RADIUS, Scene, Shape, random_scene
-from vlm_edge.train.wordings import WORDINGS, all_phrasings
+from vlm_edge.train.wordings import WORDINGS, all_phrasings, matcher
 
 
 def test_worlds_keep_their_renderers_and_backgrounds_apart():
@@ -83,13 +83,9 @@ def test_free_scenes_name_positions_by_centre_and_share_tokens_by_area():
         assert all(o.clear and o.angle == 0 and o.r == GRID_RADIUS[o.size] for o in grid.objects)
 
 
-def _pattern(template: str) -> re.Pattern:
-    return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)).replace("colour", "colou?r"), re.IGNORECASE)
-
-
 def test_heldout_phrasings_never_occur_in_training_data():
     assert not all_phrasings("train") & all_phrasings("heldout")
-    held = [_pattern(t) for t in all_phrasings("heldout")]
+    held = [matcher(t) for t in all_phrasings("heldout")]
     data = SyntheticData(28, seed=0, world="train", draw=False)
     questions = [m["content"].split("\n")[-1] for i in range(1500) for kind in ("vqa", "describe")
                  for m in data.sample(kind, i).messages if m["role"] == "user"]
@@ -129,3 +125,31 @@ def test_vlm_train_world_train_runs_and_records_its_world(tmp_path):
     assert eval_main([str(out), "--per-type", "1", "--json", str(tmp_path / "eval.json")]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["data"]["world"] == "train" and "yes_no" in result["accuracy"]
+
+
+def test_statement_captions_tell_the_scene_and_ask_nothing():
+    """The training wording's statement captions use a user's words ("things", "corner") in true
+    sentences about the picture, and never a held-out question's phrasing (nor any question)."""
+    from vlm_edge.train.datasets import statements
+    from vlm_edge.train.scenes import NUMBERS
+
+    held = [matcher(t) for t in all_phrasings("heldout")]
+    rng = random.Random(5)
+    words = Counter()
+    for _ in range(400):
+        scene = random_scene(rng, word_probability=0.2, count_weights=(1, 1, 1, 1))
+        text = statements(scene, rng)
+        sentences = [s.strip() + "." for s in text.split(".") if s.strip()]
+        assert sentences and "?" not in text and not [s for s in sentences if any(p.fullmatch(s) for p in held)]
+        words.update(w.strip(".").lower() for w in text.split())
+        if scene.word is not None:
+            assert all(scene.word in s for s in sentences)
+            continue
+        counted = [s for s in sentences if set(NUMBERS[1:5]) & set(s.lower().rstrip(".").split())]
+        assert counted and all(NUMBERS[len(scene.objects)] in s.lower() for s in counted)
+        for s in sentences:
+            if s not in counted:  # about one object, named by a shape (and colour) it alone has
+                named = [o for o in scene.objects if o.shape in s]
+                assert len(named) == 1 and (named[0].colour in s.replace("color", "colour")
+                                            or named[0].cell in s or named[0].size in s)
+    assert {"things", "corner", "visible", "contains", "read", "number"} <= set(words)

@@ -32,7 +32,8 @@ def _stage_steps(text: str) -> dict[str, int]:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", required=True, help="checkpoint directory (VILA1.5 layout + training/ state)")
-    p.add_argument("--preset", default="tiny", help="model shape and recipe: tiny (default), micro, vila1.5-3b")
+    p.add_argument("--preset", default="tiny", help="model shape and recipe: tiny (default: 28 px, 4 image tokens), tiny16 (56 px, 16 "
+                        "image tokens, for a pretrained --init-vision tower), micro (tests), vila1.5-3b")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     p.add_argument("--force", action="store_true", help="start over in a non-empty --output")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +33,7 @@ from vlm_edge.common.errors import InputError
 from vlm_edge.common.tokenizer import IMAGE_TOKEN
 
 from .renderers import WORLDS, random_style
-from .wordings import ONLY_REFERENCES, phrase
+from .wordings import ONLY_REFERENCES, phrase, statement
 from .scenes import CELLS, COLOURS, NUMBERS, SHAPES, WORDS, Scene, random_scene, render
 
 DATA_KINDS_SYNTHETIC = ("caption", "interleaved", "vqa", "describe", "text")  # with text: the tokenizer learns from them
@@ -82,6 +82,8 @@ class SyntheticData:
              (phrasings no training data has); default: "plain" in the plain world, else "train"
     layout   where shapes sit (train/scenes.py): "cells", "grid" or "free"; default: "cells" in
              the plain world, else "grid"
+    grid     image tokens a side of the model trained (2: 4 tokens, the tiny preset's; 4: 16): the
+             regions the look-ups and probes read each shape off (Scene.grid)
     """
 
     image_size: int
@@ -90,6 +92,7 @@ class SyntheticData:
     wording: str | None = None
     layout: str | None = None
     draw: bool = True  # False: samples carry a blank 1x1 picture (text only, for the tokenizer's corpus)
+    grid: int = 2
 
     def __post_init__(self) -> None:
         if self.world not in ("plain", *WORLDS):
@@ -112,7 +115,7 @@ class SyntheticData:
         while True:
             scene = random_scene(rng, **kwargs)
             if _is_heldout(scene) == (split == "heldout"):
-                return scene
+                return scene if self.grid == 2 else replace(scene, grid=self.grid, _shares={})
 
     def image(self, scene: Scene, rng: random.Random) -> Image.Image:
         if self.world == "plain":
@@ -192,8 +195,30 @@ def _picture(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     return Sample([data.image(scene, rng)], kind="picture", scenes=[scene])
 
 
+# Share of pre-training captions, in the training wording only, written as plain statements in the
+# words users' questions may use (wordings.STATEMENTS): "There are three things in the picture. The
+# circle is in the top left corner. ..." (docs/training.md, "Questions in other words").
+STATEMENT_CAPTION_PROBABILITY = 0.3
+
+
+def statements(scene: Scene, rng: random.Random) -> str:
+    """A count statement and one statement about each object the scene has only one of in its
+    shape and its colour (or two about a word), in random order."""
+    if scene.word is not None:
+        return " ".join(statement("word", rng, word=scene.word) for _ in range(2))
+    parts = [statement("count", rng, len(scene.objects))]
+    parts += [statement("object", rng, shape=o.shape, colour=o.colour, size=o.size, cell=o.cell)
+              for o in scene.objects if o.clear and sum(p.shape == o.shape for p in scene.objects) == 1
+              and sum(p.colour == o.colour for p in scene.objects) == 1]
+    rng.shuffle(parts)
+    return " ".join(parts)
+
+
 def _caption(data: SyntheticData, rng: random.Random, split: str) -> Sample:
     scene = data.scene(rng, split, count_weights=CAPTION_COUNT_WEIGHTS)
+    if data.wording != "plain" and rng.random() < STATEMENT_CAPTION_PROBABILITY:  # the plain wording draws nothing here
+        return Sample([data.image(scene, rng)], text=f"{IMAGE_TOKEN}\n{statements(scene, rng)}", kind="caption",
+                      scenes=[scene])
     text = facts(scene, rng) if rng.random() < FACT_CAPTION_PROBABILITY else None
     spans = fact_spans(text, scene, len(IMAGE_TOKEN) + 1) if text is not None and FACT_LOOKUPS else None
     if text is None:

@@ -22,8 +22,9 @@ The loss is the sum over fields of the mean cross-entropy over the tokens where 
 defined. In the stages after it, the same loss on the pictures of each batch is added to the LM
 loss with weight `TrainConfig.probe_weight` (1 for tiny), so that the LM's gradients do not wash
 out what the tower learnt here. The probes are never part of the checkpoint: its layout does not
-change. They need one image token per cell of the scene's 2x2 grid (the `tiny` and `micro`
-presets: 28 px pictures, 7 px patches, a 2x2 downsample); other shapes are refused in one line.
+change. They need one image token per region of a 2x2 split of the picture (the `tiny` and `micro`
+presets: 28 px pictures, 7 px patches, a 2x2 downsample) or of a 4x4 split (16 image tokens);
+other shapes are refused in one line.
 """
 
 from __future__ import annotations
@@ -43,23 +44,25 @@ FIELDS: tuple[tuple[str, int], ...] = (("kind", 3), ("colour", len(COLOURS)), ("
                                        ("size", len(SIZES)), ("cell", len(CELLS)), ("word", len(WORDS)))
 IGNORE = -100  # a field that is not defined for a token (the colour of an empty cell)
 EMPTY, SHAPE, WORD = 0, 1, 2  # the kind field
-GRID = 2  # the scenes' cells form a 2x2 grid
+GRIDS = (2, 4)  # image tokens a side the stage knows: 4 tokens (the tiny preset) or 16
 
 
 def token_cells(token_order: str | None, num_tokens: int) -> list[int]:
-    """The scene cell (index into CELLS, reading order) of each image token.
+    """The region of the picture (row-major index in a grid x grid split, Scene.grid) of each image
+    token; on the 2x2 grid, its quadrant's index into CELLS (reading order).
 
-    The downsample projector emits its 2x2 tokens column-major (VILA1.5-era: t = col * 2 + row)
-    or row-major (t = row * 2 + col); model/projector.py."""
-    if num_tokens != GRID * GRID:
-        raise InputError(f"the vision stage needs one image token per cell of the {GRID}x{GRID} scene grid; "
-                         f"this model has {num_tokens} image tokens per picture: set its steps to 0 "
-                         "(--steps vision=0)")
-    if token_order == "row_major":
-        return list(range(GRID * GRID))
+    The downsample projector emits its tokens column-major (VILA1.5-era: t = col * grid + row) or
+    row-major (t = row * grid + col); a projector without a downsample (mlp2x_gelu) keeps the
+    patches' row-major order (model/projector.py)."""
+    grid = int(round(num_tokens ** 0.5))
+    if grid * grid != num_tokens or grid not in GRIDS:
+        raise InputError(f"the vision stage needs 2x2 or 4x4 image tokens a picture; this model has {num_tokens}: "
+                         "set its steps to 0 (--steps vision=0)")
+    if token_order in ("row_major", None):
+        return list(range(num_tokens))
     if token_order == "column_major":
-        return [(t % GRID) * GRID + t // GRID for t in range(GRID * GRID)]
-    raise InputError(f"the vision stage needs a 2x2 downsample projector; token order {token_order!r}")
+        return [(t % grid) * grid + t // grid for t in range(num_tokens)]
+    raise InputError(f"the vision stage does not know token order {token_order!r}")
 
 
 PAINT_SHARE = 0.25  # a token with no centre in its cell still tells what covers it, from this share of an object
@@ -68,21 +71,26 @@ PAINT_SHARE = 0.25  # a token with no centre in its cell still tells what covers
 def picture_targets(scene: Scene, cells: list[int]) -> np.ndarray:
     """[tokens, len(FIELDS)] int64 class indices of each token's fields, IGNORE where undefined.
 
-    kind is SHAPE where an object's centre lies in the token's cell (counting reads it); colour,
-    shape and size are that object's, or, in a cell with no centre, those of the object with the
-    largest share of its area there if it is at least PAINT_SHARE (a shape that reaches over)."""
+    kind is SHAPE where an object's centre lies in the token's region (counting reads it); colour,
+    shape and size are that object's, or, in a region with no centre, those of the object with the
+    largest share of its area there if it is at least PAINT_SHARE (a quarter of that on the 4x4
+    grid: a shape that reaches over); cell is the quadrant the region lies in. The scene's grid
+    must be the tokens' (Scene.grid)."""
+    if scene.grid ** 2 != len(cells):
+        raise ValueError(f"a scene split {scene.grid}x{scene.grid} for {len(cells)} image tokens")
     out = np.full((len(cells), len(FIELDS)), IGNORE, dtype=np.int64)
-    by_cell = {o.cell: o for o in scene.objects}
+    by_region = {scene.region(o): o for o in scene.objects}
     shares = scene.shares() if scene.objects else None
-    for t, cell in enumerate(cells):
-        out[t, 4] = cell
+    paint = PAINT_SHARE * (2 / scene.grid) ** 2
+    for t, region in enumerate(cells):
+        out[t, 4] = scene.quadrant(region)
         if scene.word is not None:
             out[t, 0], out[t, 5] = WORD, WORDS.index(scene.word)
             continue
-        o = by_cell.get(CELLS[cell])
+        o = by_region.get(region)
         out[t, 0] = SHAPE if o is not None else EMPTY
-        if o is None and shares is not None and shares[:, cell].max() >= PAINT_SHARE:
-            o = scene.objects[int(shares[:, cell].argmax())]
+        if o is None and shares is not None and shares[:, region].max() >= paint:
+            o = scene.objects[int(shares[:, region].argmax())]
         if o is not None:
             out[t, 1:4] = list(COLOURS).index(o.colour), SHAPES.index(o.shape), SIZES.index(o.size)
     return out

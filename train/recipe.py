@@ -141,6 +141,7 @@ def _recipe(align: int, pretrain: int, sft: int, lr: float, batch: int, from_scr
 RECIPES: dict[str, list[StageConfig]] = {
     "micro": _recipe(align=4, pretrain=4, sft=8, lr=2e-3, batch=8, from_scratch=True, vision=(4, 2e-3, 8)),  # tests
     "tiny": _recipe(align=50, pretrain=200, sft=640, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
+    "tiny16": _recipe(align=50, pretrain=200, sft=640, lr=7e-4, batch=32, from_scratch=True, vision=(400, 2e-3, 64)),
     "vila1.5-3b": _recipe(align=2000, pretrain=4000, sft=8000, lr=2e-5, batch=128, from_scratch=False),
 }
 
@@ -149,6 +150,7 @@ RECIPES: dict[str, list[StageConfig]] = {
 PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "micro": {"probe_weight": 0.0},  # its 150-step test fixtures learn to talk too slowly beside the probe loss
     "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
+    "tiny16": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
 }
 
 

@@ -123,28 +123,51 @@ class Scene:
     objects: tuple[Shape, ...] = ()
     word: str | None = None
     background: int = 245  # grey level (the plain style's; train/renderers.py draws others)
+    # The regions shares() and painted() split the picture into: a grid x grid split, one region an
+    # image token (2: the quadrants, the tiny preset's 4 tokens; 4: 16 tokens). Not part of what
+    # the picture shows.
+    grid: int = field(default=2, compare=False)
     _shares: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
+    def region(self, o: Shape) -> int:
+        """The region (row-major index in the grid) that holds object `o`'s centre; on the 2x2 grid
+        its quadrant's index into CELLS."""
+        if self.grid == 2:
+            return CELLS.index(o.cell)
+        x, y, _, _ = o.geometry()
+        return min(int(y * self.grid), self.grid - 1) * self.grid + min(int(x * self.grid), self.grid - 1)
+
+    def quadrant(self, region: int) -> int:
+        """The quadrant (index into CELLS) a region lies in."""
+        row, col = divmod(region, self.grid)
+        return (2 * row // self.grid) * 2 + 2 * col // self.grid
+
     def shares(self) -> np.ndarray:
-        """[objects, 4] float: the share of each object's area that lies in each quadrant (CELLS order)."""
-        if "value" not in self._shares and all(_within_quadrant(o) for o in self.objects):
+        """[objects, grid * grid] float: the share of each object's area that lies in each region
+        (on the 2x2 grid: each quadrant, CELLS order)."""
+        g = self.grid
+        if "value" not in self._shares and g == 2 and all(_within_quadrant(o) for o in self.objects):
             self._shares["value"] = np.eye(len(CELLS))[[CELLS.index(o.cell) for o in self.objects]].reshape(-1, len(CELLS))
         if "value" not in self._shares:
-            n = 2 * QUARTER_SAMPLES
-            grid = (np.arange(n) + 0.5) / n
-            py, px = np.meshgrid(grid, grid, indexing="ij")
-            out = np.zeros((len(self.objects), len(CELLS)))
+            n = 2 * QUARTER_SAMPLES  # samples a side: 24 a region on the 2x2 grid, 12 on the 4x4
+            if n % g:
+                raise ValueError(f"a {g}x{g} grid does not split {n} samples a side evenly")
+            points = (np.arange(n) + 0.5) / n
+            py, px = np.meshgrid(points, points, indexing="ij")
+            out = np.zeros((len(self.objects), g * g))
             for i, o in enumerate(self.objects):
-                mask = o.inside(px, py).reshape(2, QUARTER_SAMPLES, 2, QUARTER_SAMPLES).sum(axis=(1, 3)).reshape(-1)
+                mask = o.inside(px, py).reshape(g, n // g, g, n // g).sum(axis=(1, 3)).reshape(-1)
                 out[i] = mask / max(1, mask.sum())
             self._shares["value"] = out
         return self._shares["value"]
 
-    def painted(self, share: float = 0.25) -> list[tuple[int, ...]]:
-        """Per object, the quadrants (indices into CELLS) that hold its centre or at least `share` of
-        its area: the image tokens a question about it should look at."""
+    def painted(self, share: float | None = None) -> list[tuple[int, ...]]:
+        """Per object, the regions that hold its centre or at least `share` of its area (default: a
+        quarter on the 2x2 grid, a quarter of that on the 4x4): the image tokens a question about it
+        should look at."""
+        share = 0.25 * (2 / self.grid) ** 2 if share is None else share
         shares = self.shares()
-        return [tuple(sorted({CELLS.index(o.cell)} | {c for c in range(len(CELLS)) if shares[i, c] >= share}))
+        return [tuple(sorted({self.region(o)} | {c for c in range(self.grid ** 2) if shares[i, c] >= share}))
                 for i, o in enumerate(self.objects)]
 
     def key(self) -> str:

@@ -225,7 +225,8 @@ class Trainer:
             if not conversations:
                 raise InputError(f"{config.user_data} holds no training records")
             user = conversation_samples(conversations)
-        self.data = SyntheticData(image_size, config.seed, config.world)
+        grid = int(round(len(self.cells) ** 0.5)) if self.cells is not None else 2  # the regions shapes are read off
+        self.data = SyntheticData(image_size, config.seed, config.world, grid=grid)
         self.mix = DataMix(self.data, user)
 
     # ---- model init / resume

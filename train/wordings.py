@@ -19,6 +19,7 @@ picture / image / photo / scene, {thing} is what a yes/no question asks about ("
 from __future__ import annotations
 
 import random
+import re
 
 NOUNS = ("picture", "image", "photo", "scene")
 US_SPELLING = 0.4  # share of questions written "color"
@@ -26,26 +27,30 @@ US_SPELLING = 0.4  # share of questions written "color"
 WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
     "colour": {
         "train": ("What colour is {ref}?", "What is the colour of {ref}?", "Which colour is {ref}?",
-                  "What colour is {ref} in the {noun}?", "Tell me the colour of {ref}."),
+                  "What colour is {ref} in the {noun}?", "Tell me the colour of {ref}.", "Say which colour {ref} is."),
         "heldout": ("What colour does {ref} have?", "Can you tell me the colour of {ref}?"),
     },
     "shape": {
         "train": ("What shape is {ref}?", "What is the shape of {ref}?", "Which shape is {ref}?",
-                  "What kind of shape is {ref}?", "What shape is {ref} in the {noun}?"),
+                  "What kind of shape is {ref}?", "What shape is {ref} in the {noun}?", "Tell me the shape of {ref}.",
+                  "Say which shape {ref} is."),
         "heldout": ("What shape does {ref} have?", "Name the shape of {ref}."),
     },
     "position": {
         "train": ("Where is {ref}?", "Where is {ref} in the {noun}?", "Where is {ref} located?",
-                  "In which part of the {noun} is {ref}?"),
+                  "In which part of the {noun} is {ref}?", "Which part of the {noun} is {ref} in?",
+                  "Tell me where {ref} is.", "What is the position of {ref}?"),
         "heldout": ("Where in the {noun} can you see {ref}?", "Which corner is {ref} in?"),
     },
     "size": {
-        "train": ("Is {ref} big or small?", "Is {ref} small or big?", "What size is {ref}?", "How big is {ref}?"),
+        "train": ("Is {ref} big or small?", "Is {ref} small or big?", "What size is {ref}?", "How big is {ref}?",
+                  "Tell me the size of {ref}.", "Which size is {ref}?"),
         "heldout": ("What is the size of {ref}?", "Would you say {ref} is big or small?"),
     },
     "count": {
         "train": ("How many objects are there?", "How many shapes are there?", "How many shapes are in the {noun}?",
-                  "How many objects can you see?", "Count the shapes in the {noun}."),
+                  "How many objects can you see?", "Count the shapes in the {noun}.", "Tell me the number of shapes.",
+                  "How many shapes does the {noun} have?", "What is the count of shapes?"),
         "heldout": ("How many things are in the {noun}?", "What is the number of shapes in the {noun}?"),
     },
     "exists": {
@@ -58,7 +63,8 @@ WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
         "heldout": ("Is the colour of the {shape} {colour}?",),
     },
     "word": {
-        "train": ("What word is written?", "What word is in the {noun}?", "What does the text say?"),
+        "train": ("What word is written?", "What word is in the {noun}?", "What does the text say?",
+                  "Tell me the word in the {noun}.", "Which word is written?"),
         "heldout": ("Which word can you read?",),
     },
     "describe": {
@@ -66,6 +72,23 @@ WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
         "heldout": ("What does this {noun} show?",),
     },
 }
+# Plain statements about a scene, for pre-training captions of the training wording: the words a
+# user's question may use ("things", "corner", "visible", "contains", "read", "number", "have") in
+# sentences that tell, never ask. No question phrasing of either set occurs here; a held-out
+# question is then new as a question, as a user's is, while its words are not. Placeholders:
+# {n} a number word and {things} a plural noun (or, with one object, "one" and a singular noun),
+# {noun} picture / image / photo / scene, {colour} {shape} {size} {cell} {word} of one object or word.
+STATEMENTS: dict[str, tuple[str, ...]] = {
+    "count": ("There are {n} {things} in the {noun}.", "The {noun} has {n} {things}.",
+              "The number of {things} is {n}.", "I can see {n} {things}.", "The {noun} contains {n} {things}."),
+    "object": ("The {shape} is in the {cell} corner.", "The {colour} {shape} is visible at the {cell}.",
+               "The {noun} contains a {colour} {shape}.", "The {shape} has the colour {colour}.",
+               "The {shape} is {size} in size.", "You can see a {size} {colour} {shape} in the {noun}.",
+               "The {colour} thing is a {shape}.", "The {shape} sits in the {cell} part of the {noun}."),
+    "word": ("You can read the word {word}.", "The text in the {noun} reads {word}.",
+             "The {noun} shows the word {word}.", "The word {word} is written in black."),
+}
+THINGS = (("shape", "shapes"), ("object", "objects"), ("thing", "things"), ("item", "items"))
 PLAIN = {"colour": "What colour is {ref}?", "shape": "What shape is {ref}?", "position": "Where is {ref}?",
          "size": "Is {ref} big or small?", "count": "How many objects are there?", "word": "What word is written?",
          "describe": "Describe the image."}
@@ -88,8 +111,26 @@ def phrase(qtype: str, rng: random.Random, wording: str = "train", **fields: str
     return spell(text[0].upper() + text[1:], rng)
 
 
+def statement(kind: str, rng: random.Random, count: int = 0, **fields: str) -> str:
+    """One STATEMENTS sentence of `kind` with its placeholders filled (count: the number of objects
+    for {n} and {things}), in UK or US spelling."""
+    from .scenes import NUMBERS
+
+    singular, plural = rng.choice(THINGS)
+    text = rng.choice(STATEMENTS[kind]).format(noun=rng.choice(NOUNS), n=NUMBERS[count],
+                                               things=singular if count == 1 else plural, **fields)
+    if count == 1:
+        text = text.replace("There are", "There is")
+    return spell(text, rng)
+
+
 def spell(text: str, rng: random.Random) -> str:
     return text.replace("colour", "color").replace("Colour", "Color") if rng.random() < US_SPELLING else text
+
+
+def matcher(template: str) -> re.Pattern:
+    """A regular expression matching every question written from `template` (any filling, either spelling)."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)).replace("colour", "colou?r"), re.IGNORECASE)
 
 
 def all_phrasings(wording: str) -> set[str]:
