@@ -46,7 +46,9 @@ setup(
     packages=["vlm_edge"] + [f"vlm_edge.{name}" for name in SUBPACKAGES],
     package_dir={"vlm_edge": "vlm_edge_pkg", **{f"vlm_edge.{name}": FOLDERS[name] for name in SUBPACKAGES}},
     # the kernel's and the plugin's sources: the device they run on builds them (gpu_kernels/build.py)
-    package_data={"vlm_edge.kernels": ["CMakeLists.txt", "cuda/*.cu", "cuda/*.cuh", "trt/*.cpp"]},
+    package_data={"vlm_edge.kernels": ["CMakeLists.txt", "cuda/*.cu", "cuda/*.cuh", "trt/*.cpp"],
+                  # the tiny16 preset's pretrained vision tower (train/towers.py)
+                  "vlm_edge.train": ["pretrained/*/*.json", "pretrained/*/*.safetensors"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={
