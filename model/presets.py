@@ -7,8 +7,9 @@ token and finding it by colour or shape is a choice among 4 keys. (56 px images 
 a 2x2 block per object, trained slower and learnt shape and OCR far worse: docs/training.md.)
 `tiny16` is the same LLM and tower
 width at 56 px with 14 px patches and VILA's `mlp2x_gelu` projector (no merge): 16 image tokens,
-so a shape placed anywhere, and two shapes near each other, each have tokens of their own (for a
-tower pretrained elsewhere, `vlm-train --init-vision`; docs/training.md). Odd patch grids
+so a shape placed anywhere, and two shapes near each other, each have tokens of their own
+(`vlm-train --preset tiny16` starts from the tower pretrained for it that ships in
+train/pretrained/; docs/training.md). Odd patch grids
 (VILA1.5-3b's 27x27 -> padded 28x28 -> 196 tokens) are exercised by the test
 fixtures. `vila1.5-3b` has the published VILA1.5-3b dimensions (for benchmarks and memory
 checks; random weights). `bench-qwen0.5b` is the runtime benchmark's model: VILA1.5-3b's SigLIP

@@ -495,6 +495,60 @@ def test_vision_stage_is_skipped_for_a_tower_that_already_sees(tmp_path):
         StageConfig("odd", 1, 1e-3, 2, ("llm",), {"picture": 1.0}).validate()
 
 
+def test_tiny16_starts_from_the_shipped_tower_and_refuses_an_altered_one(tmp_path):
+    """tiny16's defaults: free scenes of the train world and the tower that ships with vlm-edge (its
+    vision stage and probes kept); --init-vision none trains the tower from scratch; the shipped
+    files are checked before use; a fine-tune draws its synthetic share as the checkpoint's run did."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from vlm_edge.common.errors import CheckpointError
+    from vlm_edge.model.architectures import VISION_ARCHITECTURES
+    from vlm_edge.train.cli import build_config, train_parser
+    from vlm_edge.train.evaluate import training_layout
+    from vlm_edge.train.towers import HERE, TOWERS, tower_folder
+
+    config = build_config(train_parser().parse_args(["-o", str(tmp_path / "a"), "--preset", "tiny16"]))
+    assert (config.init_vision, config.world, config.layout, config.probe_weight) == ("vlm-edge:tiny16", "train", "free", 1.0)
+    assert {s.name: s.steps for s in config.stages}["vision"] == 400
+    config = build_config(train_parser().parse_args(["-o", str(tmp_path / "a"), "--preset", "tiny16",
+                                                     "--init-vision", "none", "--layout", "grid"]))
+    assert config.init_vision is None and config.layout == "grid" and config.stages[0].steps == 400
+    assert build_config(train_parser().parse_args(["-o", str(tmp_path / "a")])).init_vision is None  # tiny: none
+
+    assert tower_folder("vlm-edge:tiny16") == HERE / "tiny16"
+    trainer = Trainer(TrainConfig(preset="tiny16", init_vision="vlm-edge:tiny16", eval_per_type=0, device="cpu", stages=[
+        StageConfig("align", 1, 1e-3, 2, ("mm_projector",), {"caption": 1.0})]), tmp_path / "b")
+    shipped = load_file(str(HERE / "tiny16" / "model.safetensors"))
+    tower = trainer.model.vision_tower.state_dict()
+    prefix = VISION_ARCHITECTURES["SiglipVisionModel"].disk_prefix
+    assert shipped and all(torch.equal(tower[k.removeprefix(prefix)], v) for k, v in shipped.items())
+    copy = tmp_path / "shipped"
+    shutil.copytree(HERE, copy)
+    assert tower_folder("vlm-edge:tiny16", root=copy) == copy / "tiny16"
+    weights = copy / "tiny16" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+        tower_folder("vlm-edge:tiny16", root=copy)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="missing this file"):
+        tower_folder("vlm-edge:tiny16", root=copy)
+    with pytest.raises(CheckpointError, match="ships tiny16"):
+        tower_folder("vlm-edge:other")
+    assert set(TOWERS["tiny16"]) == {p.name for p in (HERE / "tiny16").iterdir()}
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "training").mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "training" / "train_config.json").write_text(json.dumps({"preset": "tiny", "world": "train", "layout": "free"}))
+    config = build_config(train_parser().parse_args(["-o", str(tmp_path / "c"), "--init", str(ckpt), "--data", "x.json"]))
+    assert (config.world, config.layout, [s.name for s in config.stages]) == ("train", "free", ["sft"])
+    assert training_layout(ckpt, "heldout") == "free" and training_layout(ckpt, "plain") is None
+
+
 # ---- data-parallel equivalence -----------------------------------------------------------------------
 def test_two_process_ddp_matches_one_process(tmp_path):
     """torchrun with 2 gloo processes and a global batch of 8 == 1 process with a batch of 8."""
@@ -691,6 +745,31 @@ def test_vlm_eval_data_scores_a_users_test_set(tmp_path, capsys):
     assert len(err) == 1 and "record 0" in err[0] and "could not be decoded" in err[0], err
 
 
+def test_users_records_are_drawn_once_an_epoch_in_new_orders_and_pictures_reframed(tmp_path):
+    """Every user record once an epoch, each epoch in an order of its own (seeded: the same on a
+    resume); with augment, each draw's picture is a 90-100% crop scaled back: same size, colours kept."""
+    from PIL import Image
+
+    from vlm_edge.train.datasets import Sample, augment_picture
+    from vlm_edge.train.trainer import DataMix
+
+    picture = np.zeros((40, 40, 3), np.uint8)
+    picture[10:30, 10:30] = (200, 30, 30)
+    path = tmp_path / "red.png"
+    Image.fromarray(picture).save(path)
+    user = [Sample([str(path)], messages=[{"role": "user", "content": f"<image>\n{i}"}], kind="user") for i in range(7)]
+    mix = DataMix(SyntheticData(28, seed=3), user)
+    first, second = [[mix.user_sample(g) for g in range(e * 7, e * 7 + 7)] for e in (0, 1)]
+    assert sorted(map(id, first)) == sorted(map(id, user)) == sorted(map(id, second)) and first != second
+    assert [s is t for s, t in zip(first, [DataMix(SyntheticData(28, seed=3), user).user_sample(g) for g in range(7)])] == [True] * 7
+    mixed = DataMix(SyntheticData(28, seed=3), user, augment=True)
+    draws = [np.asarray(mixed.user_sample(g).images[0]) for g in range(14)]
+    assert all(d.shape == (40, 40, 3) for d in draws) and any((d != picture).any() for d in draws)
+    assert all(abs(int(d[20, 20, 0]) - 200) <= 2 and d[20, 20, 2] <= 32 for d in draws)  # the middle stays red
+    again = augment_picture(Image.fromarray(picture), random.Random(5))
+    assert np.array_equal(np.asarray(again), np.asarray(augment_picture(Image.fromarray(picture), random.Random(5))))
+
+
 def test_init_fine_tunes_a_trained_checkpoint_on_a_users_data(tmp_path, capsys):
     """vlm-train --init ckpt/ --data: the checkpoint's weights and tokenizer, one SFT stage with the
     user's data dominant, a tenth of the records held out, scored at the end and saved for vlm-eval."""
@@ -701,6 +780,7 @@ def test_init_fine_tunes_a_trained_checkpoint_on_a_users_data(tmp_path, capsys):
     (stage,) = finetune_stages("micro")
     assert stage.name == "sft" and stage.mix["user"] == 1 - FINETUNE_SYNTHETIC
     assert abs(sum(w for k, w in stage.mix.items() if k != "user") - FINETUNE_SYNTHETIC) < 1e-9
+    assert finetune_stages("tiny16")[0].steps == 1600 and stage.steps == 8  # micro keeps its recipe's SFT
     config = TrainConfig(preset="micro", eval_per_type=0, seed=4,
                          stages=[StageConfig("sft", 2, 1e-3, 4, ("mm_projector", "llm"), {"vqa": 1.0})])
     Trainer(config, tmp_path / "ckpt").run()

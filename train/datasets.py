@@ -521,6 +521,21 @@ def conversation_samples(conversations: list[Conversation]) -> list[Sample]:
             for c in conversations]
 
 
+AUGMENT_SCALE = (0.9, 1.0)  # the side of a crop of a user's picture, as a share of the picture's
+
+
+def augment_picture(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A user's picture as another draw might have framed it: a square-scaled crop of 90-100% of
+    each side, anywhere inside, resized back. Colours, shapes and coarse positions stay as they
+    were (nothing is flipped or recoloured); a few pixels of shift and scale are new each epoch
+    (`vlm-train --augment`; docs/training.md, "Your own data")."""
+    w, h = image.size
+    scale = rng.uniform(*AUGMENT_SCALE)
+    cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return image.crop((x, y, x + cw, y + ch)).resize((w, h), Image.BICUBIC)
+
+
 def split_heldout(conversations: list[Conversation], seed: int, share: float, most: int,
                   ) -> tuple[list[Conversation], list[Conversation]]:
     """(train, held out): a seeded draw of `share` of the records (at most `most`; none below 10)."""

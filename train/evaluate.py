@@ -122,6 +122,18 @@ def training_world(checkpoint_dir: str | Path) -> str:
     return world
 
 
+def training_layout(checkpoint_dir: str | Path, world: str) -> str | None:
+    """The layout a vlm-train checkpoint's scenes had (None: the world's default), when the
+    evaluation draws that checkpoint's training world or the held-out one; else None."""
+    saved = Path(checkpoint_dir) / "training" / "train_config.json"
+    if not saved.is_file() or world == "plain":
+        return None
+    layout = read_json(saved, what="training config", error=CheckpointError).get("layout")
+    if layout not in (None, "cells", "grid", "free"):
+        raise CheckpointError(f"{saved}: layout={layout!r} must be cells, grid or free")
+    return layout
+
+
 def training_seed(checkpoint_dir: str | Path) -> int | None:
     """The data seed a vlm-train checkpoint was trained with, or None for other checkpoints."""
     saved = Path(checkpoint_dir) / "training" / "train_config.json"

@@ -65,8 +65,13 @@ class TrainConfig:
     user_data: str | None = None  # LLaVA-format JSON for the "user" data kind
     image_folder: str | None = None
     init_llm: str | None = None  # start from an existing LLM folder (transformers layout + tokenizer)
-    init_vision: str | None = None  # and/or an existing vision tower folder (+ preprocessor_config.json)
+    # and/or an existing vision tower folder (+ preprocessor_config.json), or vlm-edge:<name> for one
+    # that ships with vlm-edge (train/towers.py)
+    init_vision: str | None = None
     init: str | None = None  # fine-tune this trained checkpoint (its weights and tokenizer) instead of a new model
+    # crop and scale the user's pictures a little, anew each draw (train/datasets.py augment_picture);
+    # off by default: on a 4,000-picture set it moved exact match by 0.4 points (docs/training.md)
+    augment: bool = False
     # the user's held-out test set (LLaVA JSON); None with user data: HELDOUT_SHARE of it is carved out
     eval_data: str | None = None
     # Std of a from-scratch vision tower's position embeddings at init; None keeps transformers'
@@ -85,6 +90,9 @@ class TrainConfig:
     # one phrasing a question: the tiny recipe's) or "train" (several renderers, backgrounds and
     # phrasings, yes/no questions: docs/training.md, "Pictures from other renderers")
     world: str = "plain"
+    # where the synthetic scenes' shapes sit (train/scenes.py): cells, grid or free; None: the world's
+    # default (cells in the plain world, grid in the train world)
+    layout: str | None = None
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | fp32 | bf16
     # portable: the same weights on every x86-64 CPU (train/numerics.py) | native: each host's fastest kernels
@@ -98,6 +106,8 @@ class TrainConfig:
             raise InputError(f"eval_per_type {self.eval_per_type} must be >= 0 (0 skips the final evaluation)")
         if self.world not in ("train", "plain"):
             raise InputError(f"world {self.world!r} is unknown; choose train or plain (heldout is for evaluation only)")
+        if self.layout not in (None, "cells", "grid", "free"):
+            raise InputError(f"layout {self.layout!r} is unknown; choose cells, grid or free")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         if self.numerics not in ("portable", "native"):
@@ -150,7 +160,10 @@ RECIPES: dict[str, list[StageConfig]] = {
 PRESET_OPTIONS: dict[str, dict[str, Any]] = {
     "micro": {"probe_weight": 0.0},  # its 150-step test fixtures learn to talk too slowly beside the probe loss
     "tiny": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
-    "tiny16": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0},
+    # 16 image tokens see a shape anywhere: free scenes from several renderers, and the shipped tower
+    # pretrained on a million of them (train/towers.py) as the vision stage's start
+    "tiny16": {"vision_position_std": 1.0, "probe_weight": 1.0, "lookup_weight": 1.0, "world": "train",
+               "layout": "free", "init_vision": "vlm-edge:tiny16"},
 }
 
 
@@ -162,12 +175,19 @@ HELDOUT_SHARE = 0.1  # of the user's records, at most HELDOUT_MAX, when no --eva
 HELDOUT_MAX = 500
 
 
+# Steps of a fine-tune, where more than the recipe's SFT: on a 4,000-record set of another renderer's
+# pictures (examples/shapes_dataset.py) the tiny16 model reached 86.8% at 640 steps and 90.4% at
+# 1,600 (about 11 minutes on 2 cores; docs/training.md, "Your own data")
+FINETUNE_STEPS = {"tiny": 1600, "tiny16": 1600}
+
+
 def finetune_stages(preset: str) -> list[StageConfig]:
-    """The one stage of a fine-tune: the preset's SFT (steps, learning rate, batch, modules), its mix
-    scaled to FINETUNE_SYNTHETIC beside the user's data."""
+    """The one stage of a fine-tune: the preset's SFT (learning rate, batch, modules; steps, or
+    FINETUNE_STEPS), its mix scaled to FINETUNE_SYNTHETIC beside the user's data."""
     if preset not in RECIPES:
         raise InputError(f"no training recipe for preset {preset!r}; choose one of {', '.join(RECIPES)}")
     sft = dataclasses.replace(next(s for s in RECIPES[preset] if s.name == "sft"))
+    sft.steps = FINETUNE_STEPS.get(preset, sft.steps)
     total = sum(sft.mix.values())
     sft.mix = {**{k: FINETUNE_SYNTHETIC * w / total for k, w in sft.mix.items()}, "user": 1 - FINETUNE_SYNTHETIC}
     return [sft]

@@ -42,7 +42,7 @@ from vlm_edge.common.fsutil import atomic_directory, recover_directory
 from vlm_edge.common.log import get_logger
 from vlm_edge.common.templates import get_template, render
 from vlm_edge.common.fsutil import read_json
-from vlm_edge.common.image import preprocess_images
+from vlm_edge.common.image import load_image, preprocess_images
 from vlm_edge.common.tokenizer import default_chat_template
 from vlm_edge.common.vila_config import PREPROCESSOR_FILE
 from vlm_edge.model.architectures import LLM_ARCHITECTURES, VISION_ARCHITECTURES
@@ -52,12 +52,13 @@ from vlm_edge.model.vila import VilaModel
 
 from . import numerics
 from .batching import by_length, collate
-from .datasets import (DATA_KINDS_SYNTHETIC, Sample, SyntheticData, conversation_records, conversation_samples,
-                       split_heldout, write_calibration_set)
+from .datasets import (DATA_KINDS_SYNTHETIC, Sample, SyntheticData, augment_picture, conversation_records,
+                       conversation_samples, split_heldout, write_calibration_set)
 from .evaluate import evaluate, evaluate_conversations, format_conversation_table, format_table
 from . import lookup as lookup_module
 from .lookup import LookupLoss, lookup_count
 from .picture_stage import FIELDS, PictureProbes, ProbedModel, picture_targets, target_counts, token_cells
+from .towers import tower_folder
 from .recipe import HELDOUT_MAX, HELDOUT_SHARE, StageConfig, TrainConfig
 from .tokenizer import train_tokenizer
 
@@ -115,8 +116,9 @@ class DataMix:
     [s*B, (s+1)*B) of that kind. One kind per batch keeps sequence lengths alike, so short
     caption batches are not padded to the length of an interleaved document."""
 
-    def __init__(self, data: SyntheticData, user: list[Sample] | None):
-        self.data, self.user = data, user or []
+    def __init__(self, data: SyntheticData, user: list[Sample] | None, augment: bool = False):
+        self.data, self.user, self.augment = data, user or [], augment
+        self._orders: dict[int, list[int]] = {}  # epoch -> the order the user's records are drawn in
 
     def kind(self, stage_index: int, stage: StageConfig, step: int) -> str:
         rng = random.Random(f"{self.data.seed}:mix:{stage_index}:{step}")
@@ -128,8 +130,23 @@ class DataMix:
         per_rank = stage.batch_size // par.world
         start = step * stage.batch_size + par.rank * per_rank
         if kind == "user":
-            return [self.user[g % len(self.user)] for g in range(start, start + per_rank)]
+            return [self.user_sample(g) for g in range(start, start + per_rank)]
         return [self.data.sample(kind, stage_index * 10**9 + g) for g in range(start, start + per_rank)]
+
+
+    def user_sample(self, g: int) -> Sample:
+        """The user's g-th draw: every record once an epoch, in a seeded order of its own each epoch;
+        with `augment`, each picture cropped and scaled a little (augment_picture), anew each draw."""
+        epoch, index = divmod(g, len(self.user))
+        if epoch not in self._orders:
+            order = list(range(len(self.user)))
+            random.Random(f"{self.data.seed}:user:{epoch}").shuffle(order)
+            self._orders = {epoch: order}  # draws go forward: one epoch's order is all a step needs
+        sample = self.user[self._orders[epoch][index]]
+        if not self.augment or not sample.images:
+            return sample
+        rng = random.Random(f"{self.data.seed}:augment:{g}")
+        return dataclasses.replace(sample, images=[augment_picture(load_image(i), rng) for i in sample.images])
 
 
 def prefetched(make: Callable[[int], list[Sample]], steps: range) -> Iterator[tuple[int, list[Sample]]]:
@@ -226,8 +243,8 @@ class Trainer:
                 raise InputError(f"{config.user_data} holds no training records")
             user = conversation_samples(conversations)
         grid = int(round(len(self.cells) ** 0.5)) if self.cells is not None else 2  # the regions shapes are read off
-        self.data = SyntheticData(image_size, config.seed, config.world, grid=grid)
-        self.mix = DataMix(self.data, user)
+        self.data = SyntheticData(image_size, config.seed, config.world, layout=config.layout, grid=grid)
+        self.mix = DataMix(self.data, user, augment=config.augment)
 
     # ---- model init / resume
     def _init_checkpoint(self, config: TrainConfig) -> Checkpoint:
@@ -246,7 +263,7 @@ class Trainer:
             tokenizer = load_tokenizer(Path(config.init_llm))
         else:
             dims = preset_dims(config.preset)
-            data = SyntheticData(dims.image_size, config.seed, config.world)
+            data = SyntheticData(dims.image_size, config.seed, config.world, layout=config.layout)
             # deterministic, so every rank trains the same tokenizer
             tokenizer = train_tokenizer(corpus(data, dims.chat_template), config.vocab_size)
         vila_config = preset_config(config.preset, tokenizer)
@@ -254,8 +271,9 @@ class Trainer:
             vila_config.llm = read_json(Path(config.init_llm) / "config.json", what="LLM config", error=InputError)
             vila_config.top["hidden_size"] = vila_config.hidden_size
             vila_config.set_chat_template(default_chat_template(tokenizer))
-        if config.init_vision:
-            folder = Path(config.init_vision)
+        vision_folder = tower_folder(config.init_vision) if config.init_vision else None
+        if vision_folder:
+            folder = vision_folder
             vila_config.vision_tower = read_json(folder / "config.json", what="vision tower config", error=InputError)
             vila_config.preprocessor = read_json(folder / PREPROCESSOR_FILE, what="image preprocessor config", error=InputError)
             vila_config.top["mm_hidden_size"] = vila_config.mm_hidden_size
@@ -263,8 +281,8 @@ class Trainer:
         model = VilaModel(vila_config)
         if config.init_llm:
             load_weights(model.llm, Path(config.init_llm), LLM_ARCHITECTURES[vila_config.llm_architecture].disk_prefix)
-        if config.init_vision:
-            load_weights(model.vision_tower, Path(config.init_vision),
+        if vision_folder:
+            load_weights(model.vision_tower, vision_folder,
                          VISION_ARCHITECTURES[vila_config.vision_architecture].disk_prefix)
         elif config.vision_position_std is not None:
             positions = getattr(getattr(model.vision_tower, "embeddings", None), "position_embedding", None)
