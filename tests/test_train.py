@@ -751,7 +751,7 @@ def test_users_records_are_drawn_once_an_epoch_in_new_orders_and_pictures_refram
     from PIL import Image
 
     from vlm_edge.train.datasets import Sample, augment_picture
-    from vlm_edge.train.trainer import DataMix
+    from vlm_edge.train.trainer import DataMix, Distributed
 
     picture = np.zeros((40, 40, 3), np.uint8)
     picture[10:30, 10:30] = (200, 30, 30)
@@ -766,6 +766,14 @@ def test_users_records_are_drawn_once_an_epoch_in_new_orders_and_pictures_refram
     draws = [np.asarray(mixed.user_sample(g).images[0]) for g in range(14)]
     assert all(d.shape == (40, 40, 3) for d in draws) and any((d != picture).any() for d in draws)
     assert all(abs(int(d[20, 20, 0]) - 200) <= 2 and d[20, 20, 2] <= 32 for d in draws)  # the middle stays red
+    # in a fine-tune's mix, the steps that draw the synthetic share skip no user record
+    stage = StageConfig("sft", 40, 1e-3, 3, ("llm",), {"user": 0.8, "vqa": 0.2})
+    mix, seen = DataMix(SyntheticData(28, seed=3), user), []
+    for step in range(40):
+        if mix.kind(0, stage, step) == "user":
+            seen += [id(s) for s in mix.batch(0, stage, step, Distributed())]
+    assert 21 <= len(seen) < 40 * 3
+    assert all(sorted(seen[k:k + 7]) == sorted(map(id, user)) for k in range(0, len(seen) - 6, 7))
     again = augment_picture(Image.fromarray(picture), random.Random(5))
     assert np.array_equal(np.asarray(again), np.asarray(augment_picture(Image.fromarray(picture), random.Random(5))))
 

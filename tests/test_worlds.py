@@ -4,6 +4,7 @@ train/wordings.py)."""
 
 from __future__ import annotations
 
+import colorsys
 import random
 import re
 from collections import Counter
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from vlm_edge.train.datasets import QUESTION_TYPES, SyntheticData, heldout_vqa
-from vlm_edge.train.renderers import (HELDOUT_BACKGROUNDS, HELDOUT_RENDERERS, TRAIN_BACKGROUNDS, TRAIN_RENDERERS,
-                                      Style, draw, random_style)
+from vlm_edge.train.renderers import (COLOURED_GROUNDS, HELDOUT_BACKGROUNDS, HELDOUT_RENDERERS, MIN_CONTRAST,
+                                      SHADES, TRAIN_BACKGROUNDS, TRAIN_RENDERERS, Style, background, draw, fills,
+                                      random_style)
 from vlm_edge.train.scenes import CELLS, GRID_RADIUS, Scene, Shape, random_scene
 from vlm_edge.train.wordings import WORDINGS, all_phrasings, matcher
 
@@ -29,6 +31,31 @@ def test_worlds_keep_their_renderers_and_backgrounds_apart():
     assert len({(s.width, s.height) for s in train}) > 50  # canvases of many sizes and aspects
     with pytest.raises(ValueError, match="world"):
         random_style(rng, "mars", 56)
+
+
+def test_grounds_are_greys_or_any_hue_but_the_scenes_own_colours():
+    """A user's shapes sit on coloured grounds (a blue circle on teal): COLOURED_GROUNDS of the
+    backgrounds are a hue, never one of the scene's own colour names, and every fill stands clear."""
+    rng = random.Random(1)
+    coloured = light = 0
+    for k in range(1200):
+        scene = random_scene(rng, word_probability=0.0, count_weights=(1, 1, 1), layout="free")
+        style = Style("pillow", "plain", 8, 8)
+        names = tuple({o.colour for o in scene.objects})
+        ground = background(style, rng, light=k % 2 == 0, avoid=names)
+        mean = ground.reshape(-1, 3).mean(0)
+        assert all(np.linalg.norm(np.array(f, np.float32) - mean) >= MIN_CONTRAST
+                   for f in fills(scene, style, rng, ground))
+        if k % 2:
+            continue
+        light += 1  # on light grounds a grey's +-12 tint spans under 25 levels, a colour over 45
+        if np.ptp(ground[0, 0]) > 35:
+            coloured += 1
+            hue = colorsys.rgb_to_hsv(*(ground[0, 0] / 255))[0]
+            for name in names:  # the hue keeps clear of each of the scene's colours
+                low, high = SHADES[name][0]
+                assert abs((hue - (low + high) / 2 + 0.5) % 1.0 - 0.5) > (high - low) / 2, (name, hue)
+    assert abs(coloured / light - COLOURED_GROUNDS) < 0.07
 
 
 def test_pictures_are_a_pure_function_of_the_seed():

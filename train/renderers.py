@@ -15,8 +15,9 @@ colours, Pillow without anti-aliasing.)
 Every world draws each colour as a shade from a range around its name (red is any red from
 Pillow's (255, 0, 0) to a dull brick), on a canvas of its own size and aspect (the processor's
 resize brings it to the model's input, as it does a user's picture), and lights, blurs and
-JPEG-compresses some of the pictures. Backgrounds are light or dark greys with a faint tint, never
-saturated, and every shape stands clear of its background (RGB distance >= MIN_CONTRAST).
+JPEG-compresses some of the pictures. Backgrounds are light or dark greys with a faint tint, or
+(COLOURED_GROUNDS of them) a colour of any hue but the hues of the scene's own colours, and every
+shape stands clear of its background (RGB distance >= MIN_CONTRAST).
 
 `draw(scene, size, rng, style)` is a pure function of its arguments: the data stay deterministic
 by seed and index. Words are written with Pillow's bundled font in every world.
@@ -46,6 +47,8 @@ SHADES = {
 }
 assert set(SHADES) == set(COLOURS)
 MIN_CONTRAST = 90.0  # RGB distance between a shape's fill and its background's mean
+COLOURED_GROUNDS = 0.4  # share of backgrounds (both worlds) whose colour is a hue, not a grey
+HUE_MARGIN = 0.05  # a coloured ground's hue keeps this far (turns) from each scene colour's hue range
 WORLDS = ("train", "heldout")
 TRAIN_RENDERERS = ("pillow", "pillow-aa", "opencv")
 HELDOUT_RENDERERS = ("numpy",)
@@ -89,23 +92,40 @@ def shade(name: str, rng: random.Random) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def _tint(rng: random.Random, light: bool) -> np.ndarray:
-    """A background colour: a grey, light or dark, with a faint tint."""
+def _tint(rng: random.Random, light: bool, avoid: tuple[str, ...] = ()) -> np.ndarray:
+    """A background colour: a grey, light or dark, with a faint tint; or, COLOURED_GROUNDS of the
+    time, a colour whose hue is none of the colour names in `avoid` (a ground that is not itself one
+    of the scene's colours)."""
+    if rng.random() < COLOURED_GROUNDS:
+        for _ in range(20):
+            hue = rng.random()
+            if not any(_near(hue, SHADES[name][0]) for name in avoid):
+                value = rng.uniform(0.75, 1.0) if light else rng.uniform(0.2, 0.75)
+                r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.25, 0.85), value)
+                return np.array([r * 255, g * 255, b * 255])
     value = rng.uniform(190, 255) if light else rng.uniform(25, 190)
     return np.clip(value + np.array([rng.uniform(-12, 12) for _ in range(3)]), 0, 255)
 
 
-def background(style: Style, rng: random.Random, light: bool) -> np.ndarray:
-    """[height, width, 3] float32 background of `style`."""
+def _near(hue: float, span: tuple[float, float]) -> bool:
+    """Is `hue` (turns) within HUE_MARGIN of the range `span` (turns, may start below 0)?"""
+    low, high = span
+    centre, half = (low + high) / 2, (high - low) / 2 + HUE_MARGIN
+    return abs((hue - centre + 0.5) % 1.0 - 0.5) <= half
+
+
+def background(style: Style, rng: random.Random, light: bool, avoid: tuple[str, ...] = ()) -> np.ndarray:
+    """[height, width, 3] float32 background of `style`; a coloured ground's hue is none of the
+    colour names in `avoid`."""
     h, w = style.height, style.width
     if style.grey is not None:
         return np.full((h, w, 3), float(style.grey), dtype=np.float32)
-    base = _tint(rng, light)
+    base = _tint(rng, light, avoid)
     if style.background == "plain":
         return np.broadcast_to(np.clip(base, 0, 255).astype(np.float32), (h, w, 3))
     y, x = np.ogrid[0:h, 0:w]
     if style.background == "gradient":
-        other = _tint(rng, light if rng.random() < 0.7 else not light)
+        other = _tint(rng, light if rng.random() < 0.7 else not light, avoid)
         angle = rng.uniform(0, 2 * math.pi)
         t = (x / max(1, w - 1) - 0.5) * math.cos(angle) + (y / max(1, h - 1) - 0.5) * math.sin(angle)
         t = np.clip(t / math.sqrt(0.5) + 0.5, 0, 1)[..., None]
@@ -226,7 +246,8 @@ def _write(canvas: Image.Image, word: str, rng: random.Random) -> None:
 def draw(scene: Scene, size: int, rng: random.Random, style: Style) -> Image.Image:
     """The picture of `scene` in `style`, on the style's own canvas (`size` is unused: the processor
     resizes the picture to the model's input, as it does a user's)."""
-    ground = background(style, rng, light=scene.word is not None or rng.random() < 0.7)
+    ground = background(style, rng, light=scene.word is not None or rng.random() < 0.7,
+                        avoid=tuple({o.colour for o in scene.objects}))
     colours = fills(scene, style, rng, ground)
     if scene.word is not None:
         canvas = Image.fromarray(ground.astype(np.uint8))

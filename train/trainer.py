@@ -119,6 +119,7 @@ class DataMix:
     def __init__(self, data: SyntheticData, user: list[Sample] | None, augment: bool = False):
         self.data, self.user, self.augment = data, user or [], augment
         self._orders: dict[int, list[int]] = {}  # epoch -> the order the user's records are drawn in
+        self._user_steps: dict[int, list[int]] = {}  # stage -> user batches drawn before each step
 
     def kind(self, stage_index: int, stage: StageConfig, step: int) -> str:
         rng = random.Random(f"{self.data.seed}:mix:{stage_index}:{step}")
@@ -129,10 +130,18 @@ class DataMix:
         kind = self.kind(stage_index, stage, step)
         per_rank = stage.batch_size // par.world
         start = step * stage.batch_size + par.rank * per_rank
-        if kind == "user":
+        if kind == "user":  # the user's draws run on through the steps that drew synthetic data
+            start = self.user_steps_before(stage_index, stage, step) * stage.batch_size + par.rank * per_rank
             return [self.user_sample(g) for g in range(start, start + per_rank)]
         return [self.data.sample(kind, stage_index * 10**9 + g) for g in range(start, start + per_rank)]
 
+    def user_steps_before(self, stage_index: int, stage: StageConfig, step: int) -> int:
+        """How many of the stage's steps before `step` drew the user's records (a pure function of
+        the seed: a resumed run counts the same)."""
+        counts = self._user_steps.setdefault(stage_index, [0])
+        while len(counts) <= step:
+            counts.append(counts[-1] + (self.kind(stage_index, stage, len(counts) - 1) == "user"))
+        return counts[step]
 
     def user_sample(self, g: int) -> Sample:
         """The user's g-th draw: every record once an epoch, in a seeded order of its own each epoch;
