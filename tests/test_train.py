@@ -783,10 +783,12 @@ def test_init_fine_tunes_a_trained_checkpoint_on_a_users_data(tmp_path, capsys):
     user's data dominant, a tenth of the records held out, scored at the end and saved for vlm-eval."""
     from vlm_edge.train.cli import eval_main, main
     from vlm_edge.train.datasets import write_calibration_set
-    from vlm_edge.train.recipe import FINETUNE_SYNTHETIC, finetune_stages
+    from vlm_edge.train.recipe import FINETUNE_LR_SCALE, FINETUNE_SYNTHETIC, RECIPES, finetune_stages
 
     (stage,) = finetune_stages("micro")
     assert stage.name == "sft" and stage.mix["user"] == 1 - FINETUNE_SYNTHETIC
+    recipe_sft = next(s for s in RECIPES["tiny16"] if s.name == "sft")
+    assert finetune_stages("tiny16")[0].lr == recipe_sft.lr * FINETUNE_LR_SCALE == 3.5e-4  # the measured default
     assert abs(sum(w for k, w in stage.mix.items() if k != "user") - FINETUNE_SYNTHETIC) < 1e-9
     assert finetune_stages("tiny16")[0].steps == 1600 and stage.steps == 8  # micro keeps its recipe's SFT
     config = TrainConfig(preset="micro", eval_per_type=0, seed=4,

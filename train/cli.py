@@ -42,7 +42,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start over in a non-empty --output")
     p.add_argument("--steps", type=_stage_steps,
                    help="override stage steps, e.g. vision=200,align=50,pretrain=100,sft=500")
-    p.add_argument("--lr", type=float, help="override every stage's peak learning rate")
+    p.add_argument("--lr", type=float, help="override every stage's peak learning rate (a fine-tune with --init defaults to half its "
+                   "recipe's SFT rate: 0.00035 for tiny and tiny16)")
     p.add_argument("--batch-size", type=int, help="override every stage's global batch size")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the recipe's)")
     p.add_argument("--data", help="your own LLaVA-format conversation JSON, mixed into the SFT stage (with --init: "
