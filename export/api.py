@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from vlm_edge.common.manifest import TOKENIZER_DIR, Component, Manifest, TensorS
 from vlm_edge.common.vila_config import LLM_DIR, VilaConfig
 from vlm_edge.model.checkpoint import Checkpoint, awq_group_size, check_checkpoint_files, load_checkpoint
 from vlm_edge.quant.api import is_quantized, quantize_checkpoint
-from vlm_edge.quant.config import QuantConfig, auto_group_size, linear_input_widths
+from vlm_edge.quant.config import QUANT_CONFIG_FILE, QUANT_DIR, QuantConfig, auto_group_size, linear_input_widths
 
 from .config import ExportConfig, check_source
 from .decoder import RESCORE_TOP, DecoderSpec, build_decoder, decoder_io, lm_head_weight, set_accuracy_level, uses_gqa
@@ -136,8 +137,12 @@ def _quantized_source(source: Path, tmp: Path, vila_config: VilaConfig, config: 
              "symmetric" if qconfig.symmetric else "zero point")
     work = tmp / ".quantized"
     quantize_checkpoint(source, work, qconfig, progress=progress)
-    return work, {"quant_method": config.method, "bits": 4, "group_size": group, "symmetric": qconfig.symmetric,
-                  "quantized_by": "vlm-export", "config": qconfig.to_dict()}
+    record = {"quant_method": config.method, "bits": 4, "group_size": group, "symmetric": qconfig.symmetric,
+              "quantized_by": "vlm-export", "config": qconfig.to_dict()}
+    calibration = json.loads((work / QUANT_DIR / QUANT_CONFIG_FILE).read_text()).get("calibration")
+    if calibration:
+        record["calibration"] = calibration
+    return work, record
 
 
 def _write_engine(checkpoint: Checkpoint, work: Path, tmp: Path, config: ExportConfig, flavours: tuple[str, ...],

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --awq4: NVIDIA's released TinyChat AWQ weights for this checkpoint (the "
                         "*-w4-g128-awq-v2.pt of a -AWQ release); its integers, scales and zeros are used as "
                         "they are, nothing is re-quantized")
-    p.add_argument("--calib", help="calibration data for AWQ (see vlm-quant --help; default: the checkpoint's own set)")
+    p.add_argument("--calib", help="calibration data for AWQ: a file, pile-val or vlm-edge:offline (see vlm-quant --help; "
+                   "default: the checkpoint's own set, else vlm-edge:offline, which needs no network)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per calibration block (default 512)")
     p.add_argument("--lm-head", choices=("auto", "float", "int8", "int4", "int4-rescore"), default="auto",
@@ -113,6 +114,8 @@ def _accuracy_level(text: str) -> int | str:
 
 def summary(manifest) -> str:
     lines = [f"components: {', '.join(manifest.components)}"]
+    if manifest.quantization and manifest.quantization.get("calibration"):
+        lines.append(f"  calibration: {manifest.quantization['calibration']}")
     for name, figures in manifest.validation.items():
         if name == "vision":
             cosine = f", cosine >= {figures['cosine_min']:.5f}" if "cosine_min" in figures else ""

@@ -70,9 +70,12 @@ def quantize_model(checkpoint: Checkpoint, config: QuantConfig, checkpoint_dir: 
         embeds = calibration_embeds(calib, checkpoint, samples=config.samples, seq_len=config.seq_len)
         log.info("calibration: %s -> %d block(s) of %d positions", calib.source, embeds.shape[0], embeds.shape[1])
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-    return quantize_llm(checkpoint.model.llm, fam, config.format, method=config.method, embeds=embeds,
-                        n_grid=config.n_grid, clip=config.clip, duo=config.duo, rounding=config.rounding,
-                        device=device, dtype=dtype, progress=progress)
+    result = quantize_llm(checkpoint.model.llm, fam, config.format, method=config.method, embeds=embeds,
+                          n_grid=config.n_grid, clip=config.clip, duo=config.duo, rounding=config.rounding,
+                          device=device, dtype=dtype, progress=progress)
+    if calib is not None:
+        result.calibration = calib.source
+    return result
 
 
 def quantize_checkpoint(source: str | Path, output: str | Path, config: QuantConfig, *, overwrite: bool = False,
@@ -134,6 +137,8 @@ def write_quantized(checkpoint: Checkpoint, result: QuantResult, config: QuantCo
     quant_dir.mkdir()
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
                                 "quantized_linears": len(result.linears), "seconds": round(seconds, 2)}
+    if result.calibration:
+        manifest["calibration"] = result.calibration
     (quant_dir / QUANT_CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     search = {f"scale.{k}": v.contiguous() for k, v in result.scales.items()}
     search.update({f"clip.{k}": v.contiguous() for k, v in result.clips.items()})

@@ -55,6 +55,7 @@ class QuantResult:
     linears: dict[str, Quantized] = field(default_factory=dict)
     scales: dict[str, torch.Tensor] = field(default_factory=dict)  # "<layer>.<prev>" -> s [K]
     clips: dict[str, torch.Tensor] = field(default_factory=dict)  # "<layer>.<linear>" -> max |w| [N, K/G]
+    calibration: str = ""  # which calibration set the search measured (AWQ)
 
 
 class _Captured(Exception):

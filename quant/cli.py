@@ -27,7 +27,8 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true",
                    help="no zero point: q in [-8, 7] (what TensorRT's native int4 needs); default asymmetric")
     p.add_argument("--calib", help="calibration data: .txt, .jsonl ({\"text\": ...}) or LLaVA conversation .json with "
-                                   "images (default: the checkpoint's calibration/ set; else pile-val when online)")
+                                   "images; pile-val (online, the published recipe's text); vlm-edge:offline (default where the checkpoint "
+                                   "has no calibration/ set: Python's documentation and drawn pictures, no network)")
     p.add_argument("--calib-samples", type=int, default=128, help="calibration blocks (default 128)")
     p.add_argument("--calib-len", type=int, default=512, help="positions per block (default 512)")
     p.add_argument("--text-only", action="store_true", help="drop images from multimodal calibration data")

@@ -30,7 +30,7 @@ class QuantConfig:
     bits: int = 4
     group_size: int | None = None  # None: the largest of GROUP_SIZES that divides every linear's input width
     symmetric: bool = False  # True: q in [-8, 7], zero point 0 (TensorRT's native int4 needs it)
-    calib: str | None = None  # None: the checkpoint's own calibration set, else pile-val when online
+    calib: str | None = None  # a file, "pile-val" or "vlm-edge:offline"; None: the checkpoint's own set, else offline
     samples: int = 128  # calibration blocks
     seq_len: int = 512  # positions per block
     text_only: bool = False  # drop the images from multimodal calibration data (the published recipe)

@@ -278,6 +278,19 @@ def test_qwen2_clip_exports(qwen_clip, tmp_path):
         assert {a.name: a.i for a in node.attribute}["bits"] == bits
 
 
+def test_awq_export_without_calib_is_calibrated_offline_and_says_so(qwen_clip, tmp_path, monkeypatch):
+    """A checkpoint vlm-train did not write and no --calib: the offline set, named in the manifest and
+    in what vlm-export prints; no `datasets`, no network."""
+    from vlm_edge.export.cli import summary
+    from vlm_edge.quant.calibration import OFFLINE
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    q = export_checkpoint(qwen_clip, tmp_path / "q", ExportConfig(awq4=True, calib_samples=4, calib_len=64,
+                                                                    validate=False))
+    assert q.quantization["calibration"].startswith(OFFLINE), q.quantization
+    assert f"calibration: {OFFLINE} (Python's documentation" in summary(q)
+
+
 # ---- errors, atomicity, CLI --------------------------------------------------------------------------
 def test_refuses_non_empty_output_and_bad_options(trained, tmp_path):
     out = tmp_path / "out"

@@ -211,6 +211,52 @@ def test_text_calibration_file_works(trained, tmp_path):
     assert result.scales and result.clips
 
 
+def test_offline_calibration_is_seeded_and_needs_no_network(monkeypatch):
+    """vlm-edge:offline: Python's documentation topics and drawn pictures, the same every run, without
+    `datasets` or the network (importing `datasets` fails here)."""
+    from pydoc_data.topics import topics
+
+    from vlm_edge.quant.calibration import OFFLINE, OFFLINE_PICTURE_SHARE, _COLOURS, load_calibration, offline_calibration
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    first, second = offline_calibration(), load_calibration(OFFLINE, "unused")
+    assert first.source.startswith(OFFLINE) and first.conversation_share == OFFLINE_PICTURE_SHARE
+    assert first.texts == second.texts and sorted(first.texts) == sorted(t.strip() for t in topics.values() if t.strip())
+    assert len(first.conversations) == len(second.conversations) == 64
+    for a, b in zip(first.conversations, second.conversations):
+        assert a.messages == b.messages and np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+        pixels, answer = np.asarray(a.images[0]), a.messages[1]["content"]
+        assert a.messages[0]["content"].startswith("<image>\n") and pixels.shape == (336, 336, 3)
+        named = [c for c in _COLOURS if f" {c} " in answer]  # the description names what was drawn
+        assert named and all(np.abs(pixels.astype(int) - _COLOURS[c]).max(axis=2).min() < 40 for c in named), answer
+    with pytest.raises(InputError, match="--calib pile-val needs the `datasets` library"):
+        load_calibration("pile-val", "unused")
+
+
+def test_a_checkpoint_without_calibration_is_calibrated_offline(release_dir, tmp_path, monkeypatch):
+    """A checkpoint vlm-train did not write (no calibration/): AWQ runs on vlm-edge:offline with no
+    flag, pictures fill about a quarter of the positions, and the output says which set it used."""
+    from vlm_edge.quant.calibration import OFFLINE, OFFLINE_PICTURE_SHARE, calibration_embeds, offline_calibration
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    assert not (release_dir / "calibration").exists()
+    ckpt = load_checkpoint(release_dir)
+    encoded, encode = [], ckpt.model.encode_images
+    monkeypatch.setattr(ckpt.model, "encode_images", lambda pixels, plans: encoded.append(len(pixels)) or encode(pixels, plans))
+    samples, seq_len = 8, 256
+    calib = offline_calibration()
+    assert calibration_embeds(calib, ckpt, samples=samples, seq_len=seq_len).shape[:2] == (samples, seq_len)
+    with_share = len(encoded)
+    calib.conversation_share = 1.0  # conversations only, for as many positions as they fill
+    calibration_embeds(calib, ckpt, samples=samples, seq_len=seq_len)
+    alone = len(encoded) - with_share
+    # conversations until a quarter of the positions is reached (the last one whole), then text
+    assert 1 <= with_share <= OFFLINE_PICTURE_SHARE * alone + 1 < alone, (with_share, alone)
+    quantize_checkpoint(release_dir, tmp_path / "awq", QuantConfig(samples=2, seq_len=64))
+    manifest = json.loads((tmp_path / "awq" / "quant" / "quant_config.json").read_text())
+    assert manifest["calibration"].startswith(OFFLINE), manifest
+
+
 def test_layer_by_layer_memory_is_bounded(tmp_path):
     """Peak RSS over the weights stays about one layer's activations, whatever the depth."""
     script = r"""
